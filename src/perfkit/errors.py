@@ -1,0 +1,84 @@
+"""
+The exceptions perfkit raises.
+
+Every error derives from :class:`PerfkitError` *and* from the closest builtin,
+so callers can catch either::
+
+    PerfkitError
+    ├── NotFound(LookupError)        a record that was asked for does not exist
+    ├── Conflict(ValueError)         a write would break a uniqueness rule
+    └── InvalidInput(ValueError)     an argument is malformed or out of range
+        └── InvalidPage              page/limit outside the allowed range
+
+Each error carries a stable machine-readable ``code`` (used in the example
+API's JSON bodies) next to its human-readable message.
+"""
+
+from __future__ import annotations
+
+__all__ = ["Conflict", "InvalidInput", "InvalidPage", "NotFound", "PerfkitError"]
+
+
+class PerfkitError(Exception):
+    """
+    Base class of every exception perfkit raises on purpose.
+    """
+
+    code: str = "perfkit_error"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class NotFound(PerfkitError, LookupError):
+    """
+    The record that was asked for does not exist.
+
+    Args:
+        entity: What was looked up (``"user"``, ``"bill"``…).
+        key: The value it was looked up by.
+        field: The name of the field the key belongs to.
+    """
+
+    code = "not_found"
+
+    def __init__(self, entity: str, key: object, *, field: str = "id") -> None:
+        super().__init__(f"{entity} with {field}={key!r} does not exist")
+        self.entity = entity
+        self.key = key
+        self.field = field
+
+
+class Conflict(PerfkitError, ValueError):
+    """
+    A write would break a uniqueness rule (a taken username, a second vote).
+
+    Nothing was written when this is raised.
+    """
+
+    code = "conflict"
+
+
+class InvalidInput(PerfkitError, ValueError):
+    """
+    An argument is malformed or out of range.
+
+    Args:
+        field: The name of the offending argument or field.
+        message: What is wrong with it.
+    """
+
+    code = "invalid_input"
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
+
+
+class InvalidPage(InvalidInput):
+    """
+    ``page`` or ``limit`` is outside the allowed range.
+    """
+
+    code = "invalid_page"

@@ -1,0 +1,489 @@
+"""
+The reference stores: users, bills and votes over SQLAlchemy Core.
+
+Reads run on a plain connection (a deferred transaction on SQLite, so they
+never wait for writers). Writes run in one transaction each, started with
+``BEGIN IMMEDIATE`` on SQLite (see :mod:`perfkit.db`), check what they depend
+on inside it and either commit everything or nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, Final, TypeAlias
+
+import sqlalchemy as sa
+from sqlalchemy.engine import URL, Connection, Engine, Row
+from sqlalchemy.exc import IntegrityError
+
+from perfkit import db as _db
+from perfkit.errors import Conflict, NotFound
+from perfkit.pagination import CountStrategy, Page, paginate
+from perfkit.reference import _validate as v
+from perfkit.reference.models import Base, Bill, BillStatus, User, Vote, VoteChoice, utcnow
+from perfkit.reference.records import BillRecord, UserRecord, VoteCounts, VoteRecord
+
+if TYPE_CHECKING:
+    AnyRow: TypeAlias = Row[*tuple[Any, ...]]
+    AnySelect: TypeAlias = sa.Select[*tuple[Any, ...]]
+
+__all__ = ["BillStore", "Stores", "UserStore", "VoteStore", "open_stores"]
+
+DEFAULT_PAGE_SIZE: Final = 20
+
+_USER_COLUMNS: Final = (User.id, User.username, User.email, User.created_at)
+_BILL_COLUMNS: Final = (
+    Bill.id,
+    Bill.title,
+    Bill.summary,
+    Bill.status,
+    Bill.sponsor_id,
+    Bill.created_at,
+    Bill.updated_at,
+)
+_VOTE_COLUMNS: Final = (Vote.id, Vote.bill_id, Vote.user_id, Vote.choice, Vote.created_at)
+
+# Statements are built once with bound parameters: building a select() per call
+# costs more than SQLAlchemy's cached compile of it.
+_USER_BY_ID: Final = sa.select(*_USER_COLUMNS).where(User.id == sa.bindparam("key"))
+_USER_BY_USERNAME: Final = sa.select(*_USER_COLUMNS).where(User.username == sa.bindparam("key"))
+_USER_BY_EMAIL: Final = sa.select(*_USER_COLUMNS).where(User.email == sa.bindparam("key"))
+_BILL_BY_ID: Final = sa.select(*_BILL_COLUMNS).where(Bill.id == sa.bindparam("key"))
+_VOTE_BY_ID: Final = sa.select(*_VOTE_COLUMNS).where(Vote.id == sa.bindparam("key"))
+_BILL_EXISTS: Final = sa.select(Bill.id).where(Bill.id == sa.bindparam("key"))
+_USER_EXISTS: Final = sa.select(User.id).where(User.id == sa.bindparam("key"))
+_VOTE_COUNTS: Final = (
+    sa.select(Vote.choice, sa.func.count())
+    .where(Vote.bill_id == sa.bindparam("key"))
+    .group_by(Vote.choice)
+)
+
+
+class _Database:
+    """
+    The engine pair a store works on: one for reads, one for write transactions.
+    """
+
+    __slots__ = ("engine", "writer")
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self.writer = _db.for_writes(engine)
+
+    def read(self) -> Connection:
+        return self.engine.connect()
+
+    @contextmanager
+    def write(self) -> Iterator[Connection]:
+        with self.writer.begin() as conn:
+            yield conn
+
+    def exists(self, conn: Connection, stmt: AnySelect, key: int) -> bool:
+        return conn.execute(stmt, {"key": key}).first() is not None
+
+
+def _user(row: AnyRow) -> UserRecord:
+    return UserRecord(*row)
+
+
+def _bill(row: AnyRow) -> BillRecord:
+    return BillRecord(*row)
+
+
+def _vote(row: AnyRow) -> VoteRecord:
+    return VoteRecord(*row)
+
+
+class UserStore:
+    """
+    Users: looked up by id, username or email; created and renamed.
+
+    Usernames and emails are unique and compare case-insensitively (they are
+    stored lower-cased).
+    """
+
+    __slots__ = ("_db",)
+
+    def __init__(self, database: _Database) -> None:
+        self._db = database
+
+    def get_by_id(self, user_id: int) -> UserRecord | None:
+        """
+        Return the user with *user_id*, or ``None``.
+        """
+        key = v.record_id("user_id", user_id)
+        with self._db.read() as conn:
+            row = conn.execute(_USER_BY_ID, {"key": key}).first()
+        return None if row is None else _user(row)
+
+    def get_by_username(self, username: str) -> UserRecord | None:
+        """
+        Return the user called *username* (any case), or ``None``.
+        """
+        key = v.username(username)
+        with self._db.read() as conn:
+            row = conn.execute(_USER_BY_USERNAME, {"key": key}).first()
+        return None if row is None else _user(row)
+
+    def get_by_email(self, email: str) -> UserRecord | None:
+        """
+        Return the user with *email* (any case), or ``None``.
+        """
+        key = v.email(email)
+        with self._db.read() as conn:
+            row = conn.execute(_USER_BY_EMAIL, {"key": key}).first()
+        return None if row is None else _user(row)
+
+    def create(self, *, username: str, email: str) -> UserRecord:
+        """
+        Create a user.
+
+        Raises:
+            InvalidInput: *username* or *email* is malformed.
+            Conflict: the username or email is taken.
+        """
+        values = {"username": v.username(username), "email": v.email(email)}
+        with self._db.write() as conn:
+            self._check_free(conn, values, user_id=None)
+            stmt = sa.insert(User).values(**values, created_at=utcnow()).returning(*_USER_COLUMNS)
+            return _user(_insert_one(conn, stmt, "username or email is taken"))
+
+    def update(
+        self, user_id: int, *, username: str | None = None, email: str | None = None
+    ) -> UserRecord:
+        """
+        Change a user's username and/or email; ``None`` leaves a field as it is.
+
+        Raises:
+            NotFound: there is no user *user_id*.
+            InvalidInput: a new value is malformed.
+            Conflict: the new username or email belongs to another user.
+        """
+        key = v.record_id("user_id", user_id)
+        values: dict[str, str] = {}
+        if username is not None:
+            values["username"] = v.username(username)
+        if email is not None:
+            values["email"] = v.email(email)
+        with self._db.write() as conn:
+            current = conn.execute(_USER_BY_ID, {"key": key}).first()
+            if current is None:
+                raise NotFound("user", key)
+            record = _user(current)
+            changes = {
+                name: value for name, value in values.items() if getattr(record, name) != value
+            }
+            if not changes:
+                return record
+            self._check_free(conn, changes, user_id=key)
+            stmt = sa.update(User).where(User.id == key).values(**changes).returning(*_USER_COLUMNS)
+            return _user(_insert_one(conn, stmt, "username or email is taken"))
+
+    @staticmethod
+    def _check_free(conn: Connection, values: dict[str, str], *, user_id: int | None) -> None:
+        clauses = [getattr(User, name) == value for name, value in values.items()]
+        stmt = sa.select(User.id, User.username, User.email).where(sa.or_(*clauses))
+        if user_id is not None:
+            stmt = stmt.where(User.id != user_id)
+        for row in conn.execute(stmt):
+            for name, value in values.items():
+                if getattr(row, name) == value:
+                    raise Conflict(f"{name} {value!r} is taken")
+
+
+class BillStore:
+    """
+    Bills: listed newest first, looked up by id, created and edited.
+    """
+
+    __slots__ = ("_db",)
+
+    def __init__(self, database: _Database) -> None:
+        self._db = database
+
+    def get_by_id(self, bill_id: int) -> BillRecord | None:
+        """
+        Return the bill with *bill_id*, or ``None``.
+        """
+        key = v.record_id("bill_id", bill_id)
+        with self._db.read() as conn:
+            row = conn.execute(_BILL_BY_ID, {"key": key}).first()
+        return None if row is None else _bill(row)
+
+    def get_all(
+        self,
+        *,
+        page: int = 1,
+        limit: int = DEFAULT_PAGE_SIZE,
+        status: BillStatus | str | None = None,
+        count: CountStrategy = "exact",
+    ) -> Page[BillRecord]:
+        """
+        Return one page of bills, newest first, optionally only those in *status*.
+
+        Raises:
+            InvalidPage: *page* or *limit* is out of range.
+            InvalidInput: *status* is not a bill status.
+        """
+        stmt = sa.select(*_BILL_COLUMNS).order_by(Bill.created_at.desc(), Bill.id.desc())
+        if status is not None:
+            stmt = stmt.where(Bill.status == v.choice("status", status, BillStatus))
+        with self._db.read() as conn:
+            return paginate(conn, stmt, page=page, limit=limit, count=count).map(_bill)
+
+    def create(
+        self,
+        *,
+        title: str,
+        sponsor_id: int,
+        summary: str = "",
+        status: BillStatus | str = BillStatus.DRAFT,
+    ) -> BillRecord:
+        """
+        Create a bill sponsored by user *sponsor_id*.
+
+        Raises:
+            InvalidInput: a field is malformed (titles are 1-200 characters,
+                summaries at most 10,000).
+            NotFound: there is no user *sponsor_id*.
+        """
+        now = utcnow()
+        sponsor = v.record_id("sponsor_id", sponsor_id)
+        values = {
+            "title": v.text("title", title, max_length=v.MAX_TITLE),
+            "summary": v.text("summary", summary, max_length=v.MAX_SUMMARY, allow_empty=True),
+            "status": v.choice("status", status, BillStatus),
+            "sponsor_id": sponsor,
+            "created_at": now,
+            "updated_at": now,
+        }
+        with self._db.write() as conn:
+            if not self._db.exists(conn, _USER_EXISTS, sponsor):
+                raise NotFound("user", sponsor)
+            stmt = sa.insert(Bill).values(**values).returning(*_BILL_COLUMNS)
+            return _bill(_insert_one(conn, stmt, "bill conflicts with a stored one"))
+
+    def update(
+        self,
+        bill_id: int,
+        *,
+        title: str | None = None,
+        summary: str | None = None,
+        status: BillStatus | str | None = None,
+    ) -> BillRecord:
+        """
+        Change a bill's fields; ``None`` leaves a field as it is.
+
+        Raises:
+            NotFound: there is no bill *bill_id*.
+            InvalidInput: a new value is malformed.
+        """
+        key = v.record_id("bill_id", bill_id)
+        values: dict[str, Any] = {}
+        if title is not None:
+            values["title"] = v.text("title", title, max_length=v.MAX_TITLE)
+        if summary is not None:
+            values["summary"] = v.text(
+                "summary", summary, max_length=v.MAX_SUMMARY, allow_empty=True
+            )
+        if status is not None:
+            values["status"] = v.choice("status", status, BillStatus)
+        with self._db.write() as conn:
+            if not values:
+                row = conn.execute(_BILL_BY_ID, {"key": key}).first()
+            else:
+                stmt = (
+                    sa.update(Bill)
+                    .where(Bill.id == key)
+                    .values(**values, updated_at=utcnow())
+                    .returning(*_BILL_COLUMNS)
+                )
+                row = conn.execute(stmt).first()
+            if row is None:
+                raise NotFound("bill", key)
+            return _bill(row)
+
+
+class VoteStore:
+    """
+    Votes: cast once per user and bill, listed per bill or per user, counted.
+    """
+
+    __slots__ = ("_db",)
+
+    def __init__(self, database: _Database) -> None:
+        self._db = database
+
+    def get_by_id(self, vote_id: int) -> VoteRecord | None:
+        """
+        Return the vote with *vote_id*, or ``None``.
+        """
+        key = v.record_id("vote_id", vote_id)
+        with self._db.read() as conn:
+            row = conn.execute(_VOTE_BY_ID, {"key": key}).first()
+        return None if row is None else _vote(row)
+
+    def get_by_bill_id(
+        self, bill_id: int, *, page: int = 1, limit: int = DEFAULT_PAGE_SIZE
+    ) -> Page[VoteRecord]:
+        """
+        Return one page of the votes on bill *bill_id*, oldest first.
+
+        Raises:
+            NotFound: there is no bill *bill_id*.
+            InvalidPage: *page* or *limit* is out of range.
+        """
+        key = v.record_id("bill_id", bill_id)
+        stmt = sa.select(*_VOTE_COLUMNS).where(Vote.bill_id == key).order_by(Vote.id)
+        return self._page(stmt, page, limit, exists=_BILL_EXISTS, entity="bill", key=key)
+
+    def get_by_user_id(
+        self, user_id: int, *, page: int = 1, limit: int = DEFAULT_PAGE_SIZE
+    ) -> Page[VoteRecord]:
+        """
+        Return one page of the votes user *user_id* cast, oldest first.
+
+        Raises:
+            NotFound: there is no user *user_id*.
+            InvalidPage: *page* or *limit* is out of range.
+        """
+        key = v.record_id("user_id", user_id)
+        stmt = sa.select(*_VOTE_COLUMNS).where(Vote.user_id == key).order_by(Vote.id)
+        return self._page(stmt, page, limit, exists=_USER_EXISTS, entity="user", key=key)
+
+    def cast(self, *, bill_id: int, user_id: int, choice: VoteChoice | str) -> VoteRecord:
+        """
+        Record user *user_id*'s vote on bill *bill_id*.
+
+        Raises:
+            InvalidInput: *choice* is not yes, no or abstain, or an id is malformed.
+            NotFound: the bill or the user does not exist.
+            Conflict: the user has already voted on this bill.
+        """
+        bill = v.record_id("bill_id", bill_id)
+        user = v.record_id("user_id", user_id)
+        picked = v.choice("choice", choice, VoteChoice)
+        with self._db.write() as conn:
+            if not self._db.exists(conn, _BILL_EXISTS, bill):
+                raise NotFound("bill", bill)
+            if not self._db.exists(conn, _USER_EXISTS, user):
+                raise NotFound("user", user)
+            stmt = (
+                sa.insert(Vote)
+                .values(bill_id=bill, user_id=user, choice=picked, created_at=utcnow())
+                .returning(*_VOTE_COLUMNS)
+            )
+            message = f"user {user} has already voted on bill {bill}"
+            return _vote(_insert_one(conn, stmt, message))
+
+    def counts(self, bill_id: int) -> VoteCounts:
+        """
+        Return how the votes on bill *bill_id* split, from one grouped query.
+
+        Raises:
+            NotFound: there is no bill *bill_id*.
+        """
+        key = v.record_id("bill_id", bill_id)
+        with self._db.read() as conn:
+            tally = {choice: int(n) for choice, n in conn.execute(_VOTE_COUNTS, {"key": key})}
+            if not tally and not self._db.exists(conn, _BILL_EXISTS, key):
+                raise NotFound("bill", key)
+        return VoteCounts(
+            bill_id=key,
+            yes=tally.get(VoteChoice.YES, 0),
+            no=tally.get(VoteChoice.NO, 0),
+            abstain=tally.get(VoteChoice.ABSTAIN, 0),
+        )
+
+    def _page(
+        self,
+        stmt: AnySelect,
+        page: int,
+        limit: int,
+        *,
+        exists: AnySelect,
+        entity: str,
+        key: int,
+    ) -> Page[VoteRecord]:
+        with self._db.read() as conn:
+            result = paginate(conn, stmt, page=page, limit=limit)
+            if not result.items and not self._db.exists(conn, exists, key):
+                raise NotFound(entity, key)
+        return result.map(_vote)
+
+
+def _insert_one(conn: Connection, stmt: Any, conflict: str) -> AnyRow:
+    """
+    Run a single-row INSERT/UPDATE … RETURNING, turning a uniqueness race into Conflict.
+    """
+    try:
+        return conn.execute(stmt).one()
+    except IntegrityError as exc:
+        raise Conflict(conflict) from exc
+
+
+class Stores:
+    """
+    The three reference stores over one engine.
+
+    Use as a context manager, or call :meth:`close`, to release the engine's
+    connections (only when :func:`open_stores` created the engine).
+    """
+
+    __slots__ = ("_owns_engine", "bills", "engine", "users", "votes")
+
+    def __init__(self, engine: Engine, *, owns_engine: bool) -> None:
+        database = _Database(engine)
+        self.engine = engine
+        self.users = UserStore(database)
+        self.bills = BillStore(database)
+        self.votes = VoteStore(database)
+        self._owns_engine = owns_engine
+
+    def close(self) -> None:
+        """
+        Dispose of the engine if :func:`open_stores` created it.
+        """
+        if self._owns_engine:
+            self.engine.dispose()
+
+    def __enter__(self) -> Stores:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+def open_stores(database: str | URL | Engine, *, create_schema: bool = True) -> Stores:
+    """
+    Open the reference stores on *database*.
+
+    Args:
+        database: A database URL (an engine is made with
+            :func:`perfkit.db.create_engine`) or an existing engine, which
+            should come from :func:`perfkit.db.create_engine` so SQLite writes
+            begin with ``BEGIN IMMEDIATE``.
+        create_schema: Create the tables and indexes that are missing.
+
+    Example::
+
+        with open_stores("sqlite:///votes.db") as stores:
+            alice = stores.users.create(username="alice", email="alice@example.org")
+            bill = stores.bills.create(title="Clean Air Act", sponsor_id=alice.id)
+            stores.votes.cast(bill_id=bill.id, user_id=alice.id, choice="yes")
+            stores.votes.counts(bill.id)  # VoteCounts(bill_id=1, yes=1, no=0, abstain=0)
+
+    .. versionadded:: 0.1.0
+    """
+    owns_engine = not isinstance(database, Engine)
+    engine = _db.create_engine(database) if not isinstance(database, Engine) else database
+    if create_schema:
+        Base.metadata.create_all(engine)
+    return Stores(engine, owns_engine=owns_engine)
