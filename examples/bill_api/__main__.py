@@ -1,0 +1,61 @@
+"""
+Run the demo: seed the SQLite demo database if it is empty, then serve the API.
+
+``python -m bill_api`` (with ``examples/`` on ``sys.path``; ``make demo`` does it).
+Honours ``PERFKIT_DATABASE_URL``, ``PERFKIT_HOST`` (127.0.0.1) and ``PERFKIT_PORT`` (8000).
+"""
+
+from __future__ import annotations
+
+import os
+
+import sqlalchemy as sa
+import uvicorn
+
+from bill_api.app import DEFAULT_DATABASE_URL, DEMO_DATABASE, create_app
+from perfkit.reference import User, open_stores, seed
+
+EXAMPLES = (
+    "GET  /bills?limit=5",
+    "GET  /bills/42",
+    "GET  /bills/42/votes/counts",
+    "GET  /bills/42/votes?page=1&limit=10",
+    "GET  /users/7",
+    "GET  /users?username=user00007",
+    "GET  /users/7/votes",
+    'POST /users               {"username": "ada", "email": "ada@example.org"}',
+    'POST /bills/42/votes      {"user_id": 7, "choice": "yes"}',
+)
+
+
+def main() -> None:
+    url = os.environ.get("PERFKIT_DATABASE_URL") or DEFAULT_DATABASE_URL
+    host = os.environ.get("PERFKIT_HOST", "127.0.0.1")
+    port = int(os.environ.get("PERFKIT_PORT", "8000"))
+    if url == DEFAULT_DATABASE_URL:
+        DEMO_DATABASE.parent.mkdir(parents=True, exist_ok=True)
+    with open_stores(url) as stores, stores.engine.connect() as conn:
+        empty = conn.execute(sa.select(sa.func.count()).select_from(User)).scalar_one() == 0
+    if empty:
+        print(f"seeding {url} ...", flush=True)
+        with open_stores(url) as stores:
+            summary = seed(stores.engine)
+        print(
+            f"seeded {summary.users:,} users, {summary.bills:,} bills and "
+            f"{summary.votes:,} votes in {summary.seconds:.1f} s",
+            flush=True,
+        )
+    base = f"http://{host}:{port}"
+    print(f"\nperfkit bill/vote API on {base}  (database: {url})")
+    print(f"interactive docs: {base}/docs\ntry:")
+    for example in EXAMPLES:
+        method, _, rest = example.partition(" ")
+        path, _, body = rest.strip().partition(" ")
+        data = f" -H 'content-type: application/json' -d '{body.strip()}'" if body else ""
+        print(f"  curl -s{' -X POST' if method == 'POST' else ''} '{base}{path}'{data}")
+    print(flush=True)
+    uvicorn.run(create_app(database_url=url), host=host, port=port, log_level="info")
+
+
+if __name__ == "__main__":
+    main()

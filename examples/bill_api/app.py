@@ -1,0 +1,335 @@
+"""
+The example bill/vote API: FastAPI over :mod:`perfkit.reference`.
+
+Configuration comes from the environment:
+
+``PERFKIT_DATABASE_URL``
+    Database to serve (default: the SQLite demo file ``var/demo.sqlite3``).
+``PERFKIT_REDIS_URL``
+    Redis for the shared cache tier (default: none, in-process only).
+
+Every error is a JSON body ``{"error": {"code": ..., "message": ...}}`` with a
+4xx status: 400 malformed JSON or query, 404 unknown id or route, 405 wrong
+method, 409 conflict, 413 body too large, 415 not JSON, 422 invalid field.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
+from contextlib import asynccontextmanager
+from pathlib import Path as FilePath
+from typing import Annotated, Any, Final
+
+import sqlalchemy as sa
+from fastapi import Body, FastAPI, Path, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from perfkit import Conflict, InvalidInput, NotFound, Page, PerfkitError
+from perfkit.pagination import MAX_PAGE
+from perfkit.reference import Stores, open_stores
+
+__all__ = ["DEFAULT_DATABASE_URL", "create_app"]
+
+log = logging.getLogger("bill_api")
+
+DEMO_DATABASE: Final = FilePath(__file__).resolve().parents[2] / "var" / "demo.sqlite3"
+DEFAULT_DATABASE_URL: Final = f"sqlite:///{DEMO_DATABASE}"
+MAX_BODY_BYTES: Final = 64 * 1024
+MAX_ID: Final = 2**63 - 1
+MAX_LIMIT: Final = 100
+
+Id = Annotated[int, Path(ge=1, le=MAX_ID, description="A positive row id")]
+PageNo = Annotated[int, Query(ge=1, le=MAX_PAGE, description="1-based page number")]
+Limit = Annotated[int, Query(ge=1, le=MAX_LIMIT, description="Items per page")]
+
+_STATUS_OF: Final[dict[type[PerfkitError], int]] = {
+    NotFound: 404,
+    Conflict: 409,
+    InvalidInput: 422,
+}
+_HTTP_CODES: Final = {
+    400: "bad_request",
+    404: "not_found",
+    405: "method_not_allowed",
+    413: "payload_too_large",
+    415: "unsupported_media_type",
+}
+
+
+class _Body(BaseModel):
+    # strict: a JSON number is not a username and "5" is not an id.
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+class NewUser(_Body):
+    username: str
+    email: str
+
+
+class NewBill(_Body):
+    title: str
+    sponsor_id: int
+    summary: str = ""
+    status: str = "draft"
+
+
+class BillChanges(_Body):
+    title: str | None = None
+    summary: str | None = None
+    status: str | None = None
+
+
+class NewVote(_Body):
+    user_id: int
+    choice: str
+
+
+def error_body(code: str, message: str, **extra: Any) -> dict[str, Any]:
+    """
+    Return the JSON error envelope every non-2xx response uses.
+    """
+    return {"error": {"code": code, "message": message, **extra}}
+
+
+def page_body(page: Page[Any]) -> dict[str, Any]:
+    """
+    Return a page of records with its metadata as JSON.
+    """
+    return {
+        "items": [item.to_dict() for item in page.items],
+        "page": page.page,
+        "limit": page.limit,
+        "total": page.total,
+        "pages": page.pages,
+        "has_next": page.has_next,
+        "has_prev": page.has_prev,
+    }
+
+
+def create_app(*, stores: Stores | None = None, database_url: str | None = None) -> FastAPI:
+    """
+    Build the API over *stores*, or over stores opened on *database_url*
+    (default: ``PERFKIT_DATABASE_URL`` or the demo SQLite file) at startup.
+    """
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if stores is not None:
+            app.state.stores = stores
+            yield
+            return
+        url = database_url or os.environ.get("PERFKIT_DATABASE_URL") or DEFAULT_DATABASE_URL
+        opened = open_stores(url)
+        app.state.stores = opened
+        try:
+            yield
+        finally:
+            opened.close()
+
+    app = FastAPI(title="perfkit bill/vote API", version="0.1.0", lifespan=lifespan)
+    if stores is not None:
+        app.state.stores = stores
+    _install_error_handlers(app)
+    app.add_middleware(BodyLimit, max_bytes=MAX_BODY_BYTES)
+    _install_routes(app)
+    return app
+
+
+def _stores(request: Request) -> Stores:
+    stores: Stores = request.app.state.stores
+    return stores
+
+
+def _install_routes(app: FastAPI) -> None:
+    @app.get("/healthz")
+    def healthz(request: Request) -> JSONResponse:
+        try:
+            with _stores(request).engine.connect() as conn:
+                conn.execute(sa.text("SELECT 1"))
+        except sa.exc.SQLAlchemyError:
+            log.exception("health check failed")
+            return JSONResponse({"status": "unavailable", "database": "down"}, status_code=503)
+        return JSONResponse({"status": "ok", "database": "ok"})
+
+    @app.get("/users/{user_id}")
+    def get_user(request: Request, user_id: Id) -> dict[str, Any]:
+        user = _stores(request).users.get_by_id(user_id)
+        if user is None:
+            raise NotFound("user", user_id)
+        return user.to_dict()
+
+    @app.get("/users")
+    def find_user(
+        request: Request,
+        username: Annotated[str | None, Query(max_length=64)] = None,
+        email: Annotated[str | None, Query(max_length=320)] = None,
+    ) -> dict[str, Any]:
+        users = _stores(request).users
+        if (username is None) == (email is None):
+            raise InvalidInput("query", "give exactly one of username or email")
+        if username is not None:
+            user = users.get_by_username(username)
+            field, key = "username", username
+        else:
+            assert email is not None
+            user = users.get_by_email(email)
+            field, key = "email", email
+        if user is None:
+            raise NotFound("user", key, field=field)
+        return user.to_dict()
+
+    @app.post("/users", status_code=201)
+    def create_user(request: Request, body: Annotated[NewUser, Body()]) -> dict[str, Any]:
+        return _stores(request).users.create(username=body.username, email=body.email).to_dict()
+
+    @app.get("/bills")
+    def list_bills(
+        request: Request,
+        page: PageNo = 1,
+        limit: Limit = 20,
+        status: Annotated[str | None, Query(max_length=32)] = None,
+    ) -> dict[str, Any]:
+        return page_body(_stores(request).bills.get_all(page=page, limit=limit, status=status))
+
+    @app.get("/bills/{bill_id}")
+    def get_bill(request: Request, bill_id: Id) -> dict[str, Any]:
+        bill = _stores(request).bills.get_by_id(bill_id)
+        if bill is None:
+            raise NotFound("bill", bill_id)
+        return bill.to_dict()
+
+    @app.post("/bills", status_code=201)
+    def create_bill(request: Request, body: Annotated[NewBill, Body()]) -> dict[str, Any]:
+        bill = _stores(request).bills.create(
+            title=body.title, sponsor_id=body.sponsor_id, summary=body.summary, status=body.status
+        )
+        return bill.to_dict()
+
+    @app.patch("/bills/{bill_id}")
+    def update_bill(
+        request: Request, bill_id: Id, body: Annotated[BillChanges, Body()]
+    ) -> dict[str, Any]:
+        bill = _stores(request).bills.update(
+            bill_id, title=body.title, summary=body.summary, status=body.status
+        )
+        return bill.to_dict()
+
+    @app.get("/bills/{bill_id}/votes")
+    def bill_votes(
+        request: Request, bill_id: Id, page: PageNo = 1, limit: Limit = 20
+    ) -> dict[str, Any]:
+        return page_body(_stores(request).votes.get_by_bill_id(bill_id, page=page, limit=limit))
+
+    @app.get("/bills/{bill_id}/votes/counts")
+    def bill_vote_counts(request: Request, bill_id: Id) -> dict[str, Any]:
+        return _stores(request).votes.counts(bill_id).to_dict()
+
+    @app.post("/bills/{bill_id}/votes", status_code=201)
+    def cast_vote(
+        request: Request, bill_id: Id, body: Annotated[NewVote, Body()]
+    ) -> dict[str, Any]:
+        vote = _stores(request).votes.cast(
+            bill_id=bill_id, user_id=body.user_id, choice=body.choice
+        )
+        return vote.to_dict()
+
+    @app.get("/users/{user_id}/votes")
+    def user_votes(
+        request: Request, user_id: Id, page: PageNo = 1, limit: Limit = 20
+    ) -> dict[str, Any]:
+        return page_body(_stores(request).votes.get_by_user_id(user_id, page=page, limit=limit))
+
+
+def _install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(PerfkitError)
+    async def perfkit_error(_request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, PerfkitError)
+        status = next((code for cls, code in _STATUS_OF.items() if isinstance(exc, cls)), 400)
+        return JSONResponse(error_body(exc.code, exc.message), status_code=status)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(_request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, RequestValidationError)
+        errors = list(exc.errors())
+        if any(error.get("type") == "json_invalid" for error in errors):
+            return JSONResponse(
+                error_body("malformed_json", "the request body is not valid JSON"),
+                status_code=400,
+            )
+        # Never echo the input back: it may be a megabyte, or a secret.
+        fields = [
+            {"field": ".".join(str(part) for part in error["loc"]), "message": error["msg"]}
+            for error in errors
+        ]
+        message = "; ".join(f"{f['field']}: {f['message']}" for f in fields)
+        return JSONResponse(error_body("validation_error", message, fields=fields), status_code=422)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(_request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, StarletteHTTPException)
+        code = _HTTP_CODES.get(exc.status_code, "http_error")
+        return JSONResponse(
+            error_body(code, str(exc.detail)),
+            status_code=exc.status_code,
+            headers=exc.headers,
+        )
+
+    @app.exception_handler(Exception)
+    async def unexpected_error(request: Request, exc: Exception) -> JSONResponse:
+        log.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
+        return JSONResponse(
+            error_body("internal_error", "the server failed to handle the request"),
+            status_code=500,
+        )
+
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+
+class BodyLimit:
+    """
+    Refuse request bodies over *max_bytes* with 413 before the app buffers them.
+
+    A declared ``Content-Length`` is checked up front; a chunked body is
+    counted as it streams in.
+    """
+
+    def __init__(self, app: ASGIApp, *, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        for name, value in scope.get("headers", ()):
+            if name == b"content-length" and value.isdigit() and int(value) > self.max_bytes:
+                response = JSONResponse(error_body(*self._too_large()), status_code=413)
+                await response(scope, receive, send)
+                return
+        received = 0
+
+        async def limited_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_bytes:
+                    # FastAPI lets HTTPException through its body parsing;
+                    # the app's handler turns it into the JSON 413.
+                    raise StarletteHTTPException(413, detail=self._too_large()[1])
+            return message
+
+        await self.app(scope, limited_receive, send)
+
+    def _too_large(self) -> tuple[str, str]:
+        return "payload_too_large", f"the request body exceeds {self.max_bytes} bytes"
