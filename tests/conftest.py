@@ -1,0 +1,118 @@
+"""
+Shared fixtures: real SQLite files and a real PostgreSQL schema per test run.
+
+PostgreSQL comes from ``PERFKIT_TEST_DATABASE_URL`` (default: the loopback
+service). Unreachable, its tests skip with the reason, unless
+``PERFKIT_REQUIRE_SERVICES=1`` (set by CI), where they fail.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine, make_url
+
+from perfkit import db
+from perfkit.reference import Base, Stores, open_stores
+
+DEFAULT_PG_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+PG_URL = os.environ.get("PERFKIT_TEST_DATABASE_URL", DEFAULT_PG_URL)
+REQUIRE_SERVICES = os.environ.get("PERFKIT_REQUIRE_SERVICES", "") not in ("", "0")
+
+
+def service_unavailable(name: str, url: str, reason: object) -> None:
+    """
+    Skip the test, or fail it when services are required.
+    """
+    where = make_url(url).render_as_string(hide_password=True)
+    message = f"{name} unreachable at {where}: {reason}"
+    if REQUIRE_SERVICES:
+        pytest.fail(f"{message} (PERFKIT_REQUIRE_SERVICES is set)", pytrace=False)
+    pytest.skip(message)
+
+
+@pytest.fixture(scope="session")
+def pg_schema_url() -> Iterator[str]:
+    """
+    A URL of a fresh PostgreSQL schema for this test run, dropped at the end.
+    """
+    probe = db.create_engine(PG_URL, pool_size=1, connect_args={"connect_timeout": 2})
+    try:
+        with probe.connect() as conn:
+            conn.execute(sa.text("SELECT 1"))
+    except sa.exc.OperationalError as exc:
+        probe.dispose()
+        service_unavailable("PostgreSQL", PG_URL, exc.orig or exc)
+    schema = f"perfkit_test_{os.getpid()}_{uuid.uuid4().hex[:8]}"
+    with probe.begin() as conn:
+        conn.exec_driver_sql(f'CREATE SCHEMA "{schema}"')
+    url = make_url(PG_URL).update_query_dict({"options": f"-csearch_path={schema}"})
+    try:
+        yield url.render_as_string(hide_password=False)
+    finally:
+        with probe.begin() as conn:
+            conn.exec_driver_sql(f'DROP SCHEMA "{schema}" CASCADE')
+        probe.dispose()
+
+
+@pytest.fixture(scope="session")
+def pg_engine(pg_schema_url: str) -> Iterator[Engine]:
+    """
+    An engine on this run's PostgreSQL schema with the reference tables.
+    """
+    engine = db.create_engine(pg_schema_url)
+    Base.metadata.create_all(engine)
+    yield engine
+    engine.dispose()
+
+
+def truncate(engine: Engine) -> None:
+    """
+    Empty the reference tables and restart their ids.
+    """
+    with engine.begin() as conn:
+        conn.exec_driver_sql("TRUNCATE votes, bills, users RESTART IDENTITY CASCADE")
+
+
+@pytest.fixture
+def sqlite_engine(tmp_path: Path) -> Iterator[Engine]:
+    """
+    An engine on a fresh SQLite file (WAL, so it behaves like production).
+    """
+    engine = db.create_engine(f"sqlite:///{tmp_path / 'perfkit.sqlite3'}")
+    Base.metadata.create_all(engine)
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture
+def pg_clean_engine(pg_engine: Engine) -> Engine:
+    """
+    The PostgreSQL engine with empty reference tables.
+    """
+    truncate(pg_engine)
+    return pg_engine
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def engine(request: pytest.FixtureRequest) -> Engine:
+    """
+    An empty reference database on each backend.
+    """
+    name = "sqlite_engine" if request.param == "sqlite" else "pg_clean_engine"
+    result: Engine = request.getfixturevalue(name)
+    return result
+
+
+@pytest.fixture
+def stores(engine: Engine) -> Iterator[Stores]:
+    """
+    The reference stores on an empty database, on each backend.
+    """
+    with open_stores(engine) as opened:
+        yield opened

@@ -1,0 +1,3 @@
+"""
+Suites every backend runs: subclass one and provide its ``stores`` fixture.
+"""
