@@ -1,0 +1,173 @@
+"""
+perfkit.paginate: offset pages with metadata, validation and count strategies.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from helpers import queries, statements
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from sqlalchemy.engine import Engine
+from sqlalchemy.orm import Session
+
+from perfkit import InvalidPage, Page, db, paginate
+from perfkit.pagination import MAX_PAGE, validate_page
+
+metadata = sa.MetaData()
+items = sa.Table(
+    "items",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("grp", sa.Integer, nullable=False),
+)
+tags = sa.Table(
+    "tags",
+    metadata,
+    sa.Column("item_id", sa.Integer, sa.ForeignKey("items.id")),
+    sa.Column("tag", sa.String(8)),
+)
+
+
+def _engine(n: int, *, groups: int = 3) -> Engine:
+    engine = db.create_engine("sqlite://")
+    metadata.create_all(engine)
+    if n:
+        with engine.begin() as conn:
+            conn.execute(items.insert(), [{"id": i, "grp": i % groups} for i in range(1, n + 1)])
+    return engine
+
+
+ORDERED = sa.select(items.c.id).order_by(items.c.id)
+
+
+@given(n=st.integers(0, 60), limit=st.integers(1, 25))
+@settings(max_examples=60, deadline=None)
+def test_walking_pages_yields_every_row_once(n: int, limit: int) -> None:
+    """Pages 1..pages hold every row exactly once, in order, with consistent metadata."""
+    engine = _engine(n)
+    seen: list[int] = []
+    with engine.connect() as conn:
+        first = paginate(conn, ORDERED, page=1, limit=limit)
+        assert first.pages is not None
+        for number in range(1, first.pages + 1):
+            page = paginate(conn, ORDERED, page=number, limit=limit)
+            assert (n, first.pages) == (page.total, page.pages)
+            assert (number < first.pages, number > 1) == (page.has_next, page.has_prev)
+            seen.extend(row.id for row in page.items)
+    assert math.ceil(n / limit) == first.pages
+    assert list(range(1, n + 1)) == seen
+
+
+def test_count_none_skips_the_count_and_still_knows_has_next() -> None:
+    """count='none' runs one query with limit+1 and leaves total/pages empty."""
+    engine = _engine(5)
+    with engine.connect() as conn, statements(engine) as seen:
+        middle = paginate(conn, ORDERED, page=2, limit=2, count="none")
+        last = paginate(conn, ORDERED, page=3, limit=2, count="none")
+
+    assert [3, 4] == [row.id for row in middle.items]
+    assert (None, None, True, True) == (middle.total, middle.pages, middle.has_next, middle.has_prev)
+    assert (False, [5]) == (last.has_next, [row.id for row in last.items])
+    assert 2 == len(queries(seen))
+
+
+def test_exact_count_skips_the_count_when_one_page_holds_everything() -> None:
+    """A short first page is its own total: no COUNT query is sent."""
+    engine = _engine(3)
+    with engine.connect() as conn, statements(engine) as seen:
+        page = paginate(conn, ORDERED, page=1, limit=10)
+
+    assert (3, 1, False) == (page.total, page.pages, page.has_next)
+    assert 1 == len(queries(seen))
+
+
+def test_exact_count_is_right_with_distinct_and_joins() -> None:
+    """COUNT wraps the statement, so DISTINCT and joins count result rows, not table rows."""
+    engine = _engine(6)
+    with engine.begin() as conn:
+        conn.execute(tags.insert(), [{"item_id": i, "tag": t} for i in (1, 2) for t in "abc"])
+    distinct_groups = sa.select(items.c.grp).distinct().order_by(items.c.grp)
+    joined = (
+        sa.select(items.c.id, tags.c.tag)
+        .join(tags, tags.c.item_id == items.c.id)
+        .order_by(items.c.id, tags.c.tag)
+    )
+    with engine.connect() as conn:
+        assert 3 == paginate(conn, distinct_groups, page=2, limit=1).total
+        assert 6 == paginate(conn, joined, page=2, limit=4).total
+
+
+def test_works_on_an_orm_session() -> None:
+    """A Session is as good a bind as a Connection."""
+    engine = _engine(4)
+    with Session(engine) as session:
+        page = paginate(session, ORDERED, page=2, limit=3)
+
+    assert ([4], 4, 2) == ([row.id for row in page.items], page.total, page.pages)
+
+
+def test_page_past_the_end_is_empty_not_an_error() -> None:
+    """Asking for a page after the last returns no items and correct metadata."""
+    engine = _engine(4)
+    with engine.connect() as conn:
+        page = paginate(conn, ORDERED, page=10, limit=2)
+
+    assert ((), 4, 2, False, True) == (
+        page.items,
+        page.total,
+        page.pages,
+        page.has_next,
+        page.has_prev,
+    )
+
+
+@pytest.mark.parametrize(
+    ("page", "limit", "field"),
+    [
+        (0, 10, "page"),
+        (-3, 10, "page"),
+        (MAX_PAGE + 1, 10, "page"),
+        ("2", 10, "page"),
+        (True, 10, "page"),
+        (1.0, 10, "page"),
+        (1, 0, "limit"),
+        (1, 101, "limit"),
+        (1, 1_000_000, "limit"),
+        (1, None, "limit"),
+    ],
+)
+def test_invalid_page_or_limit(page: Any, limit: Any, field: str) -> None:
+    """Bad page/limit raise InvalidPage naming the field, before any query."""
+    with pytest.raises(InvalidPage, match=f"^{field}: ") as info:
+        validate_page(page, limit)
+
+    assert field == info.value.field
+    assert isinstance(info.value, ValueError)
+
+
+def test_max_limit_is_configurable() -> None:
+    """max_limit raises (or lowers) the largest accepted page size."""
+    engine = _engine(3)
+    with engine.connect() as conn:
+        assert 3 == paginate(conn, ORDERED, page=1, limit=500, max_limit=1000).total
+        with pytest.raises(InvalidPage, match="from 1 to 2"):
+            paginate(conn, ORDERED, page=1, limit=3, max_limit=2)
+
+
+def test_unknown_count_strategy_is_refused() -> None:
+    """An unknown count strategy is a ValueError, not a silent default."""
+    engine = _engine(1)
+    with engine.connect() as conn, pytest.raises(ValueError, match="count must be"):
+        paginate(conn, ORDERED, page=1, limit=1, count="approximate")  # type: ignore[arg-type]
+
+
+def test_page_map_keeps_the_metadata() -> None:
+    """Page.map transforms items and nothing else."""
+    page = Page(items=(1, 2), page=2, limit=2, total=5, pages=3, has_next=True, has_prev=True)
+
+    assert Page(("1", "2"), 2, 2, 5, 3, True, True) == page.map(str)

@@ -1,0 +1,89 @@
+"""
+The public surface: what perfkit exports, and what importing it costs.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import json
+import subprocess
+import sys
+
+import perfkit
+import perfkit.reference
+
+PUBLIC = [
+    "Conflict",
+    "InvalidInput",
+    "InvalidPage",
+    "NotFound",
+    "Page",
+    "PerfkitError",
+    "__version__",
+    "db",
+    "paginate",
+]
+
+REFERENCE = [
+    "Base",
+    "Bill",
+    "BillRecord",
+    "BillStatus",
+    "BillStore",
+    "SeedSummary",
+    "Stores",
+    "User",
+    "UserRecord",
+    "UserStore",
+    "Vote",
+    "VoteChoice",
+    "VoteCounts",
+    "VoteRecord",
+    "VoteStore",
+    "open_stores",
+    "seed",
+]
+
+
+def test_all_is_pinned_and_sorted() -> None:
+    """perfkit.__all__ is exactly the public set, sorted, and every name resolves."""
+    assert PUBLIC == perfkit.__all__
+    assert sorted(PUBLIC) == PUBLIC
+    for name in PUBLIC:
+        assert hasattr(perfkit, name)
+
+
+def test_reference_all_is_pinned() -> None:
+    """perfkit.reference.__all__ is exactly its public set."""
+    assert REFERENCE == perfkit.reference.__all__
+    for name in REFERENCE:
+        assert hasattr(perfkit.reference, name)
+
+
+def test_version_matches_distribution() -> None:
+    """__version__ is the installed distribution's version."""
+    assert importlib.metadata.version("perfkit") == perfkit.__version__
+
+
+def test_import_stays_light() -> None:
+    """import perfkit (and perfkit.reference) loads no optional integration."""
+    code = (
+        "import json, sys, perfkit, perfkit.reference; "
+        "print(json.dumps(sorted(m for m in sys.modules)))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], check=True, capture_output=True, text=True
+    ).stdout
+    loaded = set(json.loads(out))
+
+    heavy = {"redis", "fastapi", "starlette", "uvicorn", "opentelemetry.sdk", "greenlet",
+             "aiosqlite", "psycopg", "sqlalchemy.ext.asyncio", "pydantic"}  # fmt: skip
+    assert set() == heavy & loaded
+
+
+def test_package_is_typed() -> None:
+    """The wheel ships py.typed so type checkers use perfkit's annotations."""
+    assert perfkit.__file__ is not None
+    from pathlib import Path
+
+    assert (Path(perfkit.__file__).parent / "py.typed").is_file()
