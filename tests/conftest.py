@@ -116,3 +116,9 @@ def stores(engine: Engine) -> Iterator[Stores]:
     """
     with open_stores(engine) as opened:
         yield opened
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    """Async tests run on asyncio."""
+    return "asyncio"

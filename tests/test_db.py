@@ -10,15 +10,10 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
-from helpers import statements
 from sqlalchemy.engine import Engine
 
+from helpers import statements
 from perfkit import db
-
-
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
 
 
 @pytest.fixture
@@ -38,12 +33,12 @@ def _pragmas(conn: sa.Connection) -> dict[str, Any]:
 def test_sqlite_file_defaults(file_engine: Engine) -> None:
     """A file database gets WAL, the busy timeout, foreign keys and synchronous=NORMAL."""
     with file_engine.connect() as conn:
-        assert {
+        assert _pragmas(conn) == {
             "journal_mode": "wal",
             "busy_timeout": 2500,
             "foreign_keys": 1,
             "synchronous": 1,
-        } == _pragmas(conn)
+        }
 
 
 def test_sqlite_memory_database_skips_wal() -> None:
@@ -53,8 +48,8 @@ def test_sqlite_memory_database_skips_wal() -> None:
     with engine.connect() as conn:
         pragmas = _pragmas(conn)
 
-    assert "memory" == pragmas["journal_mode"]
-    assert (5000, 1) == (pragmas["busy_timeout"], pragmas["foreign_keys"])
+    assert pragmas["journal_mode"] == "memory"
+    assert (pragmas["busy_timeout"], pragmas["foreign_keys"]) == (5000, 1)
 
 
 def test_transactions_begin_deferred_and_writes_immediate(file_engine: Engine) -> None:
@@ -65,8 +60,8 @@ def test_transactions_begin_deferred_and_writes_immediate(file_engine: Engine) -
     with statements(writer) as seen_writes, writer.begin() as conn:
         conn.exec_driver_sql("UPDATE counter SET n = n + 1")
 
-    assert "BEGIN DEFERRED" == seen[0]
-    assert "BEGIN IMMEDIATE" == seen_writes[0]
+    assert seen[0] == "BEGIN DEFERRED"
+    assert seen_writes[0] == "BEGIN IMMEDIATE"
 
 
 def test_deferred_read_then_write_loses_the_upgrade(file_engine: Engine) -> None:
@@ -104,9 +99,9 @@ def test_immediate_read_then_write_transactions_never_lose_updates(file_engine: 
     for thread in threads:
         thread.join()
 
-    assert [] == errors
+    assert errors == []
     with file_engine.connect() as conn:
-        assert 100 == conn.exec_driver_sql("SELECT n FROM counter").scalar_one()
+        assert conn.exec_driver_sql("SELECT n FROM counter").scalar_one() == 100
 
 
 def test_readers_are_not_blocked_by_an_open_write(file_engine: Engine) -> None:
@@ -114,7 +109,7 @@ def test_readers_are_not_blocked_by_an_open_write(file_engine: Engine) -> None:
     with db.for_writes(file_engine).begin() as writing:
         writing.exec_driver_sql("UPDATE counter SET n = 41")
         with file_engine.connect() as reader:
-            assert 0 == reader.exec_driver_sql("SELECT n FROM counter").scalar_one()
+            assert reader.exec_driver_sql("SELECT n FROM counter").scalar_one() == 0
 
 
 def test_foreign_keys_are_enforced(file_engine: Engine) -> None:
@@ -152,10 +147,10 @@ def test_postgresql_defaults() -> None:
     """PostgreSQL engines get psycopg 3, pre-ping, a sized pool and a connect timeout."""
     engine = db.create_engine("postgresql://nobody@127.0.0.1:1/none")
 
-    assert "psycopg" == engine.dialect.driver
+    assert engine.dialect.driver == "psycopg"
     assert engine.pool._pre_ping  # type: ignore[attr-defined]
-    assert 10 == engine.pool.size()  # type: ignore[attr-defined]
-    assert 10.0 == engine.pool.timeout()  # type: ignore[attr-defined]
+    assert engine.pool.size() == 10  # type: ignore[attr-defined]
+    assert engine.pool.timeout() == 10.0  # type: ignore[attr-defined]
 
 
 def test_postgresql_overrides_win_and_connect_args_merge(pg_schema_url: str) -> None:
@@ -170,8 +165,8 @@ def test_postgresql_overrides_win_and_connect_args_merge(pg_schema_url: str) -> 
     finally:
         engine.dispose()
 
-    assert 3 == engine.pool.size()  # type: ignore[attr-defined]
-    assert ("5", "perfkit-test") == (params["connect_timeout"], name)
+    assert engine.pool.size() == 3  # type: ignore[attr-defined]
+    assert (params["connect_timeout"], name) == ("5", "perfkit-test")
 
 
 def test_postgresql_ignores_the_sqlite_begin_option(pg_schema_url: str) -> None:
@@ -179,7 +174,7 @@ def test_postgresql_ignores_the_sqlite_begin_option(pg_schema_url: str) -> None:
     engine = db.create_engine(pg_schema_url)
     try:
         with statements(engine) as seen, db.for_writes(engine).begin() as conn:
-            assert 1 == conn.execute(sa.text("SELECT 1")).scalar_one()
+            assert conn.execute(sa.text("SELECT 1")).scalar_one() == 1
     finally:
         engine.dispose()
 
@@ -199,9 +194,9 @@ async def test_async_sqlite_engine_has_the_same_defaults(tmp_path: Path) -> None
     finally:
         await engine.dispose()
 
-    assert "aiosqlite" == engine.dialect.driver
-    assert ("wal", 5000, 1, 1) == tuple(pragmas.values())
-    assert 1 == in_transaction
+    assert engine.dialect.driver == "aiosqlite"
+    assert tuple(pragmas.values()) == ("wal", 5000, 1, 1)
+    assert in_transaction == 1
 
 
 @pytest.mark.anyio
@@ -210,6 +205,6 @@ async def test_async_postgresql_round_trip(pg_schema_url: str) -> None:
     engine = db.create_async_engine(pg_schema_url)
     try:
         async with engine.connect() as conn:
-            assert 1 == (await conn.execute(sa.text("SELECT 1"))).scalar_one()
+            assert (await conn.execute(sa.text("SELECT 1"))).scalar_one() == 1
     finally:
         await engine.dispose()

@@ -31,14 +31,14 @@ def test_not_found_carries_its_context() -> None:
     """NotFound names the entity, the key and the field it was looked up by."""
     error = NotFound("user", "ada", field="username")
 
-    assert ("user", "ada", "username") == (error.entity, error.key, error.field)
-    assert "user with username='ada' does not exist" == str(error)
+    assert (error.entity, error.key, error.field) == ("user", "ada", "username")
+    assert str(error) == "user with username='ada' does not exist"
 
 
 def test_invalid_input_names_the_field() -> None:
     """InvalidInput's message starts with the field it is about."""
     error = InvalidInput("limit", "must be at most 100")
 
-    assert "limit" == error.field
+    assert error.field == "limit"
     assert "limit: must be at most 100" == error.message == str(error)
     assert isinstance(InvalidPage("page", "x"), InvalidInput)

@@ -16,10 +16,9 @@ import pytest
 from sqlalchemy import event
 from sqlalchemy.engine import Engine
 
+from conftest import truncate
 from perfkit import db
 from perfkit.reference import Base, Stores, open_stores, seed
-
-from conftest import truncate
 
 # query name -> (call on the stores, index that must serve it)
 HOT_QUERIES: dict[str, tuple[Callable[[Stores], object], str]] = {
@@ -88,8 +87,7 @@ def test_sqlite_plan_uses_the_index(sqlite_seeded: Stores, name: str) -> None:
 
     with sqlite_seeded.engine.connect() as conn:
         plan = [
-            row[3]
-            for row in conn.exec_driver_sql(f"EXPLAIN QUERY PLAN {statement}", parameters)
+            row[3] for row in conn.exec_driver_sql(f"EXPLAIN QUERY PLAN {statement}", parameters)
         ]
 
     assert any(f"INDEX {index}" in step for step in plan), plan

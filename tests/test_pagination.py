@@ -9,12 +9,12 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
-from helpers import queries, statements
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
+from helpers import queries, statements
 from perfkit import InvalidPage, Page, db, paginate
 from perfkit.pagination import MAX_PAGE, validate_page
 
@@ -70,10 +70,15 @@ def test_count_none_skips_the_count_and_still_knows_has_next() -> None:
         middle = paginate(conn, ORDERED, page=2, limit=2, count="none")
         last = paginate(conn, ORDERED, page=3, limit=2, count="none")
 
-    assert [3, 4] == [row.id for row in middle.items]
-    assert (None, None, True, True) == (middle.total, middle.pages, middle.has_next, middle.has_prev)
-    assert (False, [5]) == (last.has_next, [row.id for row in last.items])
-    assert 2 == len(queries(seen))
+    assert [row.id for row in middle.items] == [3, 4]
+    assert (middle.total, middle.pages, middle.has_next, middle.has_prev) == (
+        None,
+        None,
+        True,
+        True,
+    )
+    assert (last.has_next, [row.id for row in last.items]) == (False, [5])
+    assert len(queries(seen)) == 2
 
 
 def test_exact_count_skips_the_count_when_one_page_holds_everything() -> None:
@@ -82,8 +87,8 @@ def test_exact_count_skips_the_count_when_one_page_holds_everything() -> None:
     with engine.connect() as conn, statements(engine) as seen:
         page = paginate(conn, ORDERED, page=1, limit=10)
 
-    assert (3, 1, False) == (page.total, page.pages, page.has_next)
-    assert 1 == len(queries(seen))
+    assert (page.total, page.pages, page.has_next) == (3, 1, False)
+    assert len(queries(seen)) == 1
 
 
 def test_exact_count_is_right_with_distinct_and_joins() -> None:
@@ -98,8 +103,8 @@ def test_exact_count_is_right_with_distinct_and_joins() -> None:
         .order_by(items.c.id, tags.c.tag)
     )
     with engine.connect() as conn:
-        assert 3 == paginate(conn, distinct_groups, page=2, limit=1).total
-        assert 6 == paginate(conn, joined, page=2, limit=4).total
+        assert paginate(conn, distinct_groups, page=2, limit=1).total == 3
+        assert paginate(conn, joined, page=2, limit=4).total == 6
 
 
 def test_works_on_an_orm_session() -> None:
@@ -108,7 +113,7 @@ def test_works_on_an_orm_session() -> None:
     with Session(engine) as session:
         page = paginate(session, ORDERED, page=2, limit=3)
 
-    assert ([4], 4, 2) == ([row.id for row in page.items], page.total, page.pages)
+    assert ([row.id for row in page.items], page.total, page.pages) == ([4], 4, 2)
 
 
 def test_page_past_the_end_is_empty_not_an_error() -> None:
@@ -117,13 +122,13 @@ def test_page_past_the_end_is_empty_not_an_error() -> None:
     with engine.connect() as conn:
         page = paginate(conn, ORDERED, page=10, limit=2)
 
-    assert ((), 4, 2, False, True) == (
+    assert (
         page.items,
         page.total,
         page.pages,
         page.has_next,
         page.has_prev,
-    )
+    ) == ((), 4, 2, False, True)
 
 
 @pytest.mark.parametrize(
@@ -154,7 +159,7 @@ def test_max_limit_is_configurable() -> None:
     """max_limit raises (or lowers) the largest accepted page size."""
     engine = _engine(3)
     with engine.connect() as conn:
-        assert 3 == paginate(conn, ORDERED, page=1, limit=500, max_limit=1000).total
+        assert paginate(conn, ORDERED, page=1, limit=500, max_limit=1000).total == 3
         with pytest.raises(InvalidPage, match="from 1 to 2"):
             paginate(conn, ORDERED, page=1, limit=3, max_limit=2)
 

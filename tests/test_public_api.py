@@ -8,6 +8,7 @@ import importlib.metadata
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import perfkit
 import perfkit.reference
@@ -47,7 +48,7 @@ REFERENCE = [
 
 def test_all_is_pinned_and_sorted() -> None:
     """perfkit.__all__ is exactly the public set, sorted, and every name resolves."""
-    assert PUBLIC == perfkit.__all__
+    assert perfkit.__all__ == PUBLIC
     assert sorted(PUBLIC) == PUBLIC
     for name in PUBLIC:
         assert hasattr(perfkit, name)
@@ -55,7 +56,7 @@ def test_all_is_pinned_and_sorted() -> None:
 
 def test_reference_all_is_pinned() -> None:
     """perfkit.reference.__all__ is exactly its public set."""
-    assert REFERENCE == perfkit.reference.__all__
+    assert perfkit.reference.__all__ == REFERENCE
     for name in REFERENCE:
         assert hasattr(perfkit.reference, name)
 
@@ -84,6 +85,4 @@ def test_import_stays_light() -> None:
 def test_package_is_typed() -> None:
     """The wheel ships py.typed so type checkers use perfkit's annotations."""
     assert perfkit.__file__ is not None
-    from pathlib import Path
-
     assert (Path(perfkit.__file__).parent / "py.typed").is_file()

@@ -253,9 +253,15 @@ def _install_error_handlers(app: FastAPI) -> None:
         return JSONResponse(error_body(exc.code, exc.message), status_code=status)
 
     @app.exception_handler(RequestValidationError)
-    async def validation_error(_request: Request, exc: Exception) -> JSONResponse:
+    async def validation_error(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, RequestValidationError)
         errors = list(exc.errors())
+        body_errors = any(error["loc"][:1] == ("body",) for error in errors)
+        if body_errors and not _is_json(request.headers.get("content-type", "")):
+            return JSONResponse(
+                error_body("unsupported_media_type", "send the body as application/json"),
+                status_code=415,
+            )
         if any(error.get("type") == "json_invalid" for error in errors):
             return JSONResponse(
                 error_body("malformed_json", "the request body is not valid JSON"),
@@ -286,6 +292,13 @@ def _install_error_handlers(app: FastAPI) -> None:
             error_body("internal_error", "the server failed to handle the request"),
             status_code=500,
         )
+
+
+def _is_json(content_type: str) -> bool:
+    media = content_type.split(";", 1)[0].strip().lower()
+    return media == "application/json" or (
+        media.startswith("application/") and media.endswith("+json")
+    )
 
 
 Scope = MutableMapping[str, Any]

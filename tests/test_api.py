@@ -1,0 +1,278 @@
+"""
+The example bill/vote API through its ASGI app, on SQLite and PostgreSQL.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import httpx
+import pytest
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+
+from bill_api import create_app
+from perfkit.reference import Stores, Vote, open_stores, seed
+
+
+@pytest.fixture
+def stores(engine: Engine) -> Iterator[Stores]:
+    seed(engine, users=20, bills=30, votes=100, random_seed=1)
+    with open_stores(engine) as opened:
+        yield opened
+
+
+pytestmark = pytest.mark.anyio
+
+Client = httpx.AsyncClient
+
+
+def _client(stores: Stores) -> httpx.AsyncClient:
+    transport = httpx.ASGITransport(app=create_app(stores=stores), raise_app_exceptions=False)
+    return httpx.AsyncClient(transport=transport, base_url="http://testserver")
+
+
+@pytest.fixture
+async def client(stores: Stores) -> AsyncIterator[httpx.AsyncClient]:
+    async with _client(stores) as test_client:
+        yield test_client
+
+
+def _votes(stores: Stores) -> int:
+    with stores.engine.connect() as conn:
+        return int(conn.execute(sa.select(sa.func.count()).select_from(Vote)).scalar_one())
+
+
+def _fresh_pair(stores: Stores) -> tuple[int, int]:
+    """A (bill, user) pair with no vote yet."""
+    with stores.engine.connect() as conn:
+        voted = {(b, u) for b, u in conn.execute(sa.select(Vote.bill_id, Vote.user_id))}
+    return next((b, u) for b in range(1, 31) for u in range(1, 21) if (b, u) not in voted)
+
+
+def _error(response: Any, status: int, code: str) -> dict[str, Any]:
+    assert status == response.status_code, response.text
+    assert response.headers["content-type"].startswith("application/json")
+    body = response.json()
+    assert code == body["error"]["code"], body
+    assert body["error"]["message"]
+    error: dict[str, Any] = body["error"]
+    return error
+
+
+# -- happy paths ---------------------------------------------------------------
+
+
+async def test_healthz(client: Client) -> None:
+    """/healthz checks the database and says ok."""
+    assert (await client.get("/healthz")).json() == {"status": "ok", "database": "ok"}
+
+
+async def test_users(client: Client) -> None:
+    """A user is created and then found by id, username and email."""
+    created = await client.post("/users", json={"username": "Ada", "email": "ada@example.org"})
+
+    assert created.status_code == 201
+    user = created.json()
+    assert user["username"] == "ada"
+    assert user == (await client.get(f"/users/{user['id']}")).json()
+    assert user == (await client.get("/users", params={"username": "ADA"})).json()
+    assert user == (await client.get("/users", params={"email": "ada@example.org"})).json()
+
+
+async def test_bills_list_has_pagination_metadata(client: Client) -> None:
+    """GET /bills pages newest first and reports total, pages and neighbours."""
+    body = (await client.get("/bills", params={"page": 2, "limit": 7})).json()
+
+    assert {
+        key: body[key] for key in ("page", "limit", "total", "pages", "has_next", "has_prev")
+    } == {"page": 2, "limit": 7, "total": 30, "pages": 5, "has_next": True, "has_prev": True}
+    assert [bill["id"] for bill in body["items"]] == [23, 22, 21, 20, 19, 18, 17]
+
+
+async def test_bill_lifecycle(client: Client) -> None:
+    """A bill is created, read, patched and listed first."""
+    created = await client.post(
+        "/bills", json={"title": "Clean Air Act", "sponsor_id": 3, "summary": "Air."}
+    )
+    assert created.status_code == 201
+    bill = created.json()
+
+    patched = await client.patch(f"/bills/{bill['id']}", json={"status": "introduced"})
+
+    assert patched.status_code == 200
+    assert (patched.json()["status"], patched.json()["title"]) == ("introduced", "Clean Air Act")
+    assert patched.json() == (await client.get(f"/bills/{bill['id']}")).json()
+    assert bill["id"] == (await client.get("/bills", params={"limit": 1})).json()["items"][0]["id"]
+
+
+async def test_votes(client: Client, stores: Stores) -> None:
+    """A cast vote shows in the bill's votes, the user's votes and the counts."""
+    bill_id, user_id = _fresh_pair(stores)
+    before = (await client.get(f"/bills/{bill_id}/votes/counts")).json()
+
+    cast = await client.post(f"/bills/{bill_id}/votes", json={"user_id": user_id, "choice": "no"})
+
+    assert cast.status_code == 201
+    vote = cast.json()
+    after = (await client.get(f"/bills/{bill_id}/votes/counts")).json()
+    assert before["no"] + 1 == after["no"]
+    assert before["total"] + 1 == after["total"]
+    bill_votes = (await client.get(f"/bills/{bill_id}/votes", params={"limit": 100})).json()
+    user_votes = (await client.get(f"/users/{user_id}/votes", params={"limit": 100})).json()
+    assert vote in bill_votes["items"]
+    assert vote in user_votes["items"]
+    assert after["total"] == bill_votes["total"]
+
+
+# -- bad input: a clear 4xx JSON body, never a 500 -------------------------------
+
+BAD_REQUESTS: list[tuple[str, str, dict[str, Any], int, str]] = [
+    ("GET", "/users/abc", {}, 422, "validation_error"),
+    ("GET", "/users/-1", {}, 422, "validation_error"),
+    ("GET", "/users/0", {}, 422, "validation_error"),
+    ("GET", "/users/1.5", {}, 422, "validation_error"),
+    ("GET", "/users/99999999999999999999999", {}, 422, "validation_error"),
+    ("GET", "/users/9999", {}, 404, "not_found"),
+    ("GET", "/users", {}, 422, "invalid_input"),
+    ("GET", "/users?username=a&email=a@example.org", {}, 422, "invalid_input"),
+    ("GET", "/users?username=no", {}, 422, "invalid_input"),
+    ("GET", "/users?username=nobody_here", {}, 404, "not_found"),
+    ("GET", "/users?email=not-an-email", {}, 422, "invalid_input"),
+    ("GET", "/bills?page=0", {}, 422, "validation_error"),
+    ("GET", "/bills?page=-1", {}, 422, "validation_error"),
+    ("GET", "/bills?page=abc", {}, 422, "validation_error"),
+    ("GET", "/bills?page=99999999999999999999", {}, 422, "validation_error"),
+    ("GET", "/bills?limit=0", {}, 422, "validation_error"),
+    ("GET", "/bills?limit=1000000", {}, 422, "validation_error"),
+    ("GET", "/bills?status=vetoed", {}, 422, "invalid_input"),
+    ("GET", "/bills/abc", {}, 422, "validation_error"),
+    ("GET", "/bills/9999", {}, 404, "not_found"),
+    ("GET", "/bills/9999/votes", {}, 404, "not_found"),
+    ("GET", "/bills/1/votes?page=0", {}, 422, "validation_error"),
+    ("GET", "/bills/1/votes?limit=1000000", {}, 422, "validation_error"),
+    ("GET", "/bills/9999/votes/counts", {}, 404, "not_found"),
+    ("GET", "/bills/-5/votes/counts", {}, 422, "validation_error"),
+    ("GET", "/users/9999/votes", {}, 404, "not_found"),
+    ("GET", "/users/1/votes?limit=abc", {}, 422, "validation_error"),
+    ("GET", "/nowhere", {}, 404, "not_found"),
+    ("DELETE", "/bills/1", {}, 405, "method_not_allowed"),
+    ("POST", "/users", {"content": b"{bad json", "headers": {"content-type": "application/json"}},
+     400, "malformed_json"),
+    ("POST", "/users", {"content": b"{bad json"}, 415, "unsupported_media_type"),
+    ("POST", "/users", {"json": {"username": "ada"}}, 422, "validation_error"),
+    ("POST", "/users", {"json": {"username": 5, "email": "x@example.org"}}, 422,
+     "validation_error"),
+    ("POST", "/users", {"json": {"username": "ada", "email": "a@example.org", "admin": True}},
+     422, "validation_error"),
+    ("POST", "/users", {"json": ["ada", "ada@example.org"]}, 422, "validation_error"),
+    ("POST", "/users", {"json": {"username": "user00001", "email": "new@example.org"}}, 409,
+     "conflict"),
+    ("POST", "/users", {"json": {"username": "fresh", "email": "user00002@example.org"}}, 409,
+     "conflict"),
+    ("POST", "/users", {"content": b'{"username": "ada", "email": "\\ud800@example.org"}',
+                        "headers": {"content-type": "application/json"}}, 422, "invalid_input"),
+    ("POST", "/users", {"content": b"username=ada", "headers": {"content-type": "text/plain"}},
+     415, "unsupported_media_type"),
+    ("POST", "/bills", {"json": {"title": "x" * 1_000_000, "sponsor_id": 1}}, 413,
+     "payload_too_large"),
+    ("POST", "/bills", {"json": {"title": "x" * 201, "sponsor_id": 1}}, 422, "invalid_input"),
+    ("POST", "/bills", {"json": {"title": "NUL\u0000", "sponsor_id": 1}}, 422, "invalid_input"),
+    ("POST", "/bills", {"json": {"title": "Act", "sponsor_id": 9999}}, 404, "not_found"),
+    ("POST", "/bills", {"json": {"title": "Act", "sponsor_id": "1"}}, 422, "validation_error"),
+    ("POST", "/bills", {"json": {"title": "Act", "sponsor_id": 1, "status": "enacted"}}, 422,
+     "invalid_input"),
+    ("POST", "/bills", {"json": {"title": "Act", "sponsor_id": 2**70}}, 422, "invalid_input"),
+    ("PATCH", "/bills/9999", {"json": {"title": "Ghost Act"}}, 404, "not_found"),
+    ("PATCH", "/bills/1", {"json": {"title": ""}}, 422, "invalid_input"),
+    ("PATCH", "/bills/1", {"json": {"sponsor_id": 2}}, 422, "validation_error"),
+    ("POST", "/bills/1/votes", {"json": {"user_id": 1, "choice": "maybe"}}, 422, "invalid_input"),
+    ("POST", "/bills/1/votes", {"json": {"user_id": 9999, "choice": "yes"}}, 404, "not_found"),
+    ("POST", "/bills/9999/votes", {"json": {"user_id": 1, "choice": "yes"}}, 404, "not_found"),
+    ("POST", "/bills/1/votes", {"json": {"user_id": "1", "choice": "yes"}}, 422,
+     "validation_error"),
+    ("POST", "/bills/1/votes", {"json": {"choice": "yes"}}, 422, "validation_error"),
+    ("POST", "/bills/0/votes", {"json": {"user_id": 1, "choice": "yes"}}, 422, "validation_error"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "kwargs", "status", "code"),
+    BAD_REQUESTS,
+    ids=[f"{m} {p[:40]} {s}" for m, p, _, s, _ in BAD_REQUESTS],
+)
+async def test_bad_input_is_a_clear_4xx(
+    client: Client,
+    stores: Stores,
+    method: str,
+    path: str,
+    kwargs: dict[str, Any],
+    status: int,
+    code: str,
+) -> None:
+    """Each bad request gets its 4xx status and a JSON error body, and writes nothing."""
+    votes_before = _votes(stores)
+
+    error = _error(await client.request(method, path, **kwargs), status, code)
+
+    assert len(error["message"]) < 1_000
+    assert votes_before == _votes(stores)
+
+
+async def test_validation_errors_never_echo_the_input(client: Client) -> None:
+    """A rejected value is described, not echoed back."""
+    secret = "s3cr3t-" * 10
+    response = await client.post("/users", json={"username": secret, "email": 7})
+
+    assert secret not in response.text
+    assert "body.email" in {field["field"] for field in response.json()["error"]["fields"]}
+
+
+async def test_duplicate_vote_is_409_and_leaves_one_row(client: Client, stores: Stores) -> None:
+    """Voting twice answers 409; the first vote stands and no row is added."""
+    bill_id, user_id = _fresh_pair(stores)
+    first = await client.post(f"/bills/{bill_id}/votes", json={"user_id": user_id, "choice": "yes"})
+    count = _votes(stores)
+
+    again = await client.post(f"/bills/{bill_id}/votes", json={"user_id": user_id, "choice": "no"})
+
+    assert first.status_code == 201
+    _error(again, 409, "conflict")
+    assert count == _votes(stores)
+    mine = (await client.get(f"/users/{user_id}/votes", params={"limit": 100})).json()["items"]
+    assert [vote["choice"] for vote in mine if vote["bill_id"] == bill_id] == ["yes"]
+
+
+async def test_chunked_body_over_the_limit_is_413(client: Client) -> None:
+    """A streamed body with no Content-Length is cut off at the limit with 413."""
+
+    async def chunks() -> AsyncIterator[bytes]:
+        yield b'{"title": "'
+        for _ in range(100):
+            yield b"x" * 1024
+        yield b'", "sponsor_id": 1}'
+
+    response = await client.post(
+        "/bills", content=chunks(), headers={"content-type": "application/json"}
+    )
+
+    _error(response, 413, "payload_too_large")
+
+
+async def test_unexpected_errors_are_a_generic_500_without_details(stores: Stores) -> None:
+    """A bug surfaces as a JSON 500 that leaks no internals."""
+    app = create_app(stores=stores)
+
+    @app.get("/boom")
+    def boom() -> None:
+        raise RuntimeError("password=hunter2")
+
+    transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+    async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
+        response = await client.get("/boom")
+
+    _error(response, 500, "internal_error")
+    assert "hunter2" not in response.text
+    json.loads(response.text)
