@@ -138,7 +138,7 @@ def create_async_engine(
 
     .. versionadded:: 0.1.0
     """
-    from sqlalchemy.ext.asyncio import create_async_engine as _sa_create_async_engine
+    from sqlalchemy.ext.asyncio import create_async_engine as _sa_create_async_engine  # noqa: PLC0415
 
     parsed = normalize_url(url, asynchronous=True)
     engine = _sa_create_async_engine(parsed, **_engine_kwargs(parsed, overrides))
