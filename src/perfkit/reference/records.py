@@ -8,7 +8,8 @@ by :meth:`to_dict` (datetimes as ISO 8601 strings, enums as their values).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import enum
+from dataclasses import dataclass, fields
 from datetime import datetime
 from typing import Any
 
@@ -17,8 +18,26 @@ from .models import BillStatus, VoteChoice
 __all__ = ["BillRecord", "UserRecord", "VoteCounts", "VoteRecord"]
 
 
+class _Record:
+    __slots__ = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        """
+        Return the record as a JSON-ready dict: datetimes in ISO 8601, enums as values.
+        """
+        return {field.name: _json_ready(getattr(self, field.name)) for field in fields(self)}  # type: ignore[arg-type]
+
+
+def _json_ready(value: object) -> object:
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, enum.Enum):
+        return value.value
+    return value
+
+
 @dataclass(frozen=True, slots=True)
-class UserRecord:
+class UserRecord(_Record):
     """
     A user, as stored.
     """
@@ -28,20 +47,9 @@ class UserRecord:
     email: str
     created_at: datetime
 
-    def to_dict(self) -> dict[str, Any]:
-        """
-        Return the record as a JSON-ready dict.
-        """
-        return {
-            "id": self.id,
-            "username": self.username,
-            "email": self.email,
-            "created_at": self.created_at.isoformat(),
-        }
-
 
 @dataclass(frozen=True, slots=True)
-class BillRecord:
+class BillRecord(_Record):
     """
     A bill, as stored.
     """
@@ -54,23 +62,9 @@ class BillRecord:
     created_at: datetime
     updated_at: datetime
 
-    def to_dict(self) -> dict[str, Any]:
-        """
-        Return the record as a JSON-ready dict.
-        """
-        return {
-            "id": self.id,
-            "title": self.title,
-            "summary": self.summary,
-            "status": self.status.value,
-            "sponsor_id": self.sponsor_id,
-            "created_at": self.created_at.isoformat(),
-            "updated_at": self.updated_at.isoformat(),
-        }
-
 
 @dataclass(frozen=True, slots=True)
-class VoteRecord:
+class VoteRecord(_Record):
     """
     A vote, as stored.
     """
@@ -81,21 +75,9 @@ class VoteRecord:
     choice: VoteChoice
     created_at: datetime
 
-    def to_dict(self) -> dict[str, Any]:
-        """
-        Return the record as a JSON-ready dict.
-        """
-        return {
-            "id": self.id,
-            "bill_id": self.bill_id,
-            "user_id": self.user_id,
-            "choice": self.choice.value,
-            "created_at": self.created_at.isoformat(),
-        }
-
 
 @dataclass(frozen=True, slots=True)
-class VoteCounts:
+class VoteCounts(_Record):
     """
     How a bill's votes split.
     """
@@ -114,12 +96,6 @@ class VoteCounts:
 
     def to_dict(self) -> dict[str, Any]:
         """
-        Return the counts as a JSON-ready dict.
+        Return the counts and their total as a JSON-ready dict.
         """
-        return {
-            "bill_id": self.bill_id,
-            "yes": self.yes,
-            "no": self.no,
-            "abstain": self.abstain,
-            "total": self.total,
-        }
+        return {**_Record.to_dict(self), "total": self.total}
