@@ -5,8 +5,9 @@ Configuration comes from the environment:
 
 ``PERFKIT_DATABASE_URL``
     Database to serve (default: the SQLite demo file ``var/demo.sqlite3``).
-``PERFKIT_REDIS_URL``
-    Redis for the shared cache tier (default: none, in-process only).
+
+(``PERFKIT_REDIS_URL`` will select the Redis cache tier once perfkit's cache
+lands; until then the API reads the database on every request.)
 
 Every error is a JSON body ``{"error": {"code": ..., "message": ...}}`` with a
 4xx status: 400 malformed JSON or query, 404 unknown id or route, 405 wrong
