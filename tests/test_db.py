@@ -169,6 +169,14 @@ def test_postgresql_overrides_win_and_connect_args_merge(pg_schema_url: str) -> 
     assert (params["connect_timeout"], name) == ("5", "perfkit-test")
 
 
+def test_postgresql_pool_class_override_drops_sizing() -> None:
+    """A caller's pool class replaces the sized pool instead of clashing with it."""
+    engine = db.create_engine("postgresql://nobody@127.0.0.1:1/none", poolclass=sa.pool.NullPool)
+
+    assert isinstance(engine.pool, sa.pool.NullPool)
+    assert engine.pool._pre_ping  # type: ignore[attr-defined]
+
+
 def test_postgresql_ignores_the_sqlite_begin_option(pg_schema_url: str) -> None:
     """for_writes() is harmless on PostgreSQL: transactions begin as usual."""
     engine = db.create_engine(pg_schema_url)

@@ -10,8 +10,9 @@ Configuration comes from the environment:
 lands; until then the API reads the database on every request.)
 
 Every error is a JSON body ``{"error": {"code": ..., "message": ...}}`` with a
-4xx status: 400 malformed JSON or query, 404 unknown id or route, 405 wrong
-method, 409 conflict, 413 body too large, 415 not JSON, 422 invalid field.
+4xx status: 400 malformed JSON, 404 unknown id or route, 405 wrong method,
+409 conflict, 413 body too large, 415 body not sent as JSON, 422 invalid
+field or query parameter.
 """
 
 from __future__ import annotations

@@ -8,9 +8,9 @@ SQLite (file databases)
     * ``journal_mode=WAL`` so readers never block the writer and vice versa;
     * ``busy_timeout`` (5 s) so a writer waits for the lock instead of failing
       at once with ``database is locked``;
-    * ``synchronous=NORMAL``: in WAL mode a crash can lose at most the last
-      transactions since a checkpoint, never corrupt the file, and commits
-      stop paying an fsync each;
+    * ``synchronous=NORMAL``: in WAL mode commits stop paying an fsync each; an
+      application crash loses nothing, a power loss or OS crash may roll back
+      the last commits, and neither corrupts the file;
     * ``foreign_keys=ON`` because SQLite ships with them off;
     * the driver's own implicit ``BEGIN`` is switched off and perfkit emits the
       ``BEGIN`` itself. Transactions on an engine returned by
@@ -28,7 +28,7 @@ PostgreSQL
       request quickly instead of hanging it.
 
 Every default can be overridden with keyword arguments, which are passed on to
-SQLAlchemy unchanged.
+SQLAlchemy unchanged; passing ``poolclass`` drops the pool sizing defaults.
 """
 
 from __future__ import annotations
@@ -177,7 +177,12 @@ def _engine_kwargs(url: URL, overrides: dict[str, Any]) -> dict[str, Any]:
     kwargs: dict[str, Any] = {}
     backend = url.get_backend_name()
     if backend == "postgresql":
-        kwargs.update(_PG_POOL_DEFAULTS)
+        if "poolclass" in overrides:
+            # A caller's pool class (NullPool for pgbouncer, say) may not take
+            # the sizing arguments; keep only the liveness check.
+            kwargs["pool_pre_ping"] = True
+        else:
+            kwargs.update(_PG_POOL_DEFAULTS)
         connect_args = {"connect_timeout": _PG_CONNECT_TIMEOUT}
         connect_args.update(overrides.pop("connect_args", {}))
         kwargs["connect_args"] = connect_args

@@ -209,6 +209,14 @@ class StoreContract:
         assert updated.updated_at >= bill.updated_at
         assert updated == stores.bills.get_by_id(bill.id)
 
+    def test_update_bill_without_changes_keeps_updated_at(self, stores: Stores) -> None:
+        """Writing a bill's current values back changes nothing, not even updated_at."""
+        bill = _bill(stores, _user(stores))
+
+        assert stores.bills.update(bill.id, title=bill.title, status="draft") == bill
+        assert stores.bills.update(bill.id) == bill
+        assert stores.bills.get_by_id(bill.id) == bill
+
     def test_update_missing_bill_is_not_found(self, stores: Stores) -> None:
         """Updating an absent bill raises NotFound, with or without changes."""
         with pytest.raises(NotFound, match="bill"):

@@ -1,8 +1,9 @@
 """
 A reference bills/users/votes store built from perfkit's parts.
 
-It shows the wrappers composed on a realistic schema, backs the example API in
-``examples/bill_api`` and is what perfkit's own tests and benchmarks run on.
+It is the realistic schema perfkit's wrappers are proven on: it backs the
+example API in ``examples/bill_api`` and is what perfkit's own tests and
+benchmarks run on.
 
 Example::
 

@@ -276,6 +276,8 @@ class BillStore:
         """
         Change a bill's fields; ``None`` leaves a field as it is.
 
+        ``updated_at`` moves only when a value really changes.
+
         Raises:
             NotFound: there is no bill *bill_id*.
             InvalidInput: a new value is malformed.
@@ -290,20 +292,28 @@ class BillStore:
             )
         if status is not None:
             values["status"] = v.choice("status", status, BillStatus)
+        if not values:
+            current = self.get_by_id(key)
+            if current is None:
+                raise NotFound("bill", key)
+            return current
         with self._db.write() as conn:
-            if not values:
-                row = conn.execute(_BILL_BY_ID, {"key": key}).first()
-            else:
-                stmt = (
-                    sa.update(Bill)
-                    .where(Bill.id == key)
-                    .values(**values, updated_at=utcnow())
-                    .returning(*_BILL_COLUMNS)
-                )
-                row = conn.execute(stmt).first()
+            row = conn.execute(_BILL_BY_ID, {"key": key}).first()
             if row is None:
                 raise NotFound("bill", key)
-            return _bill(row)
+            record = _bill(row)
+            changes = {
+                name: value for name, value in values.items() if getattr(record, name) != value
+            }
+            if not changes:
+                return record
+            stmt = (
+                sa.update(Bill)
+                .where(Bill.id == key)
+                .values(**changes, updated_at=utcnow())
+                .returning(*_BILL_COLUMNS)
+            )
+            return _bill(conn.execute(stmt).one())
 
 
 class VoteStore:
@@ -417,11 +427,23 @@ class VoteStore:
 def _insert_one(conn: Connection, stmt: Any, conflict: str) -> AnyRow:
     """
     Run a single-row INSERT/UPDATE … RETURNING, turning a uniqueness race into Conflict.
+
+    Other integrity errors (a foreign key, a CHECK) are bugs of the caller's
+    checks, not conflicts, and propagate unchanged.
     """
     try:
         return conn.execute(stmt).one()
     except IntegrityError as exc:
-        raise Conflict(conflict) from exc
+        if _is_unique_violation(exc):
+            raise Conflict(conflict) from exc
+        raise
+
+
+def _is_unique_violation(exc: IntegrityError) -> bool:
+    sqlstate = getattr(exc.orig, "sqlstate", None)  # psycopg
+    if sqlstate is not None:
+        return bool(sqlstate == "23505")
+    return str(exc.orig).startswith("UNIQUE constraint failed")  # sqlite3
 
 
 class Stores:
@@ -470,7 +492,8 @@ def open_stores(database: str | URL | Engine, *, create_schema: bool = True) -> 
             :func:`perfkit.db.create_engine`) or an existing engine, which
             should come from :func:`perfkit.db.create_engine` so SQLite writes
             begin with ``BEGIN IMMEDIATE``.
-        create_schema: Create the tables and indexes that are missing.
+        create_schema: Create the tables that are missing, with their
+            indexes (``create_all``: an existing table is not migrated).
 
     Example::
 
