@@ -1,0 +1,143 @@
+"""
+In-process cache backend on cachetools.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Collection
+from typing import Any, Final
+
+from cachetools import TLRUCache
+
+from perfkit._clock import SYSTEM_CLOCK, Clock
+
+from ._backend import MISSING
+
+__all__ = ["MemoryBackend"]
+
+_SWEEP_EVERY: Final = 1024
+
+
+class MemoryBackend:
+    """
+    A bounded, per-entry-TTL cache in this process, built on cachetools.
+
+    Values are kept as the objects themselves (no copy, no serialisation):
+    cache immutable values, such as frozen dataclasses and tuples. All
+    operations take one uncontended lock, held for a dict operation or two.
+
+    Args:
+        maxsize: The most entries kept; the least recently used go first.
+        max_load: Fills that took longer than this many seconds are not stored.
+        clock: Source of monotonic time (a fake one in tests).
+
+    .. versionadded:: 0.1.0
+    """
+
+    __slots__ = ("_clock", "_data", "_fences", "_lock", "_seq", "_sets", "_tags", "max_load")
+
+    def __init__(
+        self, *, maxsize: int = 10_000, max_load: float = 60.0, clock: Clock = SYSTEM_CLOCK
+    ) -> None:
+        if maxsize < 1:
+            msg = f"maxsize must be at least 1, not {maxsize}"
+            raise ValueError(msg)
+        self._clock = clock
+        self._data: TLRUCache[str, tuple[float, Any]] = TLRUCache(
+            maxsize, ttu=_expiry, timer=clock.monotonic
+        )
+        self._tags: dict[str, set[str]] = {}
+        # key or tag -> (sequence, monotonic time) of its last invalidation
+        self._fences: dict[str, tuple[int, float]] = {}
+        self._lock = threading.Lock()
+        self._seq = 0
+        self._sets = 0
+        self.max_load = max_load
+
+    def __repr__(self) -> str:
+        return f"MemoryBackend(maxsize={self._data.maxsize}, entries={len(self._data)})"
+
+    def get(self, key: str) -> Any:
+        with self._lock:
+            entry = self._data.get(key)
+        return MISSING if entry is None else entry[1]
+
+    def fill_token(self) -> int:
+        return self._seq
+
+    def set(self, key: str, value: Any, *, ttl: float, tags: Collection[str], token: int) -> bool:
+        now = self._clock.monotonic()
+        with self._lock:
+            if self._fenced(key, tags, token):
+                return False
+            self._data[key] = (now + ttl, value)
+            for tag in tags:
+                self._tags.setdefault(tag, set()).add(key)
+            self._sets += 1
+            if self._sets % _SWEEP_EVERY == 0:
+                self._sweep(now)
+        return True
+
+    def invalidate(self, *, keys: Collection[str] = (), tags: Collection[str] = ()) -> None:
+        now = self._clock.monotonic()
+        with self._lock:
+            self._seq += 1
+            fence = (self._seq, now)
+            for key in keys:
+                self._data.pop(key, None)
+                self._fences["k:" + key] = fence
+            for tag in tags:
+                for key in self._tags.pop(tag, ()):
+                    self._data.pop(key, None)
+                self._fences["t:" + tag] = fence
+
+    def clear(self) -> None:
+        with self._lock:
+            self._seq += 1
+            self._data.clear()
+            self._tags.clear()
+            # Any fill that began before now is fenced by the "*" fence.
+            self._fences = {"*": (self._seq, self._clock.monotonic())}
+
+    async def aget(self, key: str) -> Any:
+        return self.get(key)
+
+    async def afill_token(self) -> int:
+        return self._seq
+
+    async def aset(
+        self, key: str, value: Any, *, ttl: float, tags: Collection[str], token: int
+    ) -> bool:
+        return self.set(key, value, ttl=ttl, tags=tags, token=token)
+
+    async def ainvalidate(self, *, keys: Collection[str] = (), tags: Collection[str] = ()) -> None:
+        self.invalidate(keys=keys, tags=tags)
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+    def _fenced(self, key: str, tags: Collection[str], token: int) -> bool:
+        if token < self._seq:
+            fences = self._fences
+            for name in ("*", "k:" + key, *("t:" + tag for tag in tags)):
+                fence = fences.get(name)
+                if fence is not None and fence[0] > token:
+                    return True
+        return False
+
+    def _sweep(self, now: float) -> None:
+        # Forget fences no live fill can be older than, and tag members that expired.
+        horizon = now - self.max_load
+        self._fences = {n: f for n, f in self._fences.items() if f[1] >= horizon}
+        self._data.expire()
+        for tag in list(self._tags):
+            live = {key for key in self._tags[tag] if key in self._data}
+            if live:
+                self._tags[tag] = live
+            else:
+                del self._tags[tag]
+
+
+def _expiry(_key: str, value: tuple[float, Any], _now: float) -> float:
+    return value[0]
