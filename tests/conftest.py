@@ -122,3 +122,35 @@ def stores(engine: Engine) -> Iterator[Stores]:
 def anyio_backend() -> str:
     """Async tests run on asyncio."""
     return "asyncio"
+
+
+REDIS_URL = os.environ.get("PERFKIT_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> str:
+    """The Redis URL of the test service, checked to answer."""
+    import redis  # noqa: PLC0415 - only the tests that need Redis load it
+
+    client = redis.Redis.from_url(REDIS_URL, socket_connect_timeout=1, socket_timeout=1)
+    try:
+        client.ping()
+    except redis.RedisError as exc:
+        service_unavailable("Redis", REDIS_URL, exc)
+    finally:
+        client.close()
+    return REDIS_URL
+
+
+@pytest.fixture
+def redis_prefix(redis_url: str) -> Iterator[str]:
+    """A key prefix unique to this test; its keys are deleted afterwards."""
+    import redis  # noqa: PLC0415
+
+    prefix = f"perfkit-test-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    yield prefix
+    client = redis.Redis.from_url(redis_url)
+    names = list(client.scan_iter(match=f"{prefix}:*", count=1000))
+    if names:
+        client.delete(*names)
+    client.close()

@@ -41,6 +41,7 @@ REFERENCE = [
     "VoteCounts",
     "VoteRecord",
     "VoteStore",
+    "codec",
     "open_stores",
     "seed",
 ]

@@ -10,7 +10,8 @@ import pytest
 from sqlalchemy.engine import Engine
 
 from contract.store_contract import StoreContract
-from perfkit.reference import Stores, open_stores
+from perfkit.cache import Cache, MemoryBackend, RedisBackend
+from perfkit.reference import Stores, codec, open_stores
 
 
 class TestSQLiteStores(StoreContract):
@@ -51,3 +52,26 @@ def test_open_stores_leaves_a_given_engine_open(sqlite_engine: Engine) -> None:
 
     with open_stores(sqlite_engine) as stores:
         assert stores.users.get_by_username("keeper") is not None
+
+
+class TestSQLiteStoresCachedInMemory(StoreContract):
+    """The contract on SQLite with reads cached in process."""
+
+    @pytest.fixture
+    def stores(self, sqlite_engine: Engine) -> Iterator[Stores]:
+        cache = Cache(MemoryBackend(), namespace="contract")
+        with open_stores(sqlite_engine, cache=cache) as opened:
+            yield opened
+
+
+class TestPostgreSQLStoresCachedInRedis(StoreContract):
+    """The contract on PostgreSQL with reads cached in the Redis service."""
+
+    @pytest.fixture
+    def stores(
+        self, pg_clean_engine: Engine, redis_url: str, redis_prefix: str
+    ) -> Iterator[Stores]:
+        backend = RedisBackend(redis_url, prefix=redis_prefix, codec=codec())
+        with open_stores(pg_clean_engine, cache=Cache(backend, namespace="contract")) as opened:
+            yield opened
+        backend.close()

@@ -11,6 +11,7 @@ from ._backend import MISSING, Backend
 from ._codec import Codec, JSONCodec
 from ._core import AsyncCachedFunction, Cache, CachedFunction, CacheStats
 from ._memory import MemoryBackend
+from ._redis import RedisBackend
 
 __all__ = [
     "MISSING",
@@ -22,4 +23,5 @@ __all__ = [
     "Codec",
     "JSONCodec",
     "MemoryBackend",
+    "RedisBackend",
 ]

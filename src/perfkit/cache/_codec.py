@@ -11,6 +11,7 @@ import enum
 import importlib
 import json
 import uuid
+from collections.abc import Callable
 from typing import Any, Final, Protocol
 
 __all__ = ["Codec", "JSONCodec"]
@@ -66,8 +67,20 @@ class JSONCodec:
         self._decoder = json.JSONDecoder(object_hook=self._revive)
 
     def dumps(self, value: Any) -> bytes:
-        """Encode *value* as UTF-8 JSON."""
-        return self._encoder.encode(_tag(value)).encode()
+        """
+        Encode *value* as UTF-8 JSON.
+
+        Raises:
+            TypeError: *value* holds a type this codec cannot encode, or a
+                dataclass or enum it would not be allowed to decode.
+        """
+        return self._encoder.encode(_tag(value, self._check)).encode()
+
+    def _check(self, cls: type) -> None:
+        name = _qualified(cls)
+        if name not in self._allowed and cls.__module__ not in self._modules:
+            msg = f"{name} is not an allowed type for this codec (see allowed=)"
+            raise TypeError(msg)
 
     def loads(self, data: bytes) -> Any:
         """Decode bytes written by :meth:`dumps`."""
@@ -120,19 +133,19 @@ def _qualified(cls: type) -> str:
     return f"{cls.__module__}:{cls.__qualname__}"
 
 
-def _tag(value: Any) -> Any:  # noqa: PLR0911 - one branch per supported type
+def _tag(value: Any, check: Callable[[type], None]) -> Any:  # noqa: PLR0911
     if value is None or (
         isinstance(value, bool | int | float | str) and not isinstance(value, enum.Enum)
     ):
         return value
     if isinstance(value, list):
-        return [_tag(item) for item in value]
+        return [_tag(item, check) for item in value]
     if isinstance(value, tuple):
-        return {_TYPE: "tuple", "v": [_tag(item) for item in value]}
+        return {_TYPE: "tuple", "v": [_tag(item, check) for item in value]}
     if isinstance(value, dict):
         if all(isinstance(key, str) for key in value) and _TYPE not in value:
-            return {key: _tag(item) for key, item in value.items()}
-        return {_TYPE: "dict", "v": [[_tag(k), _tag(v)] for k, v in value.items()]}
+            return {key: _tag(item, check) for key, item in value.items()}
+        return {_TYPE: "dict", "v": [[_tag(k, check), _tag(v, check)] for k, v in value.items()]}
     if isinstance(value, dt.datetime):
         return {_TYPE: "dt", "v": value.isoformat()}
     if isinstance(value, dt.date):
@@ -144,9 +157,11 @@ def _tag(value: Any) -> Any:  # noqa: PLR0911 - one branch per supported type
     if isinstance(value, uuid.UUID):
         return {_TYPE: "uuid", "v": str(value)}
     if isinstance(value, enum.Enum):
-        return {_TYPE: "enum", "c": _qualified(type(value)), "v": _tag(value.value)}
+        check(type(value))
+        return {_TYPE: "enum", "c": _qualified(type(value)), "v": _tag(value.value, check)}
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        fields = {f.name: _tag(getattr(value, f.name)) for f in dataclasses.fields(value)}
+        check(type(value))
+        fields = {f.name: _tag(getattr(value, f.name), check) for f in dataclasses.fields(value)}
         return {_TYPE: "dc", "c": _qualified(type(value)), "v": fields}
     msg = f"JSONCodec cannot encode {type(value).__qualname__}"
     raise TypeError(msg)

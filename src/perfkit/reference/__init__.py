@@ -16,7 +16,7 @@ Example::
 from __future__ import annotations
 
 from .models import Base, Bill, BillStatus, User, Vote, VoteChoice
-from .records import BillRecord, UserRecord, VoteCounts, VoteRecord
+from .records import BillRecord, UserRecord, VoteCounts, VoteRecord, codec
 from .seed import SeedSummary, seed
 from .stores import BillStore, Stores, UserStore, VoteStore, open_stores
 
@@ -36,6 +36,7 @@ __all__ = [
     "VoteCounts",
     "VoteRecord",
     "VoteStore",
+    "codec",
     "open_stores",
     "seed",
 ]

@@ -13,9 +13,12 @@ from dataclasses import dataclass, fields
 from datetime import datetime
 from typing import Any
 
+from perfkit.cache import JSONCodec
+from perfkit.pagination import Page
+
 from .models import BillStatus, VoteChoice
 
-__all__ = ["BillRecord", "UserRecord", "VoteCounts", "VoteRecord"]
+__all__ = ["BillRecord", "UserRecord", "VoteCounts", "VoteRecord", "codec"]
 
 
 class _Record:
@@ -99,3 +102,14 @@ class VoteCounts(_Record):
         Return the counts and their total as a JSON-ready dict.
         """
         return {**_Record.to_dict(self), "total": self.total}
+
+
+def codec() -> JSONCodec:
+    """
+    A :class:`~perfkit.cache.JSONCodec` that round-trips the reference records.
+
+    Give it to a :class:`~perfkit.cache.RedisBackend` that caches the stores.
+    """
+    return JSONCodec(
+        allowed=(UserRecord, BillRecord, VoteRecord, VoteCounts, Page, BillStatus, VoteChoice)
+    )

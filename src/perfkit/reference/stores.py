@@ -9,19 +9,21 @@ on inside it and either commit everything or nothing.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Final, TypeAlias
+from typing import TYPE_CHECKING, Any, Final, ParamSpec, TypeAlias, TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy.engine import URL, Connection, Engine, Row
 from sqlalchemy.exc import IntegrityError
 
 from perfkit import db as _db
+from perfkit.cache import Cache
 from perfkit.errors import Conflict, NotFound
-from perfkit.pagination import CountStrategy, Page, paginate
+from perfkit.pagination import CountStrategy, Page, paginate, validate_page
 from perfkit.reference import _validate as v
+from perfkit.reference import cache_keys as keys
 from perfkit.reference.models import Base, Bill, BillStatus, User, Vote, VoteChoice, utcnow
 from perfkit.reference.records import BillRecord, UserRecord, VoteCounts, VoteRecord
 
@@ -30,6 +32,9 @@ if TYPE_CHECKING:
     AnySelect: TypeAlias = sa.Select[*tuple[Any, ...]]
 
 __all__ = ["BillStore", "Stores", "UserStore", "VoteStore", "open_stores"]
+
+P = ParamSpec("P")
+R = TypeVar("R")
 
 DEFAULT_PAGE_SIZE: Final = 20
 
@@ -63,14 +68,33 @@ _VOTE_COUNTS: Final = (
 
 class _Database:
     """
-    The engine pair a store works on: one for reads, one for write transactions.
+    What a store works on: an engine for reads, one for writes, an optional cache.
     """
 
-    __slots__ = ("engine", "writer")
+    __slots__ = ("cache", "engine", "writer")
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, cache: Cache | None) -> None:
         self.engine = engine
         self.writer = _db.for_writes(engine)
+        self.cache = cache
+
+    def cached(
+        self,
+        loader: Callable[P, R],
+        *,
+        key: str,
+        tags: Sequence[str] = (),
+        result_tags: Callable[[Any], Iterable[str]] | None = None,
+    ) -> Callable[P, R]:
+        """*loader* behind the cache, or *loader* itself without one."""
+        if self.cache is None:
+            return loader
+        return self.cache.cached(key=key, tags=tags, result_tags=result_tags)(loader)
+
+    def invalidate(self, *, keys: Collection[str] = (), tags: Collection[str] = ()) -> None:
+        """Drop cached reads a committed write changed (no-op without a cache)."""
+        if self.cache is not None:
+            self.cache.invalidate(keys=keys, tags=tags)
 
     def read(self) -> Connection:
         return self.engine.connect()
@@ -82,6 +106,22 @@ class _Database:
 
     def exists(self, conn: Connection, stmt: AnySelect, key: int) -> bool:
         return conn.execute(stmt, {"key": key}).first() is not None
+
+
+def _user_tags(user: UserRecord) -> list[str]:
+    return [keys.user_tag(user.id)]
+
+
+def _user_keys(
+    user_id: int | None, *, username: str | None = None, email: str | None = None
+) -> list[str]:
+    """Keys of the lookups that may hold a cached "no such user" for these values."""
+    names = [] if user_id is None else [keys.USER.format(user_id=user_id)]
+    if username is not None:
+        names.append(keys.USER_BY_NAME.format(username=username))
+    if email is not None:
+        names.append(keys.USER_BY_EMAIL.format(email=email))
+    return names
 
 
 def _user(row: AnyRow) -> UserRecord:
@@ -104,36 +144,48 @@ class UserStore:
     stored lower-cased).
     """
 
-    __slots__ = ("_db",)
+    __slots__ = ("_by_email", "_by_id", "_by_name", "_db")
 
     def __init__(self, database: _Database) -> None:
         self._db = database
+        self._by_id = database.cached(self._load_by_id, key=keys.USER, tags=[keys.USER])
+        self._by_name = database.cached(
+            self._load_by_name, key=keys.USER_BY_NAME, result_tags=_user_tags
+        )
+        self._by_email = database.cached(
+            self._load_by_email, key=keys.USER_BY_EMAIL, result_tags=_user_tags
+        )
 
     def get_by_id(self, user_id: int) -> UserRecord | None:
         """
         Return the user with *user_id*, or ``None``.
         """
-        key = v.record_id("user_id", user_id)
-        with self._db.read() as conn:
-            row = conn.execute(_USER_BY_ID, {"key": key}).first()
-        return None if row is None else _user(row)
+        return self._by_id(v.record_id("user_id", user_id))
 
     def get_by_username(self, username: str) -> UserRecord | None:
         """
         Return the user called *username* (any case), or ``None``.
         """
-        key = v.username(username)
-        with self._db.read() as conn:
-            row = conn.execute(_USER_BY_USERNAME, {"key": key}).first()
-        return None if row is None else _user(row)
+        return self._by_name(v.username(username))
 
     def get_by_email(self, email: str) -> UserRecord | None:
         """
         Return the user with *email* (any case), or ``None``.
         """
-        key = v.email(email)
+        return self._by_email(v.email(email))
+
+    def _load_by_id(self, user_id: int) -> UserRecord | None:
+        return self._one(_USER_BY_ID, user_id)
+
+    def _load_by_name(self, username: str) -> UserRecord | None:
+        return self._one(_USER_BY_USERNAME, username)
+
+    def _load_by_email(self, email: str) -> UserRecord | None:
+        return self._one(_USER_BY_EMAIL, email)
+
+    def _one(self, stmt: AnySelect, key: object) -> UserRecord | None:
         with self._db.read() as conn:
-            row = conn.execute(_USER_BY_EMAIL, {"key": key}).first()
+            row = conn.execute(stmt, {"key": key}).first()
         return None if row is None else _user(row)
 
     def create(self, *, username: str, email: str) -> UserRecord:
@@ -148,7 +200,9 @@ class UserStore:
         with self._db.write() as conn:
             self._check_free(conn, values, user_id=None)
             stmt = sa.insert(User).values(**values, created_at=utcnow()).returning(*_USER_COLUMNS)
-            return _user(_insert_one(conn, stmt, "username or email is taken"))
+            user = _user(_insert_one(conn, stmt, "username or email is taken"))
+        self._db.invalidate(keys=_user_keys(user.id, **values))
+        return user
 
     def update(
         self, user_id: int, *, username: str | None = None, email: str | None = None
@@ -179,7 +233,11 @@ class UserStore:
                 return record
             self._check_free(conn, changes, user_id=key)
             stmt = sa.update(User).where(User.id == key).values(**changes).returning(*_USER_COLUMNS)
-            return _user(_insert_one(conn, stmt, "username or email is taken"))
+            user = _user(_insert_one(conn, stmt, "username or email is taken"))
+        # The old name and email entries carry the user's tag; the new ones may
+        # hold a cached "no such user".
+        self._db.invalidate(keys=_user_keys(None, **changes), tags=[keys.user_tag(key)])
+        return user
 
     @staticmethod
     def _check_free(conn: Connection, values: dict[str, str], *, user_id: int | None) -> None:
@@ -198,18 +256,21 @@ class BillStore:
     Bills: listed newest first, looked up by id, created and edited.
     """
 
-    __slots__ = ("_db",)
+    __slots__ = ("_by_id", "_db")
 
     def __init__(self, database: _Database) -> None:
         self._db = database
+        self._by_id = database.cached(self._load_by_id, key=keys.BILL, tags=[keys.BILL])
 
     def get_by_id(self, bill_id: int) -> BillRecord | None:
         """
         Return the bill with *bill_id*, or ``None``.
         """
-        key = v.record_id("bill_id", bill_id)
+        return self._by_id(v.record_id("bill_id", bill_id))
+
+    def _load_by_id(self, bill_id: int) -> BillRecord | None:
         with self._db.read() as conn:
-            row = conn.execute(_BILL_BY_ID, {"key": key}).first()
+            row = conn.execute(_BILL_BY_ID, {"key": bill_id}).first()
         return None if row is None else _bill(row)
 
     def get_all(
@@ -263,7 +324,9 @@ class BillStore:
             if not self._db.exists(conn, _USER_EXISTS, sponsor):
                 raise NotFound("user", sponsor)
             stmt = sa.insert(Bill).values(**values).returning(*_BILL_COLUMNS)
-            return _bill(_insert_one(conn, stmt, "bill conflicts with a stored one"))
+            bill = _bill(_insert_one(conn, stmt, "bill conflicts with a stored one"))
+        self._db.invalidate(keys=[keys.BILL.format(bill_id=bill.id)])
+        return bill
 
     def update(
         self,
@@ -313,7 +376,9 @@ class BillStore:
                 .values(**changes, updated_at=utcnow())
                 .returning(*_BILL_COLUMNS)
             )
-            return _bill(conn.execute(stmt).one())
+            bill = _bill(conn.execute(stmt).one())
+        self._db.invalidate(tags=[keys.bill_tag(key)])
+        return bill
 
 
 class VoteStore:
@@ -321,18 +386,30 @@ class VoteStore:
     Votes: cast once per user and bill, listed per bill or per user, counted.
     """
 
-    __slots__ = ("_db",)
+    __slots__ = ("_by_bill", "_by_id", "_by_user", "_counts", "_db")
 
     def __init__(self, database: _Database) -> None:
         self._db = database
+        self._by_id = database.cached(self._load_by_id, key=keys.VOTE, tags=[keys.VOTE])
+        self._by_bill = database.cached(
+            self._load_by_bill, key=keys.VOTES_BY_BILL, tags=["votes:bill:{bill_id}"]
+        )
+        self._by_user = database.cached(
+            self._load_by_user, key=keys.VOTES_BY_USER, tags=["votes:user:{user_id}"]
+        )
+        self._counts = database.cached(
+            self._load_counts, key=keys.COUNTS, tags=["votes:bill:{bill_id}"]
+        )
 
     def get_by_id(self, vote_id: int) -> VoteRecord | None:
         """
         Return the vote with *vote_id*, or ``None``.
         """
-        key = v.record_id("vote_id", vote_id)
+        return self._by_id(v.record_id("vote_id", vote_id))
+
+    def _load_by_id(self, vote_id: int) -> VoteRecord | None:
         with self._db.read() as conn:
-            row = conn.execute(_VOTE_BY_ID, {"key": key}).first()
+            row = conn.execute(_VOTE_BY_ID, {"key": vote_id}).first()
         return None if row is None else _vote(row)
 
     def get_by_bill_id(
@@ -346,8 +423,12 @@ class VoteStore:
             InvalidPage: *page* or *limit* is out of range.
         """
         key = v.record_id("bill_id", bill_id)
-        stmt = sa.select(*_VOTE_COLUMNS).where(Vote.bill_id == key).order_by(Vote.id)
-        return self._page(stmt, page, limit, exists=_BILL_EXISTS, entity="bill", key=key)
+        validate_page(page, limit)
+        return self._by_bill(key, page, limit)
+
+    def _load_by_bill(self, bill_id: int, page: int, limit: int) -> Page[VoteRecord]:
+        stmt = sa.select(*_VOTE_COLUMNS).where(Vote.bill_id == bill_id).order_by(Vote.id)
+        return self._page(stmt, page, limit, exists=_BILL_EXISTS, entity="bill", key=bill_id)
 
     def get_by_user_id(
         self, user_id: int, *, page: int = 1, limit: int = DEFAULT_PAGE_SIZE
@@ -360,8 +441,12 @@ class VoteStore:
             InvalidPage: *page* or *limit* is out of range.
         """
         key = v.record_id("user_id", user_id)
-        stmt = sa.select(*_VOTE_COLUMNS).where(Vote.user_id == key).order_by(Vote.id)
-        return self._page(stmt, page, limit, exists=_USER_EXISTS, entity="user", key=key)
+        validate_page(page, limit)
+        return self._by_user(key, page, limit)
+
+    def _load_by_user(self, user_id: int, page: int, limit: int) -> Page[VoteRecord]:
+        stmt = sa.select(*_VOTE_COLUMNS).where(Vote.user_id == user_id).order_by(Vote.id)
+        return self._page(stmt, page, limit, exists=_USER_EXISTS, entity="user", key=user_id)
 
     def cast(self, *, bill_id: int, user_id: int, choice: VoteChoice | str) -> VoteRecord:
         """
@@ -386,7 +471,12 @@ class VoteStore:
                 .returning(*_VOTE_COLUMNS)
             )
             message = f"user {user} has already voted on bill {bill}"
-            return _vote(_insert_one(conn, stmt, message))
+            vote = _vote(_insert_one(conn, stmt, message))
+        self._db.invalidate(
+            keys=[keys.VOTE.format(vote_id=vote.id)],
+            tags=[keys.votes_of_bill_tag(bill), keys.votes_of_user_tag(user)],
+        )
+        return vote
 
     def counts(self, bill_id: int) -> VoteCounts:
         """
@@ -395,13 +485,16 @@ class VoteStore:
         Raises:
             NotFound: there is no bill *bill_id*.
         """
-        key = v.record_id("bill_id", bill_id)
+        return self._counts(v.record_id("bill_id", bill_id))
+
+    def _load_counts(self, bill_id: int) -> VoteCounts:
         with self._db.read() as conn:
-            tally = {choice: int(n) for choice, n in conn.execute(_VOTE_COUNTS, {"key": key})}
-            if not tally and not self._db.exists(conn, _BILL_EXISTS, key):
-                raise NotFound("bill", key)
+            rows = conn.execute(_VOTE_COUNTS, {"key": bill_id})
+            tally = {choice: int(n) for choice, n in rows}
+            if not tally and not self._db.exists(conn, _BILL_EXISTS, bill_id):
+                raise NotFound("bill", bill_id)
         return VoteCounts(
-            bill_id=key,
+            bill_id=bill_id,
             yes=tally.get(VoteChoice.YES, 0),
             no=tally.get(VoteChoice.NO, 0),
             abstain=tally.get(VoteChoice.ABSTAIN, 0),
@@ -454,11 +547,12 @@ class Stores:
     connections (only when :func:`open_stores` created the engine).
     """
 
-    __slots__ = ("_owns_engine", "bills", "engine", "users", "votes")
+    __slots__ = ("_owns_engine", "bills", "cache", "engine", "users", "votes")
 
-    def __init__(self, engine: Engine, *, owns_engine: bool) -> None:
-        database = _Database(engine)
+    def __init__(self, engine: Engine, *, owns_engine: bool, cache: Cache | None = None) -> None:
+        database = _Database(engine, cache)
         self.engine = engine
+        self.cache = cache
         self.users = UserStore(database)
         self.bills = BillStore(database)
         self.votes = VoteStore(database)
@@ -483,7 +577,9 @@ class Stores:
         self.close()
 
 
-def open_stores(database: str | URL | Engine, *, create_schema: bool = True) -> Stores:
+def open_stores(
+    database: str | URL | Engine, *, cache: Cache | None = None, create_schema: bool = True
+) -> Stores:
     """
     Open the reference stores on *database*.
 
@@ -492,6 +588,11 @@ def open_stores(database: str | URL | Engine, *, create_schema: bool = True) -> 
             :func:`perfkit.db.create_engine`) or an existing engine, which
             should come from :func:`perfkit.db.create_engine` so SQLite writes
             begin with ``BEGIN IMMEDIATE``.
+        cache: Cache reads through this :class:`~perfkit.cache.Cache` and
+            invalidate after each committed write (keys and tags:
+            :mod:`perfkit.reference.cache_keys`). With a shared backend
+            (Redis), give it :func:`perfkit.reference.codec` so records
+            round-trip.
         create_schema: Create the tables that are missing, with their
             indexes (``create_all``: an existing table is not migrated).
 
@@ -509,4 +610,4 @@ def open_stores(database: str | URL | Engine, *, create_schema: bool = True) -> 
     engine = _db.create_engine(database) if not isinstance(database, Engine) else database
     if create_schema:
         Base.metadata.create_all(engine)
-    return Stores(engine, owns_engine=owns_engine)
+    return Stores(engine, owns_engine=owns_engine, cache=cache)

@@ -1,0 +1,266 @@
+"""
+Redis cache backend on redis-py, sync and asyncio.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Collection
+from typing import TYPE_CHECKING, Any, Final
+
+from ._backend import MISSING
+from ._codec import Codec, JSONCodec
+
+if TYPE_CHECKING:
+    import redis
+    import redis.asyncio
+
+__all__ = ["RedisBackend"]
+
+# KEYS: seq, entry, fence:*, fence:key, fence:tag..., tagset...   ARGV: token, value, ttl_ms, ntags
+_SET_IF_FRESH: Final = """
+local token = tonumber(ARGV[1])
+local ntags = tonumber(ARGV[4])
+local seq = tonumber(redis.call('GET', KEYS[1]) or '0')
+if seq > token then
+  for i = 3, 4 + ntags do
+    local fence = redis.call('GET', KEYS[i])
+    if fence and tonumber(fence) > token then return 0 end
+  end
+end
+redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[3])
+for i = 5 + ntags, 4 + 2 * ntags do
+  redis.call('SADD', KEYS[i], KEYS[2])
+  if redis.call('PTTL', KEYS[i]) < tonumber(ARGV[3]) then
+    redis.call('PEXPIRE', KEYS[i], ARGV[3])
+  end
+end
+return 1
+"""
+
+# KEYS: seq, entry..., fence:key..., tagset..., fence:tag...
+# ARGV: nkeys, ntags, fence_ttl_ms, channel (or ''), message
+_INVALIDATE: Final = """
+local n = tonumber(ARGV[1])
+local m = tonumber(ARGV[2])
+local seq = redis.call('INCR', KEYS[1])
+for i = 1, n do
+  redis.call('DEL', KEYS[1 + i])
+  redis.call('SET', KEYS[1 + n + i], seq, 'PX', ARGV[3])
+end
+for j = 1, m do
+  local tagset = KEYS[1 + 2 * n + j]
+  local members = redis.call('SMEMBERS', tagset)
+  for k = 1, #members, 500 do
+    redis.call('DEL', unpack(members, k, math.min(k + 499, #members)))
+  end
+  redis.call('DEL', tagset)
+  redis.call('SET', KEYS[1 + 2 * n + m + j], seq, 'PX', ARGV[3])
+end
+if ARGV[4] ~= '' then redis.call('PUBLISH', ARGV[4], ARGV[5]) end
+return seq
+"""
+
+DEFAULT_TIMEOUT: Final = 0.25
+"""Socket timeout (seconds) of clients perfkit creates: a dead Redis must fail fast."""
+
+
+class RedisBackend:
+    """
+    A cache in Redis, shared by every process that points at it.
+
+    A hit is one ``GET``; a fill is one ``GET`` of the invalidation sequence
+    before the load and one script call after it; an invalidation is one
+    script call that deletes the keys and every member of the tags, fences
+    in-flight fills and (for :class:`TieredBackend`) publishes the change.
+    Values go through *codec* — JSON by default, never pickle.
+
+    Args:
+        client: A ``redis://`` URL, or a ``redis.Redis`` client. From a URL
+            perfkit makes sync and asyncio clients with 250 ms socket
+            timeouts and no retries, so a dead Redis costs little.
+        async_client: A ``redis.asyncio.Redis`` for coroutine functions
+            (default: made from the URL, or from the sync client's settings).
+        codec: How values are serialised (default: :class:`JSONCodec`).
+        prefix: Prefix of every Redis key perfkit writes.
+        max_load: Fills that took longer than this many seconds are not stored.
+        channel: Pub/sub channel on which invalidations are announced
+            (``None``: not announced).
+
+    Not for Redis Cluster: the scripts touch keys in several hash slots.
+
+    .. versionadded:: 0.1.0
+    """
+
+    def __init__(
+        self,
+        client: str | redis.Redis,
+        *,
+        async_client: redis.asyncio.Redis | None = None,
+        codec: Codec | None = None,
+        prefix: str = "perfkit",
+        max_load: float = 60.0,
+        channel: str | None = None,
+    ) -> None:
+        import redis as _redis  # noqa: PLC0415 - optional dependency, loaded on use
+
+        self._url = client if isinstance(client, str) else None
+        self.client: redis.Redis = (
+            _redis.Redis.from_url(client, **_fail_fast()) if isinstance(client, str) else client
+        )
+        self._async_client = async_client
+        self.codec: Codec = codec if codec is not None else JSONCodec()
+        self.prefix = prefix
+        self.max_load = max_load
+        self.channel = channel
+        self._seq = f"{prefix}:seq"
+        self._fence_ttl_ms = str(int((max_load + 5) * 1000))
+        self._set_script = self.client.register_script(_SET_IF_FRESH)
+        self._invalidate_script = self.client.register_script(_INVALIDATE)
+        self._aset_script: Any = None
+        self._ainvalidate_script: Any = None
+
+    def __repr__(self) -> str:
+        kwargs = self.client.connection_pool.connection_kwargs
+        where = f"{kwargs.get('host', '?')}:{kwargs.get('port', '?')}/{kwargs.get('db', 0)}"
+        return f"RedisBackend({where!r}, prefix={self.prefix!r})"
+
+    @property
+    def async_client(self) -> redis.asyncio.Redis:
+        """The asyncio client, made on first use."""
+        if self._async_client is None:
+            import redis.asyncio as _aioredis  # noqa: PLC0415
+
+            if self._url is not None:
+                self._async_client = _aioredis.Redis.from_url(self._url, **_fail_fast())
+            else:
+                kwargs = dict(self.client.connection_pool.connection_kwargs)
+                self._async_client = _aioredis.Redis(**kwargs)
+        return self._async_client
+
+    def close(self) -> None:
+        """Close the sync client's connections."""
+        self.client.close()
+
+    async def aclose(self) -> None:
+        """Close the asyncio client's connections (in the loop that used them)."""
+        if self._async_client is not None:
+            client, self._async_client = self._async_client, None
+            self._aset_script = self._ainvalidate_script = None
+            await client.aclose()
+
+    # -- naming --------------------------------------------------------------------
+
+    def _entry(self, key: str) -> str:
+        return f"{self.prefix}:e:{key}"
+
+    def _fence(self, name: str) -> str:
+        return f"{self.prefix}:f:{name}"
+
+    def _tagset(self, tag: str) -> str:
+        return f"{self.prefix}:t:{tag}"
+
+    def _set_args(
+        self, key: str, value: Any, ttl: float, tags: Collection[str], token: int
+    ) -> tuple[list[str], list[Any]]:
+        keys = [self._seq, self._entry(key), self._fence("*"), self._fence("k:" + key)]
+        keys.extend(self._fence("t:" + tag) for tag in tags)
+        keys.extend(self._tagset(tag) for tag in tags)
+        ttl_ms = max(1, int(ttl * 1000))
+        return keys, [token, self.codec.dumps(value), ttl_ms, len(tags)]
+
+    def _invalidate_args(
+        self, keys: Collection[str], tags: Collection[str]
+    ) -> tuple[list[str], list[Any]]:
+        script_keys = [self._seq]
+        script_keys.extend(self._entry(key) for key in keys)
+        script_keys.extend(self._fence("k:" + key) for key in keys)
+        script_keys.extend(self._tagset(tag) for tag in tags)
+        script_keys.extend(self._fence("t:" + tag) for tag in tags)
+        message = _message(keys, tags) if self.channel else b""
+        args = [len(keys), len(tags), self._fence_ttl_ms, self.channel or "", message]
+        return script_keys, args
+
+    def _decode(self, raw: Any) -> Any:
+        if raw is None:
+            return MISSING
+        return self.codec.loads(raw.encode() if isinstance(raw, str) else raw)
+
+    # -- sync ----------------------------------------------------------------------
+
+    def get(self, key: str) -> Any:
+        return self._decode(self.client.get(self._entry(key)))
+
+    def fill_token(self) -> int:
+        return int(self.client.get(self._seq) or 0)
+
+    def set(self, key: str, value: Any, *, ttl: float, tags: Collection[str], token: int) -> bool:
+        keys, args = self._set_args(key, value, ttl, tags, token)
+        return bool(self._set_script(keys=keys, args=args))
+
+    def invalidate(self, *, keys: Collection[str] = (), tags: Collection[str] = ()) -> None:
+        if keys or tags:
+            script_keys, args = self._invalidate_args(keys, tags)
+            self._invalidate_script(keys=script_keys, args=args)
+
+    def clear(self) -> None:
+        """Drop every entry under this backend's prefix and fence running fills."""
+        seq = self.client.incr(self._seq)
+        self.client.set(self._fence("*"), seq, px=int(self._fence_ttl_ms))
+        for pattern in (f"{self.prefix}:e:*", f"{self.prefix}:t:*"):
+            batch: list[Any] = []
+            for name in self.client.scan_iter(match=pattern, count=500):
+                batch.append(name)
+                if len(batch) == 500:
+                    self.client.delete(*batch)
+                    batch.clear()
+            if batch:
+                self.client.delete(*batch)
+        if self.channel:
+            self.client.publish(self.channel, _message((), ("*",)))
+
+    # -- async ---------------------------------------------------------------------
+
+    async def aget(self, key: str) -> Any:
+        return self._decode(await self.async_client.get(self._entry(key)))
+
+    async def afill_token(self) -> int:
+        return int(await self.async_client.get(self._seq) or 0)
+
+    async def aset(
+        self, key: str, value: Any, *, ttl: float, tags: Collection[str], token: int
+    ) -> bool:
+        if self._aset_script is None:
+            self._aset_script = self.async_client.register_script(_SET_IF_FRESH)
+        keys, args = self._set_args(key, value, ttl, tags, token)
+        return bool(await self._aset_script(keys=keys, args=args))
+
+    async def ainvalidate(self, *, keys: Collection[str] = (), tags: Collection[str] = ()) -> None:
+        if not (keys or tags):
+            return
+        if self._ainvalidate_script is None:
+            self._ainvalidate_script = self.async_client.register_script(_INVALIDATE)
+        script_keys, args = self._invalidate_args(keys, tags)
+        await self._ainvalidate_script(keys=script_keys, args=args)
+
+
+def _fail_fast() -> dict[str, Any]:
+    from redis.backoff import NoBackoff  # noqa: PLC0415
+    from redis.retry import Retry  # noqa: PLC0415
+
+    return {
+        "socket_timeout": DEFAULT_TIMEOUT,
+        "socket_connect_timeout": DEFAULT_TIMEOUT,
+        "retry": Retry(NoBackoff(), 0),
+    }
+
+
+def _message(keys: Collection[str], tags: Collection[str]) -> bytes:
+    """The pub/sub announcement of an invalidation."""
+    return json.dumps({"k": list(keys), "t": list(tags)}, separators=(",", ":")).encode()
+
+
+def parse_message(data: bytes | str) -> tuple[list[str], list[str]]:
+    """Keys and tags of an announcement made by :func:`_message`."""
+    decoded = json.loads(data)
+    return [str(k) for k in decoded["k"]], [str(t) for t in decoded["t"]]

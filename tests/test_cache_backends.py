@@ -1,0 +1,49 @@
+"""
+The backend contract on the memory backend and on real Redis.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from contract.backend_contract import BackendContract
+from perfkit.cache import MemoryBackend, RedisBackend
+
+
+class TestMemoryBackend(BackendContract):
+    """The contract in process."""
+
+    @pytest.fixture
+    def backend(self) -> MemoryBackend:
+        return MemoryBackend(maxsize=100)
+
+
+class TestRedisBackend(BackendContract):
+    """The contract on the Redis service."""
+
+    @pytest.fixture
+    def backend(self, redis_url: str, redis_prefix: str) -> Iterator[RedisBackend]:
+        backend = RedisBackend(redis_url, prefix=redis_prefix)
+        yield backend
+        backend.client.close()
+
+
+def test_memory_backend_evicts_least_recently_used() -> None:
+    """A full memory backend drops the least recently used entry."""
+    backend = MemoryBackend(maxsize=2)
+    token = backend.fill_token()
+    backend.set("a", 1, ttl=30, tags=(), token=token)
+    backend.set("b", 2, ttl=30, tags=(), token=token)
+    backend.get("a")
+    backend.set("c", 3, ttl=30, tags=(), token=token)
+
+    assert (backend.get("a"), backend.get("c")) == (1, 3)
+    assert len(backend) == 2
+
+
+def test_memory_backend_rejects_a_zero_size() -> None:
+    """maxsize must be positive."""
+    with pytest.raises(ValueError, match="maxsize"):
+        MemoryBackend(maxsize=0)
