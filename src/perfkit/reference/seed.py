@@ -102,7 +102,11 @@ def seed(
         bill_rows = _bills(bills, users, rng, start, end)
         _insert(conn, Bill, bill_rows)
         _insert(conn, Vote, _votes(votes, users, bill_rows, rng, end))
-        if conn.dialect.name == "postgresql":
+        # Fresh statistics, or the planner guesses (and sorts whole tables)
+        # until autovacuum, if it runs at all, gets to them.
+        postgres = conn.dialect.name == "postgresql"
+        conn.exec_driver_sql("ANALYZE users, bills, votes" if postgres else "ANALYZE")
+        if postgres:
             for table in ("users", "bills", "votes"):
                 conn.exec_driver_sql(
                     f"SELECT setval(pg_get_serial_sequence('{table}', 'id'), "  # noqa: S608
