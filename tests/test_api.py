@@ -276,3 +276,24 @@ async def test_unexpected_errors_are_a_generic_500_without_details(stores: Store
     _error(response, 500, "internal_error")
     assert "hunter2" not in response.text
     json.loads(response.text)
+
+
+async def test_cached_api_serves_fresh_data_after_writes(engine: Engine) -> None:
+    """With the cache on, reads are hits until a write, and never stale after it."""
+    from bill_api.app import make_cache  # noqa: PLC0415
+
+    seed(engine, users=5, bills=5, votes=0, random_seed=2)
+    cache = make_cache(None)
+    with open_stores(engine, cache=cache) as cached:
+        async with _client(cached) as client:
+            first = (await client.get("/bills/3/votes/counts")).json()
+            again = (await client.get("/bills/3/votes/counts")).json()
+            await client.post("/bills/3/votes", json={"user_id": 2, "choice": "yes"})
+            after = (await client.get("/bills/3/votes/counts")).json()
+            await client.patch("/bills/3", json={"title": "Renamed Act"})
+            bill = (await client.get("/bills/3")).json()
+
+    assert first == again
+    assert after["yes"] == first["yes"] + 1
+    assert bill["title"] == "Renamed Act"
+    assert cache.stats.hits >= 1

@@ -9,7 +9,8 @@ from collections.abc import Iterator
 import pytest
 
 from contract.backend_contract import BackendContract
-from perfkit.cache import MemoryBackend, RedisBackend
+from perfkit.cache import MISSING, MemoryBackend, RedisBackend
+from perfkit.testing import FakeClock
 
 
 class TestMemoryBackend(BackendContract):
@@ -30,8 +31,8 @@ class TestRedisBackend(BackendContract):
         backend.client.close()
 
 
-def test_memory_backend_evicts_least_recently_used() -> None:
-    """A full memory backend drops the least recently used entry."""
+def test_memory_backend_evicts_the_entry_stored_longest_ago() -> None:
+    """A full memory backend drops the oldest stored entry (hits do not refresh it)."""
     backend = MemoryBackend(maxsize=2)
     token = backend.fill_token()
     backend.set("a", 1, ttl=30, tags=(), token=token)
@@ -39,8 +40,18 @@ def test_memory_backend_evicts_least_recently_used() -> None:
     backend.get("a")
     backend.set("c", 3, ttl=30, tags=(), token=token)
 
-    assert (backend.get("a"), backend.get("c")) == (1, 3)
+    assert (backend.get("a"), backend.get("b"), backend.get("c")) == (MISSING, 2, 3)
     assert len(backend) == 2
+
+
+def test_memory_backend_expired_entries_are_misses() -> None:
+    """An entry past its TTL is a miss even before any sweep removes it."""
+    clock = FakeClock()
+    backend = MemoryBackend(clock=clock)
+    backend.set("a", 1, ttl=5, tags=(), token=backend.fill_token())
+    clock.advance(5)
+
+    assert backend.get("a") is MISSING
 
 
 def test_memory_backend_rejects_a_zero_size() -> None:

@@ -46,7 +46,8 @@ def main() -> None:
             flush=True,
         )
     base = f"http://{host}:{port}"
-    print(f"\nperfkit bill/vote API on {base}  (database: {url})")
+    cache = "Redis" if os.environ.get("PERFKIT_REDIS_URL") else "in-process"
+    print(f"\nperfkit bill/vote API on {base}  (database: {url}; cache: {cache})")
     print(f"interactive docs: {base}/docs\ntry:")
     for example in EXAMPLES:
         method, _, rest = example.partition(" ")

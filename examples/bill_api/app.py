@@ -6,8 +6,9 @@ Configuration comes from the environment:
 ``PERFKIT_DATABASE_URL``
     Database to serve (default: the SQLite demo file ``var/demo.sqlite3``).
 
-(``PERFKIT_REDIS_URL`` will select the Redis cache tier once perfkit's cache
-lands; until then the API reads the database on every request.)
+``PERFKIT_REDIS_URL``
+    Cache reads in this Redis, shared by every worker (default: none, an
+    in-process cache per worker).
 
 Every error is a JSON body ``{"error": {"code": ..., "message": ...}}`` with a
 4xx status: 400 malformed JSON, 404 unknown id or route, 405 wrong method,
@@ -32,8 +33,9 @@ from pydantic import BaseModel, ConfigDict
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from perfkit import Conflict, InvalidInput, NotFound, Page, PerfkitError
+from perfkit.cache import Cache, MemoryBackend, RedisBackend
 from perfkit.pagination import MAX_PAGE
-from perfkit.reference import Stores, open_stores
+from perfkit.reference import Stores, codec, open_stores
 
 __all__ = ["DEFAULT_DATABASE_URL", "create_app"]
 
@@ -113,6 +115,16 @@ def page_body(page: Page[Any]) -> dict[str, Any]:
     }
 
 
+def make_cache(redis_url: str | None) -> Cache:
+    """
+    The API's read cache: in Redis when *redis_url* is given, else in process.
+    """
+    if redis_url:
+        backend = RedisBackend(redis_url, prefix="bill_api", codec=codec())
+        return Cache(backend, namespace="bill_api", ttl=300)
+    return Cache(MemoryBackend(maxsize=100_000), namespace="bill_api", ttl=300)
+
+
 def create_app(*, stores: Stores | None = None, database_url: str | None = None) -> FastAPI:
     """
     Build the API over *stores*, or over stores opened on *database_url*
@@ -126,7 +138,7 @@ def create_app(*, stores: Stores | None = None, database_url: str | None = None)
             yield
             return
         url = database_url or os.environ.get("PERFKIT_DATABASE_URL") or DEFAULT_DATABASE_URL
-        opened = open_stores(url)
+        opened = open_stores(url, cache=make_cache(os.environ.get("PERFKIT_REDIS_URL")))
         app.state.stores = opened
         try:
             yield

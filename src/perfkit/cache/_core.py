@@ -9,6 +9,7 @@ import functools
 import inspect
 import logging
 import random
+import string
 import threading
 from collections.abc import Awaitable, Callable, Collection, Coroutine, Iterable, Sequence
 from dataclasses import dataclass
@@ -372,7 +373,18 @@ class _Decorator:
 class _KeyMaker:
     """Builds the backend key and tags of one call."""
 
-    __slots__ = ("_cache", "_names", "_prefix", "_result_tags", "_sig", "_skip", "_spec", "_tags")
+    __slots__ = (
+        "_cache",
+        "_head",
+        "_names",
+        "_prefix",
+        "_result_tags",
+        "_sig",
+        "_skip",
+        "_spec",
+        "_tags",
+        "_template",
+    )
 
     def __init__(self, fn: Callable[..., Any], options: _Options) -> None:
         self._cache = options.cache
@@ -384,6 +396,12 @@ class _KeyMaker:
         self._tags = options.tags
         self._result_tags = options.result_tags
         self._prefix = f"{fn.__module__}.{fn.__qualname__}"
+        self._head = self._cache.key(self._prefix + "(")
+        self._template = (
+            _compile_template(self._cache.key(options.key), self._names)
+            if isinstance(options.key, str)
+            else None
+        )
         variadic = any(p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD) for p in params)
         if options.key is None and variadic:
             msg = f"{self._prefix} takes *args/**kwargs: pass key= to cached()"
@@ -400,11 +418,25 @@ class _KeyMaker:
         spec = self._spec
         if spec is None:
             if not kwargs and len(args) == len(self._names):
-                values: Iterable[Any] = args[self._skip :]
+                values: Sequence[Any] = args[self._skip :]
             else:
                 values = list(self.arguments(args, kwargs).values())[self._skip :]
-            name = self._prefix + "(" + ",".join(map(_key_part, values)) + ")"
-        elif isinstance(spec, str):
+            if len(values) == 1:
+                value = values[0]
+                fast = _FAST_PARTS.get(type(value))
+                return self._head + (fast(value) if fast else _key_part(value)) + ")"
+            return self._head + ",".join(map(_key_part, values)) + ")"
+        template = self._template
+        if template is not None and not kwargs and len(args) == len(self._names):
+            first, index, rest = template
+            if not rest:
+                return first + str(args[index])
+            return (
+                first
+                + str(args[index])
+                + "".join([literal if i < 0 else literal + str(args[i]) for literal, i in rest])
+            )
+        if isinstance(spec, str):
             name = spec.format_map(self.arguments(args, kwargs))
         else:
             name = spec(*args, **kwargs)
@@ -422,6 +454,36 @@ class _KeyMaker:
         if self._result_tags is not None and value is not None:
             names.extend(self._result_tags(value))
         return tuple(self._cache.tag(name) for name in names)
+
+
+def _compile_template(
+    template: str, names: tuple[str, ...]
+) -> tuple[str, int, tuple[tuple[str, int], ...]] | None:
+    """
+    Pre-split ``"ns:user:{user_id}"`` into literals and argument positions.
+
+    Returns ``None`` (use ``str.format_map``) unless every field is a plain
+    parameter name without conversion or format spec.
+    """
+    parts: list[tuple[str, int]] = []
+    for literal, field, spec, conversion in string.Formatter().parse(template):
+        if field is None:
+            parts.append((literal, -1))
+            continue
+        if spec or conversion or field not in names:
+            return None
+        parts.append((literal, names.index(field)))
+    if not parts or parts[0][1] < 0:
+        return None
+    (first, index), rest = parts[0], tuple(parts[1:])
+    return first, index, rest  # a trailing literal is (literal, -1)
+
+
+_FAST_PARTS: Final[dict[type, Callable[[Any], str]]] = {
+    int: int.__repr__,
+    str: str.__repr__,
+    float: float.__repr__,
+}
 
 
 def _key_part(value: Any) -> str:

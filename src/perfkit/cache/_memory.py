@@ -24,8 +24,12 @@ class MemoryBackend:
     A bounded, per-entry-TTL cache in this process, built on cachetools.
 
     Values are kept as the objects themselves (no copy, no serialisation):
-    cache immutable values, such as frozen dataclasses and tuples. All
-    operations take one uncontended lock, held for a dict operation or two.
+    cache immutable values, such as frozen dataclasses and tuples.
+
+    A hit is one dict lookup and a clock read, without a lock. Writes and
+    invalidations take one lock. The bound is kept by a cachetools
+    ``TLRUCache`` beside the lookup dict; since hits do not touch it (that
+    would need the lock), the entries stored longest ago go first when full.
 
     Args:
         maxsize: The most entries kept; the least recently used go first.
@@ -35,7 +39,18 @@ class MemoryBackend:
     .. versionadded:: 0.1.0
     """
 
-    __slots__ = ("_clock", "_data", "_fences", "_lock", "_seq", "_sets", "_tags", "max_load")
+    __slots__ = (
+        "_clock",
+        "_data",
+        "_fences",
+        "_live",
+        "_lock",
+        "_now",
+        "_seq",
+        "_sets",
+        "_tags",
+        "max_load",
+    )
 
     def __init__(
         self, *, maxsize: int = 10_000, max_load: float = 60.0, clock: Clock = SYSTEM_CLOCK
@@ -44,9 +59,10 @@ class MemoryBackend:
             msg = f"maxsize must be at least 1, not {maxsize}"
             raise ValueError(msg)
         self._clock = clock
-        self._data: TLRUCache[str, tuple[float, Any]] = TLRUCache(
-            maxsize, ttu=_expiry, timer=clock.monotonic
-        )
+        self._now = clock.monotonic
+        # key -> (expires at, value): what hits read, lock-free.
+        self._live: dict[str, tuple[float, Any]] = {}
+        self._data = _Bounded(maxsize, ttu=_expiry, timer=clock.monotonic, live=self._live)
         self._tags: dict[str, set[str]] = {}
         # key or tag -> (sequence, monotonic time) of its last invalidation
         self._fences: dict[str, tuple[int, float]] = {}
@@ -59,9 +75,10 @@ class MemoryBackend:
         return f"MemoryBackend(maxsize={self._data.maxsize}, entries={len(self._data)})"
 
     def get(self, key: str) -> Any:
-        with self._lock:
-            entry = self._data.get(key)
-        return MISSING if entry is None else entry[1]
+        entry = self._live.get(key)
+        if entry is not None and entry[0] > self._now():
+            return entry[1]
+        return MISSING
 
     def fill_token(self) -> int:
         return self._seq
@@ -71,7 +88,9 @@ class MemoryBackend:
         with self._lock:
             if self._fenced(key, tags, token):
                 return False
-            self._data[key] = (now + ttl, value)
+            entry = (now + ttl, value)
+            self._data[key] = entry
+            self._live[key] = entry
             for tag in tags:
                 self._tags.setdefault(tag, set()).add(key)
             self._sets += 1
@@ -85,17 +104,18 @@ class MemoryBackend:
             self._seq += 1
             fence = (self._seq, now)
             for key in keys:
-                self._data.pop(key, None)
+                self._drop(key)
                 self._fences["k:" + key] = fence
             for tag in tags:
                 for key in self._tags.pop(tag, ()):
-                    self._data.pop(key, None)
+                    self._drop(key)
                 self._fences["t:" + tag] = fence
 
     def clear(self) -> None:
         with self._lock:
             self._seq += 1
             self._data.clear()
+            self._live.clear()
             self._tags.clear()
             # Any fill that began before now is fenced by the "*" fence.
             self._fences = {"*": (self._seq, self._clock.monotonic())}
@@ -117,6 +137,10 @@ class MemoryBackend:
     def __len__(self) -> int:
         return len(self._data)
 
+    def _drop(self, key: str) -> None:
+        self._live.pop(key, None)
+        self._data.pop(key, None)
+
     def _fenced(self, key: str, tags: Collection[str], token: int) -> bool:
         if token < self._seq:
             fences = self._fences
@@ -130,7 +154,8 @@ class MemoryBackend:
         # Forget fences no live fill can be older than, and tag members that expired.
         horizon = now - self.max_load
         self._fences = {n: f for n, f in self._fences.items() if f[1] >= horizon}
-        self._data.expire()
+        for key, _ in self._data.expire():
+            self._live.pop(key, None)
         for tag in list(self._tags):
             live = {key for key in self._tags[tag] if key in self._data}
             if live:
@@ -141,3 +166,23 @@ class MemoryBackend:
 
 def _expiry(_key: str, value: tuple[float, Any], _now: float) -> float:
     return value[0]
+
+
+class _Bounded(TLRUCache[str, tuple[float, Any]]):
+    """The size bound: evictions also leave the lock-free lookup dict."""
+
+    def __init__(
+        self,
+        maxsize: int,
+        *,
+        ttu: Any,
+        timer: Any,
+        live: dict[str, tuple[float, Any]],
+    ) -> None:
+        super().__init__(maxsize, ttu=ttu, timer=timer)
+        self._live_ref = live
+
+    def popitem(self) -> tuple[str, tuple[float, Any]]:
+        key, value = super().popitem()
+        self._live_ref.pop(key, None)
+        return key, value
