@@ -337,7 +337,9 @@ def _stop(process: subprocess.Popen[bytes]) -> None:
 
 
 @contextlib.contextmanager
-def serve(database_url: str, log: Path, *, timeout: float = STARTUP_TIMEOUT) -> Iterator[Server]:
+def serve(
+    database_url: str, log: Path, *, timeout: float = STARTUP_TIMEOUT, cache: bool = False
+) -> Iterator[Server]:
     """
     Run ``python -m bill_api`` on a free 127.0.0.1 port until the block ends.
 
@@ -348,8 +350,9 @@ def serve(database_url: str, log: Path, *, timeout: float = STARTUP_TIMEOUT) -> 
     """
     port = free_port()
     env = dict(os.environ)
-    env.pop("PERFKIT_REDIS_URL", None)  # the baseline is uncached
+    env.pop("PERFKIT_REDIS_URL", None)  # in-process cache or none
     env.update(
+        PERFKIT_CACHE="memory" if cache else "off",
         PERFKIT_DATABASE_URL=database_url,
         PERFKIT_HOST="127.0.0.1",
         PERFKIT_PORT=str(port),
@@ -444,6 +447,7 @@ def run(
     warmup: int = DEFAULT_WARMUP,
     timeout: float = STARTUP_TIMEOUT,
     analyze: bool = True,
+    cache: bool = False,
     progress: Callable[[str], None] | None = None,
 ) -> Report:
     """
@@ -465,7 +469,7 @@ def run(
         backend = make_url(url).get_backend_name()
         label = {"sqlite": "SQLite", "postgresql": "PostgreSQL"}.get(backend, backend)
         say(f"starting the API on {_display_url(url)} (seeding it) ...")
-        server = stack.enter_context(serve(url, tmp / "server.log", timeout=timeout))
+        server = stack.enter_context(serve(url, tmp / "server.log", timeout=timeout, cache=cache))
         seed_seconds = server.seed_seconds()
         say(f"up at {server.base_url}; seeding took {seed_seconds} s; creating voters ...")
         voters = prepare(url, voters=warmup + requests, token=token, analyze=analyze)

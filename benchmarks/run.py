@@ -18,9 +18,11 @@ import argparse
 import datetime as dt
 import os
 import platform
+import subprocess
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Final
 
 import sqlalchemy as sa
@@ -84,12 +86,51 @@ def _endpoint_baseline(target: Target | None, options: argparse.Namespace) -> st
     )
 
 
-# Later entries (cache, pagination, retry, breaker, middleware) are appended here.
+def _endpoint_cached(target: Target | None, options: argparse.Namespace) -> str:
+    assert target is not None
+    report = endpoint_baseline.run(
+        database_url=target.database_url,
+        requests=options.requests,
+        analyze=not options.no_analyze,
+        cache=True,
+        progress=lambda message: print(f"  {message}", file=sys.stderr, flush=True),
+    )
+    return endpoint_baseline.format_markdown(report)
+
+
+def _script(name: str, *args: str) -> Callable[[Target | None, argparse.Namespace], str]:
+    def run(_target: Target | None, _options: argparse.Namespace) -> str:
+        command = [sys.executable, str(Path(__file__).with_name(name)), *args]
+        return subprocess.run(command, check=True, capture_output=True, text=True).stdout
+
+    return run
+
+
+REDIS_URL: Final = os.environ.get("PERFKIT_TEST_REDIS_URL") or "redis://127.0.0.1:6379/0"
+
+# Later entries (pagination, retry, breaker, middleware) are appended here.
 BENCHMARKS: Final[tuple[Benchmark, ...]] = (
     Benchmark(
         name="endpoint_baseline",
         title="Endpoint latency baseline (no cache)",
         run=_endpoint_baseline,
+    ),
+    Benchmark(
+        name="endpoint_cached",
+        title="Endpoint latency with the in-process cache",
+        run=_endpoint_cached,
+    ),
+    Benchmark(
+        name="cache_hit",
+        title="Cache hit against peers",
+        run=_script("cache_hit.py", "--redis", REDIS_URL),
+        databases=False,
+    ),
+    Benchmark(
+        name="store_sync_vs_async",
+        title="Reference store reads: sync vs async engine",
+        run=_script("store_sync_vs_async.py"),
+        databases=False,
     ),
 )
 

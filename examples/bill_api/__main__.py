@@ -47,6 +47,8 @@ def main() -> None:
         )
     base = f"http://{host}:{port}"
     cache = "Redis" if os.environ.get("PERFKIT_REDIS_URL") else "in-process"
+    if os.environ.get("PERFKIT_CACHE") == "off":
+        cache = "off"
     print(f"\nperfkit bill/vote API on {base}  (database: {url}; cache: {cache})")
     print(f"interactive docs: {base}/docs\ntry:")
     for example in EXAMPLES:

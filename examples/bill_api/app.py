@@ -9,6 +9,8 @@ Configuration comes from the environment:
 ``PERFKIT_REDIS_URL``
     Cache reads in this Redis, shared by every worker (default: none, an
     in-process cache per worker).
+``PERFKIT_CACHE``
+    ``off`` serves every read from the database (for baselines).
 
 Every error is a JSON body ``{"error": {"code": ..., "message": ...}}`` with a
 4xx status: 400 malformed JSON, 404 unknown id or route, 405 wrong method,
@@ -138,7 +140,12 @@ def create_app(*, stores: Stores | None = None, database_url: str | None = None)
             yield
             return
         url = database_url or os.environ.get("PERFKIT_DATABASE_URL") or DEFAULT_DATABASE_URL
-        opened = open_stores(url, cache=make_cache(os.environ.get("PERFKIT_REDIS_URL")))
+        cache = (
+            None
+            if os.environ.get("PERFKIT_CACHE") == "off"
+            else make_cache(os.environ.get("PERFKIT_REDIS_URL"))
+        )
+        opened = open_stores(url, cache=cache)
         app.state.stores = opened
         try:
             yield
