@@ -67,35 +67,28 @@ class Benchmark:
     databases: bool = True
 
 
-def _endpoint_baseline(target: Target | None, options: argparse.Namespace) -> str:
-    assert target is not None
-    report = endpoint_baseline.run(
-        database_url=target.database_url,
-        requests=options.requests,
-        analyze=not options.no_analyze,
-        progress=lambda message: print(f"  {message}", file=sys.stderr, flush=True),
-    )
-    return "\n".join(
-        [
-            f"{report.requests:,} sequential requests per endpoint "
-            f"(+{report.warmup} warm-up), one keep-alive client; "
-            f"seed took {report.seed_seconds} s" + (", then ANALYZE." if report.analyzed else "."),
-            "",
-            endpoint_baseline.format_markdown(report),
-        ]
-    )
+def _endpoints(*, cache: bool) -> Callable[[Target | None, argparse.Namespace], str]:
+    def run(target: Target | None, options: argparse.Namespace) -> str:
+        assert target is not None
+        report = endpoint_baseline.run(
+            database_url=target.database_url,
+            requests=options.requests,
+            analyze=not options.no_analyze,
+            cache=cache,
+            progress=lambda message: print(f"  {message}", file=sys.stderr, flush=True),
+        )
+        return "\n".join(
+            [
+                f"{report.requests:,} sequential requests per endpoint "
+                f"(+{report.warmup} warm-up), one keep-alive client; "
+                f"seed took {report.seed_seconds} s"
+                + (", then ANALYZE." if report.analyzed else "."),
+                "",
+                endpoint_baseline.format_markdown(report),
+            ]
+        )
 
-
-def _endpoint_cached(target: Target | None, options: argparse.Namespace) -> str:
-    assert target is not None
-    report = endpoint_baseline.run(
-        database_url=target.database_url,
-        requests=options.requests,
-        analyze=not options.no_analyze,
-        cache=True,
-        progress=lambda message: print(f"  {message}", file=sys.stderr, flush=True),
-    )
-    return endpoint_baseline.format_markdown(report)
+    return run
 
 
 def _script(name: str, *args: str) -> Callable[[Target | None, argparse.Namespace], str]:
@@ -113,12 +106,12 @@ BENCHMARKS: Final[tuple[Benchmark, ...]] = (
     Benchmark(
         name="endpoint_baseline",
         title="Endpoint latency baseline (no cache)",
-        run=_endpoint_baseline,
+        run=_endpoints(cache=False),
     ),
     Benchmark(
         name="endpoint_cached",
         title="Endpoint latency with the in-process cache",
-        run=_endpoint_cached,
+        run=_endpoints(cache=True),
     ),
     Benchmark(
         name="cache_hit",
