@@ -3,7 +3,8 @@ Cache hit cost against peers, in one process.
 
 * memory: perfkit ``Cache(MemoryBackend)`` hit vs ``cachetools.cached`` on a
   ``TTLCache`` with a lock (the same thread-safety perfkit gives);
-* redis: perfkit ``RedisBackend`` hit vs a hand-written ``GET`` + ``json.loads``.
+* redis: perfkit ``RedisBackend`` hit vs a hand-written ``GET`` + ``json.loads``;
+* tiered: perfkit ``TieredBackend`` L1 hit vs the same cachetools peer.
 
 Prints the median of several repeats (ns per call) and the ratio perfkit/peer.
 Usage: ``python benchmarks/cache_hit.py [--redis URL]``
@@ -21,7 +22,7 @@ from collections.abc import Callable
 
 import cachetools
 
-from perfkit.cache import Cache, MemoryBackend, RedisBackend
+from perfkit.cache import Cache, MemoryBackend, RedisBackend, TieredBackend
 
 REPEATS = 7
 
@@ -76,6 +77,33 @@ def redis_hit(url: str, number: int) -> tuple[float, float]:
     return ours, peer
 
 
+def tiered_hit(url: str, number: int) -> tuple[float, float]:
+    backend = TieredBackend(RedisBackend(url, prefix=f"bench-{uuid.uuid4().hex[:8]}"))
+    assert backend.wait_subscribed(5)
+    cache = Cache(backend, namespace="bench", ttl=3600)
+
+    @cache.cached()
+    def perfkit_get(user_id: int) -> dict[str, int]:
+        return {"id": user_id}
+
+    @cachetools.cached(cachetools.TTLCache(maxsize=10_000, ttl=3600), lock=threading.Lock())
+    def cachetools_get(user_id: int) -> dict[str, int]:
+        return {"id": user_id}
+
+    perfkit_get(7), cachetools_get(7)
+    try:
+        ours = per_call_ns(lambda: perfkit_get(7), number)
+        peer = per_call_ns(lambda: cachetools_get(7), number)
+    finally:
+        backend.clear()
+        backend.close()
+    return ours, peer
+
+
+def row(label: str, ours: float, peer: float) -> str:
+    return f"| {label} | {ours:,.0f} ns | {peer:,.0f} ns | {ours / peer:.2f} |"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--redis", default="")
@@ -83,11 +111,10 @@ def main() -> None:
     args = parser.parse_args()
     print("| hit | perfkit | peer | perfkit / peer |")
     print("|---|--:|--:|--:|")
-    ours, peer = memory(args.number)
-    print(f"| memory vs cachetools+lock | {ours:,.0f} ns | {peer:,.0f} ns | {ours / peer:.2f} |")
+    print(row("memory vs cachetools+lock", *memory(args.number)))
     if args.redis:
-        ours, peer = redis_hit(args.redis, max(1, args.number // 10))
-        print(f"| Redis vs GET+json.loads | {ours:,.0f} ns | {peer:,.0f} ns | {ours / peer:.2f} |")
+        print(row("Redis vs GET+json.loads", *redis_hit(args.redis, max(1, args.number // 10))))
+        print(row("tiered (L1) vs cachetools+lock", *tiered_hit(args.redis, args.number)))
 
 
 if __name__ == "__main__":

@@ -120,6 +120,12 @@ BENCHMARKS: Final[tuple[Benchmark, ...]] = (
         databases=False,
     ),
     Benchmark(
+        name="tiered_delivery",
+        title="Tiered cache: invalidation delivery latency",
+        run=_script("tiered_delivery.py", "--redis", REDIS_URL),
+        databases=False,
+    ),
+    Benchmark(
         name="store_sync_vs_async",
         title="Reference store reads: sync vs async engine",
         run=_script("store_sync_vs_async.py"),

@@ -32,7 +32,7 @@ from hypothesis.stateful import (
 )
 
 from perfkit import Conflict, InvalidInput, NotFound, db
-from perfkit.cache import Backend, Cache, MemoryBackend, RedisBackend
+from perfkit.cache import Backend, Cache, MemoryBackend, RedisBackend, TieredBackend
 from perfkit.reference import Stores, codec, open_stores
 
 EXAMPLES = int(os.environ.get("PERFKIT_PROPERTY_EXAMPLES", "60"))
@@ -155,6 +155,26 @@ def test_cached_reads_equal_the_database_in_redis(redis_url: str) -> None:
             _drop_prefix(backend)
 
     run_state_machine_as_test(RedisMachine, settings=SETTINGS)
+
+
+def test_cached_reads_equal_the_database_tiered(redis_url: str) -> None:
+    """The invariant holds with an L1 in front of Redis and pub/sub invalidation."""
+
+    class TieredMachine(CachedStoreMachine):
+        @staticmethod
+        def make_backend() -> Backend:
+            prefix = f"perfkit-sm-{uuid.uuid4().hex}"
+            backend = TieredBackend(RedisBackend(redis_url, prefix=prefix, codec=codec()))
+            assert backend.wait_subscribed(5)
+            return backend
+
+        @staticmethod
+        def cleanup(backend: Backend) -> None:
+            assert isinstance(backend, TieredBackend)
+            backend.close()
+            _drop_prefix(backend.l2)
+
+    run_state_machine_as_test(TieredMachine, settings=SETTINGS)
 
 
 def _drop_prefix(backend: RedisBackend) -> None:

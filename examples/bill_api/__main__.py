@@ -46,7 +46,7 @@ def main() -> None:
             flush=True,
         )
     base = f"http://{host}:{port}"
-    cache = "Redis" if os.environ.get("PERFKIT_REDIS_URL") else "in-process"
+    cache = "L1 + Redis" if os.environ.get("PERFKIT_REDIS_URL") else "in-process"
     if os.environ.get("PERFKIT_CACHE") == "off":
         cache = "off"
     print(f"\nperfkit bill/vote API on {base}  (database: {url}; cache: {cache})")

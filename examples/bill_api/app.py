@@ -7,8 +7,9 @@ Configuration comes from the environment:
     Database to serve (default: the SQLite demo file ``var/demo.sqlite3``).
 
 ``PERFKIT_REDIS_URL``
-    Cache reads in this Redis, shared by every worker (default: none, an
-    in-process cache per worker).
+    Cache reads in an in-process L1 in front of this Redis, with invalidations
+    delivered to every worker over pub/sub (default: none, an in-process cache
+    per worker).
 ``PERFKIT_CACHE``
     ``off`` serves every read from the database (for baselines).
 
@@ -35,7 +36,7 @@ from pydantic import BaseModel, ConfigDict
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from perfkit import Conflict, InvalidInput, NotFound, Page, PerfkitError
-from perfkit.cache import Cache, MemoryBackend, RedisBackend
+from perfkit.cache import Cache, MemoryBackend, RedisBackend, TieredBackend
 from perfkit.pagination import MAX_PAGE
 from perfkit.reference import Stores, codec, open_stores
 
@@ -122,7 +123,8 @@ def make_cache(redis_url: str | None) -> Cache:
     The API's read cache: in Redis when *redis_url* is given, else in process.
     """
     if redis_url:
-        backend = RedisBackend(redis_url, prefix="bill_api", codec=codec())
+        l2 = RedisBackend(redis_url, prefix="bill_api", codec=codec())
+        backend = TieredBackend(l2, l1=MemoryBackend(maxsize=100_000), l1_ttl=30)
         return Cache(backend, namespace="bill_api", ttl=300)
     return Cache(MemoryBackend(maxsize=100_000), namespace="bill_api", ttl=300)
 

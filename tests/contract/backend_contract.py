@@ -98,7 +98,8 @@ class BackendContract:
             await backend.ainvalidate(keys=["ns:a"])
 
             assert not await backend.aset("ns:a", "old", ttl=30, tags=(), token=token)
-            assert await backend.aset("ns:a", "new", ttl=30, tags=["ns#t"], token=token + 1)
+            fresh = await backend.afill_token()
+            assert await backend.aset("ns:a", "new", ttl=30, tags=["ns#t"], token=fresh)
             assert await backend.aget("ns:a") == "new"
             await backend.ainvalidate(tags=["ns#t"])
             assert await backend.aget("ns:a") is MISSING

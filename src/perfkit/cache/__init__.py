@@ -12,6 +12,7 @@ from ._codec import Codec, JSONCodec
 from ._core import AsyncCachedFunction, Cache, CachedFunction, CacheStats
 from ._memory import MemoryBackend
 from ._redis import RedisBackend
+from ._tiered import TieredBackend
 
 __all__ = [
     "MISSING",
@@ -24,4 +25,5 @@ __all__ = [
     "JSONCodec",
     "MemoryBackend",
     "RedisBackend",
+    "TieredBackend",
 ]

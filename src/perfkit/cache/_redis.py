@@ -167,7 +167,7 @@ class RedisBackend:
         keys.extend(self._fence("t:" + tag) for tag in tags)
         keys.extend(self._tagset(tag) for tag in tags)
         ttl_ms = max(1, int(ttl * 1000))
-        return keys, [token, self.codec.dumps(value), ttl_ms, len(tags)]
+        return keys, [token, _frame(tags, self.codec.dumps(value)), ttl_ms, len(tags)]
 
     def _invalidate_args(
         self, keys: Collection[str], tags: Collection[str]
@@ -184,12 +184,21 @@ class RedisBackend:
     def _decode(self, raw: Any) -> Any:
         if raw is None:
             return MISSING
-        return self.codec.loads(raw.encode() if isinstance(raw, str) else raw)
+        return self.codec.loads(_payload(raw))
+
+    def _decode_entry(self, raw: Any) -> tuple[Any, tuple[str, ...]]:
+        if raw is None:
+            return MISSING, ()
+        return self.codec.loads(_payload(raw)), _tags(raw)
 
     # -- sync ----------------------------------------------------------------------
 
     def get(self, key: str) -> Any:
         return self._decode(self.client.get(self._entry(key)))
+
+    def get_entry(self, key: str) -> tuple[Any, tuple[str, ...]]:
+        """The value under *key* (or :data:`MISSING`) and the tags it was stored with."""
+        return self._decode_entry(self.client.get(self._entry(key)))
 
     def fill_token(self) -> int:
         return int(self.client.get(self._seq) or 0)
@@ -224,6 +233,10 @@ class RedisBackend:
     async def aget(self, key: str) -> Any:
         return self._decode(await self.async_client.get(self._entry(key)))
 
+    async def aget_entry(self, key: str) -> tuple[Any, tuple[str, ...]]:
+        """Async :meth:`get_entry`."""
+        return self._decode_entry(await self.async_client.get(self._entry(key)))
+
     async def afill_token(self) -> int:
         return int(await self.async_client.get(self._seq) or 0)
 
@@ -253,6 +266,23 @@ def _fail_fast() -> dict[str, Any]:
         "socket_connect_timeout": DEFAULT_TIMEOUT,
         "retry": Retry(NoBackoff(), 0),
     }
+
+
+def _frame(tags: Collection[str], payload: bytes) -> bytes:
+    """An entry as stored: the length of a JSON tag list, the list, the payload."""
+    header = json.dumps(list(tags), separators=(",", ":")).encode() if tags else b""
+    return len(header).to_bytes(4, "big") + header + payload
+
+
+def _payload(raw: bytes | str) -> bytes:
+    data = raw.encode() if isinstance(raw, str) else raw
+    return data[4 + int.from_bytes(data[:4], "big") :]
+
+
+def _tags(raw: bytes | str) -> tuple[str, ...]:
+    data = raw.encode() if isinstance(raw, str) else raw
+    size = int.from_bytes(data[:4], "big")
+    return tuple(json.loads(data[4 : 4 + size])) if size else ()
 
 
 def _message(keys: Collection[str], tags: Collection[str]) -> bytes:

@@ -1,0 +1,220 @@
+"""
+Two-level cache backend: an in-process L1 in front of a shared Redis L2.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+from collections.abc import Callable, Collection
+from typing import Any, Final
+
+from ._backend import MISSING
+from ._memory import MemoryBackend
+from ._redis import RedisBackend, parse_message
+
+__all__ = ["TieredBackend"]
+
+log = logging.getLogger("perfkit.cache")
+
+_L1_BITS: Final = 40
+_L1_MASK: Final = (1 << _L1_BITS) - 1
+
+
+class TieredBackend:
+    """
+    An in-process :class:`MemoryBackend` (L1) in front of a :class:`RedisBackend` (L2).
+
+    Reads try L1, then L2 (copying a hit into L1 for at most *l1_ttl*
+    seconds), then load. Writes fence and store in both levels. An
+    invalidation drops L1 in this process at once, and the L2 script
+    publishes it on a Redis channel; a listener thread in every process drops
+    the same keys and tags from its own L1 when the message arrives.
+
+    L1 is used only while the listener is subscribed. When the subscription
+    is lost (Redis restarted, connection dropped) L1 is flushed and bypassed —
+    reads go to L2, or to the loader if L2 is down too — until the listener
+    has subscribed again, and L1 is flushed once more then, since messages may
+    have been missed in between.
+
+    Args:
+        l1: The in-process level (default: ``MemoryBackend()``).
+        l2: The shared level; its ``channel`` is set to *channel*.
+        l1_ttl: The longest an entry lives in L1, bounding staleness should a
+            message ever be lost without the subscription dropping.
+        channel: The pub/sub channel (default: ``"<l2 prefix>:invalidations"``).
+        on_message: Called in the listener thread after each message has been
+            applied (for metrics, and for measuring delivery latency).
+        reconnect_delay: Seconds between two subscription attempts.
+
+    .. versionadded:: 0.1.0
+    """
+
+    def __init__(
+        self,
+        l2: RedisBackend,
+        *,
+        l1: MemoryBackend | None = None,
+        l1_ttl: float = 30.0,
+        channel: str | None = None,
+        on_message: Callable[[list[str], list[str]], None] | None = None,
+        reconnect_delay: float = 1.0,
+    ) -> None:
+        self.l1 = l1 if l1 is not None else MemoryBackend()
+        self.l2 = l2
+        self.l1_ttl = l1_ttl
+        self.channel = channel or f"{l2.prefix}:invalidations"
+        l2.channel = self.channel
+        self.max_load = l2.max_load
+        self._on_message = on_message
+        self._reconnect_delay = reconnect_delay
+        self._subscribed = threading.Event()
+        self._stop = threading.Event()
+        self._listener = threading.Thread(
+            target=self._listen, name=f"perfkit-tiered-{self.channel}", daemon=True
+        )
+        self._listener.start()
+
+    def __repr__(self) -> str:
+        state = "subscribed" if self._subscribed.is_set() else "L1 bypassed"
+        return f"TieredBackend({self.l1!r}, {self.l2!r}, {state})"
+
+    @property
+    def subscribed(self) -> bool:
+        """Whether invalidations are being received (and L1 is in use)."""
+        return self._subscribed.is_set()
+
+    def wait_subscribed(self, timeout: float | None = None) -> bool:
+        """Block until the listener is subscribed; False on timeout."""
+        return self._subscribed.wait(timeout)
+
+    def close(self) -> None:
+        """Stop the listener thread and close the Redis clients' sync connections."""
+        self._stop.set()
+        self.l2.close()  # drops the listener's connection too, which wakes it
+        self._listener.join(timeout=5)
+
+    # -- tokens --------------------------------------------------------------------
+
+    def _token(self, l2_token: int) -> int:
+        return (l2_token << _L1_BITS) | (self.l1.fill_token() & _L1_MASK)
+
+    @staticmethod
+    def _split(token: int) -> tuple[int, int]:
+        return token >> _L1_BITS, token & _L1_MASK
+
+    # -- sync ----------------------------------------------------------------------
+
+    def get(self, key: str) -> Any:
+        use_l1 = self._subscribed.is_set()
+        if use_l1:
+            value = self.l1.get(key)
+            if value is not MISSING:
+                return value
+        l1_token = self.l1.fill_token()
+        value, tags = self.l2.get_entry(key)
+        if value is not MISSING and use_l1:
+            self.l1.set(key, value, ttl=self.l1_ttl, tags=tags, token=l1_token)
+        return value
+
+    def fill_token(self) -> int:
+        return self._token(self.l2.fill_token())
+
+    def set(self, key: str, value: Any, *, ttl: float, tags: Collection[str], token: int) -> bool:
+        l2_token, l1_token = self._split(token)
+        if not self.l2.set(key, value, ttl=ttl, tags=tags, token=l2_token):
+            return False
+        if self._subscribed.is_set():
+            self.l1.set(key, value, ttl=min(ttl, self.l1_ttl), tags=tags, token=l1_token)
+        return True
+
+    def invalidate(self, *, keys: Collection[str] = (), tags: Collection[str] = ()) -> None:
+        self.l1.invalidate(keys=keys, tags=tags)  # this process: at once
+        self.l2.invalidate(keys=keys, tags=tags)  # everyone: fenced, then published
+
+    def clear(self) -> None:
+        self.l1.clear()
+        self.l2.clear()
+
+    # -- async ---------------------------------------------------------------------
+
+    async def aget(self, key: str) -> Any:
+        use_l1 = self._subscribed.is_set()
+        if use_l1:
+            value = self.l1.get(key)
+            if value is not MISSING:
+                return value
+        l1_token = self.l1.fill_token()
+        value, tags = await self.l2.aget_entry(key)
+        if value is not MISSING and use_l1:
+            self.l1.set(key, value, ttl=self.l1_ttl, tags=tags, token=l1_token)
+        return value
+
+    async def afill_token(self) -> int:
+        return self._token(await self.l2.afill_token())
+
+    async def aset(
+        self, key: str, value: Any, *, ttl: float, tags: Collection[str], token: int
+    ) -> bool:
+        l2_token, l1_token = self._split(token)
+        if not await self.l2.aset(key, value, ttl=ttl, tags=tags, token=l2_token):
+            return False
+        if self._subscribed.is_set():
+            self.l1.set(key, value, ttl=min(ttl, self.l1_ttl), tags=tags, token=l1_token)
+        return True
+
+    async def ainvalidate(self, *, keys: Collection[str] = (), tags: Collection[str] = ()) -> None:
+        self.l1.invalidate(keys=keys, tags=tags)
+        await self.l2.ainvalidate(keys=keys, tags=tags)
+
+    async def aclose(self) -> None:
+        """Close the asyncio Redis client (in the loop that used it)."""
+        await self.l2.aclose()
+
+    # -- the listener --------------------------------------------------------------
+
+    def _lost(self, reason: object) -> None:
+        if self._subscribed.is_set():
+            log.warning(
+                "cache invalidation channel %r lost (%s); L1 bypassed", self.channel, reason
+            )
+        self._subscribed.clear()
+        self.l1.clear()
+
+    def _listen(self) -> None:
+        while not self._stop.is_set():
+            pubsub = None
+            try:
+                pubsub = self.l2.client.pubsub()  # type: ignore[no-untyped-call]
+                pubsub.subscribe(self.channel)
+                while not self._stop.is_set():
+                    message = pubsub.get_message(timeout=0.2)
+                    if message is not None:
+                        self._handle(message)
+            except Exception as exc:  # any failure means "not listening"
+                if self._stop.is_set():
+                    break  # closed on purpose
+                self._lost(exc)
+                self._stop.wait(self._reconnect_delay)
+            finally:
+                if pubsub is not None:
+                    with contextlib.suppress(Exception):  # closing a dead connection
+                        pubsub.close()
+        self._subscribed.clear()
+
+    def _handle(self, message: dict[str, Any]) -> None:
+        kind = message.get("type")
+        if kind == "subscribe":
+            # Whatever was published while we were not listening is lost: start clean.
+            self.l1.clear()
+            self._subscribed.set()
+            log.info("cache invalidation channel %r subscribed; L1 in use", self.channel)
+        elif kind == "message":
+            keys, tags = parse_message(message["data"])
+            if tags == ["*"]:
+                self.l1.clear()
+            else:
+                self.l1.invalidate(keys=keys, tags=tags)
+            if self._on_message is not None:
+                self._on_message(keys, tags)

@@ -1,0 +1,237 @@
+"""
+The tiered backend (L1 in process, L2 in Redis) and Redis failures, on real Redis.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+
+from contract.backend_contract import BackendContract
+from perfkit import db
+from perfkit.cache import MISSING, Cache, RedisBackend, TieredBackend
+from perfkit.reference import codec, open_stores
+from perfkit.testing import FakeClock
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _tiered(url: str, prefix: str, **kwargs: object) -> TieredBackend:
+    backend = TieredBackend(RedisBackend(url, prefix=prefix, codec=codec()), **kwargs)  # type: ignore[arg-type]
+    assert backend.wait_subscribed(5), "listener did not subscribe"
+    return backend
+
+
+class TestTieredBackend(BackendContract):
+    """The backend contract holds for the two levels together."""
+
+    @pytest.fixture
+    def backend(self, redis_url: str, redis_prefix: str) -> Iterator[TieredBackend]:
+        backend = _tiered(redis_url, redis_prefix)
+        yield backend
+        backend.close()
+
+
+def test_hits_come_from_l1_after_the_first_read(redis_url: str, redis_prefix: str) -> None:
+    """An L2 hit is copied into L1, with its tags, so a tag invalidation reaches it."""
+    backend = _tiered(redis_url, redis_prefix)
+    try:
+        backend.set("ns:a", 1, ttl=30, tags=["ns#t"], token=backend.fill_token())
+        backend.l1.clear()
+
+        assert backend.get("ns:a") == 1  # from L2, copied to L1
+        assert backend.l1.get("ns:a") == 1
+        backend.invalidate(tags=["ns#t"])
+        assert backend.l1.get("ns:a") is MISSING
+        assert backend.get("ns:a") is MISSING
+    finally:
+        backend.close()
+
+
+def test_invalidation_reaches_another_l1(redis_url: str, redis_prefix: str) -> None:
+    """An invalidation in one backend drops the entry from another's L1 once delivered."""
+    delivered = threading.Event()
+    other = _tiered(redis_url, redis_prefix, on_message=lambda keys, tags: delivered.set())
+    writer = _tiered(redis_url, redis_prefix)
+    try:
+        other.set("ns:k", "old", ttl=30, tags=["ns#t"], token=other.fill_token())
+        assert other.l1.get("ns:k") == "old"
+
+        writer.invalidate(tags=["ns#t"])
+
+        assert delivered.wait(5)
+        assert other.l1.get("ns:k") is MISSING
+        assert other.get("ns:k") is MISSING
+    finally:
+        other.close()
+        writer.close()
+
+
+def test_lost_subscription_flushes_and_bypasses_l1(redis_url: str, redis_prefix: str) -> None:
+    """Killing the listener's connection empties L1 and keeps it unused until resubscribed."""
+    backend = _tiered(redis_url, redis_prefix, reconnect_delay=0.3)
+    admin = redis.Redis.from_url(redis_url)
+    try:
+        backend.l1.set("ns:only-in-l1", "x", ttl=30, tags=(), token=backend.l1.fill_token())
+        admin.client_kill_filter(_type="pubsub")
+
+        deadline = time.monotonic() + 5
+        while backend.subscribed and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert not backend.subscribed
+        assert backend.l1.get("ns:only-in-l1") is MISSING
+        assert backend.get("ns:only-in-l1") is MISSING  # L2 never had it
+        assert backend.wait_subscribed(5)  # and it comes back by itself
+    finally:
+        admin.close()
+        backend.close()
+
+
+# -- two processes -----------------------------------------------------------------------
+
+READER = textwrap.dedent(
+    """
+    import json, sys, time
+    from perfkit.cache import Cache, RedisBackend, TieredBackend
+    from perfkit.reference import codec, open_stores
+
+    database, redis_url, prefix, bill_id = sys.argv[1:5]
+    backend = TieredBackend(RedisBackend(redis_url, prefix=prefix, codec=codec()))
+    backend.wait_subscribed(5)
+    stores = open_stores(database, cache=Cache(backend, namespace="two"), create_schema=False)
+    print(json.dumps({"ready": stores.bills.get_by_id(int(bill_id)).title}), flush=True)
+    titles = []
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        titles.append(stores.bills.get_by_id(int(bill_id)).title)
+        if titles[-1] == "New" and titles.count("New") >= 200:
+            break
+    print(json.dumps({"titles": titles, "hits": stores.cache.stats.hits}), flush=True)
+    backend.close()
+    """
+)
+
+
+def test_a_write_in_one_process_is_never_read_stale_in_another_once_delivered(
+    redis_url: str, redis_prefix: str, tmp_path: Path
+) -> None:
+    """Process B reads in a loop; after A's write, B switches to the new title and never back."""
+    database = f"sqlite:///{tmp_path / 'two.sqlite3'}"
+    writer_backend = _tiered(redis_url, redis_prefix)
+    stores = open_stores(database, cache=Cache(writer_backend, namespace="two"))
+    sponsor = stores.users.create(username="sponsor", email="s@example.org")
+    bill = stores.bills.create(title="Old", sponsor_id=sponsor.id)
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    reader = subprocess.Popen(
+        [sys.executable, "-c", READER, database, redis_url, redis_prefix, str(bill.id)],
+        stdout=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    try:
+        assert reader.stdout is not None
+        assert json.loads(reader.stdout.readline()) == {"ready": "Old"}
+        time.sleep(0.05)  # let B serve a few reads from its L1
+        stores.bills.update(bill.id, title="New")
+        result = json.loads(reader.stdout.readline())
+    finally:
+        reader.wait(timeout=20)
+        if reader.stdout is not None:
+            reader.stdout.close()
+        writer_backend.close()
+        stores.close()
+
+    titles: list[str] = result["titles"]
+    first_new = titles.index("New")
+    assert set(titles[first_new:]) == {"New"}  # never stale once the invalidation arrived
+    assert set(titles[:first_new]) <= {"Old"}
+    assert result["hits"] > 100  # B really read through its cache
+
+
+# -- a Redis of our own, made slow and then brought back ---------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@pytest.fixture
+def own_redis(tmp_path: Path) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    """A redis-server this test starts (and may freeze), on a free loopback port."""
+    port = _free_port()
+    process = subprocess.Popen(
+        ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+         "--appendonly", "no", "--dir", str(tmp_path)],
+        stdout=subprocess.DEVNULL,
+    )  # fmt: skip
+    url = f"redis://127.0.0.1:{port}/0"
+    client = redis.Redis.from_url(url)
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            client.ping()
+            break
+        except redis.ConnectionError:
+            if time.monotonic() > deadline:
+                process.kill()
+                pytest.fail("redis-server did not start")
+            time.sleep(0.05)
+    client.close()
+    try:
+        yield url, process
+    finally:
+        process.send_signal(signal.SIGCONT)
+        process.kill()
+        process.wait()
+
+
+def test_frozen_redis_fails_open_and_replays_the_lost_invalidation(
+    own_redis: tuple[str, subprocess.Popen[bytes]], tmp_path: Path
+) -> None:
+    """Redis frozen: reads keep answering; a write's invalidation is replayed before any hit."""
+    url, server = own_redis
+    clock = FakeClock()
+    engine = db.create_engine(f"sqlite:///{tmp_path / 'frozen.sqlite3'}")
+    backend = RedisBackend(url, prefix="frozen", codec=codec())
+    cache = Cache(backend, namespace="f", clock=clock)
+    stores = open_stores(engine, cache=cache)
+    sponsor = stores.users.create(username="sponsor", email="s@example.org")
+    bill = stores.bills.create(title="Old", sponsor_id=sponsor.id)
+    assert stores.bills.get_by_id(bill.id).title == "Old"  # type: ignore[union-attr]
+    assert stores.bills.get_by_id(bill.id).title == "Old"  # type: ignore[union-attr]
+    assert cache.stats.hits == 1
+
+    server.send_signal(signal.SIGSTOP)  # Redis stops answering; it keeps its data
+    try:
+        started = time.monotonic()
+        stores.bills.update(bill.id, title="New")  # commits; the invalidation times out
+        during = stores.bills.get_by_id(bill.id)
+        elapsed = time.monotonic() - started
+    finally:
+        server.send_signal(signal.SIGCONT)
+
+    assert during is not None
+    assert during.title == "New"  # answered by the database
+    assert cache.stats.errors >= 1
+    assert elapsed < 2.0  # 250 ms socket timeouts, no retries
+    clock.advance(1.1)  # let the replay run
+    after = [stores.bills.get_by_id(bill.id).title for _ in range(3)]  # type: ignore[union-attr]
+    assert after == ["New", "New", "New"]  # the old entry in Redis was never served
+    assert not cache._pending
+    backend.close()
+    engine.dispose()
