@@ -76,6 +76,11 @@ class Cache:
             random, so entries filled together do not expire together.
         clock: Monotonic clock (a fake one in tests).
         log_interval: Seconds between two log lines about backend failures.
+        lease: With a shared backend (Redis, tiered), make concurrent misses
+            of one key in *different processes* load once too: the loader
+            takes a lease of this many seconds in Redis, the others wait for
+            its value. A killed holder's lease expires by itself. ``None``
+            (the default): single-flight within each process only.
 
     Example::
 
@@ -99,6 +104,7 @@ class Cache:
         jitter: float = 0.1,
         clock: Clock = SYSTEM_CLOCK,
         log_interval: float = 60.0,
+        lease: float | None = None,
     ) -> None:
         if ttl <= 0:
             msg = f"ttl must be positive, not {ttl}"
@@ -115,6 +121,10 @@ class Cache:
         self.jitter = jitter
         self.clock = clock
         self.log_interval = log_interval
+        if lease is not None and lease <= 0:
+            msg = f"lease must be positive, not {lease}"
+            raise ValueError(msg)
+        self.lease = lease
         self.hits = self.misses = self.loads = self.stale = self.errors = self.bypassed = 0
         self._last_log = float("-inf")
         self._pending: list[tuple[tuple[str, ...], tuple[str, ...]]] = []
@@ -558,6 +568,80 @@ class _Base(Generic[P, R]):
         self._cache.loads += 1
         return self._fn(*args, **kwargs)
 
+    def _take_lease(self, key: str) -> tuple[str | None, Any]:
+        """
+        Take the cross-process lease on *key*, or wait for its holder's value.
+
+        Returns ``(holder, MISSING)`` when this process should load,
+        ``(None, value)`` when another process loaded it meanwhile, and
+        ``(None, MISSING)`` when leases are off or unavailable (just load).
+        """
+        cache = self._cache
+        backend: Any = cache.backend
+        if cache.lease is None or not hasattr(backend, "acquire_lease"):
+            return None, MISSING
+        clock = cache.clock
+        deadline = clock.monotonic() + cache.lease
+        delay = 0.002
+        try:
+            while True:
+                holder = backend.acquire_lease(key, cache.lease)
+                if holder is not None:
+                    return holder, MISSING
+                while True:  # another process is loading
+                    clock.sleep(delay)
+                    delay = min(delay * 2, 0.05)
+                    value = backend.get(key)
+                    if value is not MISSING:
+                        return None, value
+                    if clock.monotonic() >= deadline:
+                        return None, MISSING
+                    if not backend.lease_held(key):
+                        break  # it gave up or died: try to take over
+        except Exception as exc:  # fail open
+            cache._failed(exc)
+            return None, MISSING
+
+    async def _atake_lease(self, key: str) -> tuple[str | None, Any]:
+        """Async :meth:`_take_lease`."""
+        cache = self._cache
+        backend: Any = cache.backend
+        if cache.lease is None or not hasattr(backend, "aacquire_lease"):
+            return None, MISSING
+        clock = cache.clock
+        deadline = clock.monotonic() + cache.lease
+        delay = 0.002
+        try:
+            while True:
+                holder = await backend.aacquire_lease(key, cache.lease)
+                if holder is not None:
+                    return holder, MISSING
+                while True:
+                    await clock.asleep(delay)
+                    delay = min(delay * 2, 0.05)
+                    value = await backend.aget(key)
+                    if value is not MISSING:
+                        return None, value
+                    if clock.monotonic() >= deadline:
+                        return None, MISSING
+                    if not await backend.alease_held(key):
+                        break
+        except Exception as exc:  # fail open
+            cache._failed(exc)
+            return None, MISSING
+
+    def _release_lease(self, key: str, holder: str) -> None:
+        try:
+            self._cache.backend.release_lease(key, holder)  # type: ignore[attr-defined]
+        except Exception as exc:  # fail open: the lease expires by itself
+            self._cache._failed(exc)
+
+    async def _arelease_lease(self, key: str, holder: str) -> None:
+        try:
+            await self._cache.backend.arelease_lease(key, holder)  # type: ignore[attr-defined]
+        except Exception as exc:  # fail open: the lease expires by itself
+            self._cache._failed(exc)
+
     def _store(
         self, key: str, args: tuple[Any, ...], kwargs: dict[str, Any], value: Any, token: int
     ) -> None:
@@ -635,8 +719,13 @@ class CachedFunction(_Base[P, R]):
             if flight.error is not None:
                 raise flight.error
             return cast("R", flight.value)
-        started = cache.clock.monotonic()
+        holder: str | None = None
         try:
+            holder, shared = self._take_lease(key)
+            if shared is not MISSING:
+                flight.value = shared
+                return cast("R", shared)
+            started = cache.clock.monotonic()
             value = self._direct(args, kwargs)
         except BaseException as exc:
             flight.error = exc
@@ -647,6 +736,8 @@ class CachedFunction(_Base[P, R]):
                 self._store(key, args, kwargs, value, token)
             return cast("R", value)
         finally:
+            if holder is not None:
+                self._release_lease(key, holder)
             with self._lock:
                 if self._flights.get(key) is flight:
                     del self._flights[key]
@@ -712,8 +803,13 @@ class AsyncCachedFunction(_Base[P, R]):
                 continue  # the leader was cancelled: try to lead ourselves
         future: asyncio.Future[Any] = loop.create_future()
         self._flights[slot] = (token, future)
-        started = self._cache.clock.monotonic()
+        holder: str | None = None
         try:
+            holder, shared = await self._atake_lease(key)
+            if shared is not MISSING:
+                future.set_result(shared)
+                return cast("R", shared)
+            started = self._cache.clock.monotonic()
             value = await self._load(args, kwargs)
         except asyncio.CancelledError:
             future.set_exception(_Abandoned())
@@ -727,6 +823,8 @@ class AsyncCachedFunction(_Base[P, R]):
                 await self._astore(key, args, kwargs, value, token)
             return value
         finally:
+            if holder is not None:
+                await self._arelease_lease(key, holder)
             if self._flights.get(slot, (None, None))[1] is future:
                 del self._flights[slot]
             if future.done() and not future.cancelled():

@@ -5,6 +5,7 @@ Redis cache backend on redis-py, sync and asyncio.
 from __future__ import annotations
 
 import json
+import secrets
 from collections.abc import Collection
 from typing import TYPE_CHECKING, Any, Final
 
@@ -59,6 +60,12 @@ for j = 1, m do
 end
 if ARGV[4] ~= '' then redis.call('PUBLISH', ARGV[4], ARGV[5]) end
 return seq
+"""
+
+# KEYS: lease   ARGV: holder token
+_RELEASE: Final = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
 """
 
 DEFAULT_TIMEOUT: Final = 0.25
@@ -117,8 +124,10 @@ class RedisBackend:
         self._fence_ttl_ms = str(int((max_load + 5) * 1000))
         self._set_script = self.client.register_script(_SET_IF_FRESH)
         self._invalidate_script = self.client.register_script(_INVALIDATE)
+        self._release_script = self.client.register_script(_RELEASE)
         self._aset_script: Any = None
         self._ainvalidate_script: Any = None
+        self._arelease_script: Any = None
 
     def __repr__(self) -> str:
         kwargs = self.client.connection_pool.connection_kwargs
@@ -146,7 +155,7 @@ class RedisBackend:
         """Close the asyncio client's connections (in the loop that used them)."""
         if self._async_client is not None:
             client, self._async_client = self._async_client, None
-            self._aset_script = self._ainvalidate_script = None
+            self._aset_script = self._ainvalidate_script = self._arelease_script = None
             await client.aclose()
 
     # -- naming --------------------------------------------------------------------
@@ -159,6 +168,9 @@ class RedisBackend:
 
     def _tagset(self, tag: str) -> str:
         return f"{self.prefix}:t:{tag}"
+
+    def _lease(self, key: str) -> str:
+        return f"{self.prefix}:l:{key}"
 
     def _set_args(
         self, key: str, value: Any, ttl: float, tags: Collection[str], token: int
@@ -227,6 +239,45 @@ class RedisBackend:
                 self.client.delete(*batch)
         if self.channel:
             self.client.publish(self.channel, _message((), ("*",)))
+
+    # -- cross-process single-flight leases ------------------------------------------
+
+    def acquire_lease(self, key: str, seconds: float) -> str | None:
+        """
+        Try to become the one process loading *key*, for at most *seconds*.
+
+        Returns a holder token, or ``None`` if another process holds the
+        lease. The lease expires by itself, so a killed holder blocks nobody
+        for longer than *seconds*.
+        """
+        holder = secrets.token_hex(8)
+        taken = self.client.set(self._lease(key), holder, nx=True, px=max(1, int(seconds * 1000)))
+        return holder if taken else None
+
+    def lease_held(self, key: str) -> bool:
+        """Whether some process holds the lease on *key*."""
+        return bool(self.client.exists(self._lease(key)))
+
+    def release_lease(self, key: str, holder: str) -> None:
+        """Give the lease back, if *holder* still has it."""
+        self._release_script(keys=[self._lease(key)], args=[holder])
+
+    async def aacquire_lease(self, key: str, seconds: float) -> str | None:
+        """Async :meth:`acquire_lease`."""
+        holder = secrets.token_hex(8)
+        px = max(1, int(seconds * 1000))
+        taken = await self.async_client.set(self._lease(key), holder, nx=True, px=px)
+        return holder if taken else None
+
+    async def alease_held(self, key: str) -> bool:
+        """Async :meth:`lease_held`."""
+        return bool(await self.async_client.exists(self._lease(key)))
+
+    async def arelease_lease(self, key: str, holder: str) -> None:
+        """Async :meth:`release_lease`."""
+        if self._arelease_script is None:
+            self._arelease_script = self.async_client.register_script(_RELEASE)
+        await self._arelease_script(keys=[self._lease(key)], args=[holder])
 
     # -- async ---------------------------------------------------------------------
 

@@ -172,6 +172,32 @@ class TieredBackend:
         """Close the asyncio Redis client (in the loop that used it)."""
         await self.l2.aclose()
 
+    # -- leases (delegated to L2) -------------------------------------------------
+
+    def acquire_lease(self, key: str, seconds: float) -> str | None:
+        """See :meth:`RedisBackend.acquire_lease`."""
+        return self.l2.acquire_lease(key, seconds)
+
+    def lease_held(self, key: str) -> bool:
+        """See :meth:`RedisBackend.lease_held`."""
+        return self.l2.lease_held(key)
+
+    def release_lease(self, key: str, holder: str) -> None:
+        """See :meth:`RedisBackend.release_lease`."""
+        self.l2.release_lease(key, holder)
+
+    async def aacquire_lease(self, key: str, seconds: float) -> str | None:
+        """See :meth:`RedisBackend.aacquire_lease`."""
+        return await self.l2.aacquire_lease(key, seconds)
+
+    async def alease_held(self, key: str) -> bool:
+        """See :meth:`RedisBackend.alease_held`."""
+        return await self.l2.alease_held(key)
+
+    async def arelease_lease(self, key: str, holder: str) -> None:
+        """See :meth:`RedisBackend.arelease_lease`."""
+        await self.l2.arelease_lease(key, holder)
+
     # -- the listener --------------------------------------------------------------
 
     def _lost(self, reason: object) -> None:
