@@ -235,3 +235,29 @@ def test_paused_read_cannot_cache_a_row_older_than_a_committed_write(
     if isinstance(backend, RedisBackend):
         _drop_prefix(backend)
     engine.dispose()
+
+
+def test_invalidation_runs_after_commit_and_never_on_failure(tmp_path: Any) -> None:
+    """A write invalidates only once its row is visible to others; a failed write never does."""
+    engine = db.create_engine(f"sqlite:///{tmp_path / 'order.sqlite3'}")
+    cache = Cache(MemoryBackend(), namespace="order")
+    stores = open_stores(engine, cache=cache)
+    observer = open_stores(engine, create_schema=False)  # another connection, no cache
+    seen: list[tuple[tuple[str, ...], str | None]] = []
+    original = cache.invalidate
+
+    def spy(*, keys: Any = (), tags: Any = ()) -> None:
+        user = observer.users.get_by_username("ada")
+        seen.append((tuple(keys), None if user is None else user.username))
+        original(keys=keys, tags=tags)
+
+    cache.invalidate = spy  # type: ignore[method-assign]
+    stores.users.create(username="ada", email="ada@example.org")
+    with pytest.raises(Conflict):
+        stores.users.create(username="ada", email="other@example.org")
+
+    assert len(seen) == 1  # the failed create invalidated nothing
+    keys, visible = seen[0]
+    assert visible == "ada"  # the row was committed before the invalidation
+    assert "user:name:ada" in keys
+    engine.dispose()
