@@ -278,12 +278,19 @@ async def test_unexpected_errors_are_a_generic_500_without_details(stores: Store
     json.loads(response.text)
 
 
-async def test_cached_api_serves_fresh_data_after_writes(engine: Engine) -> None:
+@pytest.mark.parametrize("tier", ["memory", "tiered"])
+async def test_cached_api_serves_fresh_data_after_writes(
+    engine: Engine, tier: str, request: pytest.FixtureRequest
+) -> None:
     """With the cache on, reads are hits until a write, and never stale after it."""
     from bill_api.app import make_cache  # noqa: PLC0415
 
     seed(engine, users=5, bills=5, votes=0, random_seed=2)
-    cache = make_cache(None)
+    redis_url = request.getfixturevalue("redis_url") if tier == "tiered" else None
+    cache = make_cache(redis_url)
+    if redis_url is not None:
+        cache.clear()  # the example's fixed prefix: start from nothing
+        request.addfinalizer(cache.backend.close)  # type: ignore[attr-defined]
     with open_stores(engine, cache=cache) as cached:
         async with _client(cached) as client:
             first = (await client.get("/bills/3/votes/counts")).json()

@@ -153,6 +153,9 @@ def create_app(*, stores: Stores | None = None, database_url: str | None = None)
             yield
         finally:
             opened.close()
+            close = getattr(cache.backend if cache else None, "close", None)
+            if close is not None:
+                close()  # the tiered listener thread and the Redis connections
 
     app = FastAPI(title="perfkit bill/vote API", version="0.1.0", lifespan=lifespan)
     if stores is not None:
