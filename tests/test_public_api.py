@@ -14,15 +14,26 @@ import perfkit
 import perfkit.reference
 
 PUBLIC = [
+    "Cache",
+    "CacheStats",
     "Conflict",
+    "CursorPage",
+    "InvalidCursor",
     "InvalidInput",
     "InvalidPage",
+    "JSONCodec",
+    "MemoryBackend",
     "NotFound",
     "Page",
     "PerfkitError",
+    "RedisBackend",
+    "TieredBackend",
     "__version__",
+    "apaginate",
+    "apaginate_keyset",
     "db",
     "paginate",
+    "paginate_keyset",
 ]
 
 REFERENCE = [

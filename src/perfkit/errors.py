@@ -8,7 +8,8 @@ so callers can catch either::
     ├── NotFound(LookupError)        a record that was asked for does not exist
     ├── Conflict(ValueError)         a write would break a uniqueness rule
     └── InvalidInput(ValueError)     an argument is malformed or out of range
-        └── InvalidPage              page/limit outside the allowed range
+        ├── InvalidPage              page/limit outside the allowed range
+        └── InvalidCursor            a keyset cursor is malformed, altered or foreign
 
 Each error carries a stable machine-readable ``code`` (used in the example
 API's JSON bodies) next to its human-readable message.
@@ -16,7 +17,7 @@ API's JSON bodies) next to its human-readable message.
 
 from __future__ import annotations
 
-__all__ = ["Conflict", "InvalidInput", "InvalidPage", "NotFound", "PerfkitError"]
+__all__ = ["Conflict", "InvalidCursor", "InvalidInput", "InvalidPage", "NotFound", "PerfkitError"]
 
 
 class PerfkitError(Exception):
@@ -82,3 +83,16 @@ class InvalidPage(InvalidInput):
     """
 
     code = "invalid_page"
+
+
+class InvalidCursor(InvalidInput):
+    """
+    A keyset cursor is malformed, was altered, or belongs to another query or sort.
+
+    The message says which, never what the cursor held.
+    """
+
+    code = "invalid_cursor"
+
+    def __init__(self, message: str) -> None:
+        super().__init__("cursor", message)

@@ -1,0 +1,36 @@
+"""
+Pagination for SQLAlchemy 2 ``select()`` statements, sync and async.
+
+* :func:`paginate` / :func:`apaginate`: page and limit, with ``total``,
+  ``pages``, ``has_next``, ``has_prev``; the count exact, cached or skipped.
+* :func:`paginate_keyset` / :func:`apaginate_keyset`: signed cursors whose
+  pages cost the same at any depth.
+"""
+
+from __future__ import annotations
+
+from ._keyset import CursorPage, apaginate_keyset, paginate_keyset
+from ._offset import (
+    DEFAULT_MAX_LIMIT,
+    MAX_PAGE,
+    CountStrategy,
+    Page,
+    apaginate,
+    count_tag,
+    paginate,
+    validate_page,
+)
+
+__all__ = [
+    "DEFAULT_MAX_LIMIT",
+    "MAX_PAGE",
+    "CountStrategy",
+    "CursorPage",
+    "Page",
+    "apaginate",
+    "apaginate_keyset",
+    "count_tag",
+    "paginate",
+    "paginate_keyset",
+    "validate_page",
+]

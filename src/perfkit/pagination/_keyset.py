@@ -1,0 +1,331 @@
+"""
+Keyset (cursor) pagination: pages that cost the same at row 1 and row 1,000,000.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Final, Generic, TypeVar
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+from sqlalchemy.orm import Session
+from sqlalchemy.sql import ColumnElement, Select, operators
+from sqlalchemy.sql.elements import UnaryExpression
+
+from perfkit.errors import InvalidPage
+
+from ._cursor import Cursor, decode_cursor, encode_cursor, fingerprint_of, resolve_secret
+from ._offset import DEFAULT_MAX_LIMIT, _is_int
+
+if TYPE_CHECKING:
+    from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
+
+__all__ = ["CursorPage", "apaginate_keyset", "paginate_keyset"]
+
+T = TypeVar("T")
+U = TypeVar("U")
+
+_SORT_LABEL: Final = "_perfkit_sort_{}"
+
+
+@dataclass(frozen=True, slots=True)
+class CursorPage(Generic[T]):
+    """
+    One page of a keyset-paginated query.
+
+    Attributes:
+        items: The rows on this page, in the query's order.
+        limit: The page size that was asked for.
+        next_cursor: Pass as ``cursor=`` for the following page (``None`` at the end).
+        prev_cursor: Pass as ``cursor=`` for the preceding page (``None`` at the start).
+        has_next: Whether a following page has rows.
+        has_prev: Whether a preceding page has rows.
+
+    .. versionadded:: 0.1.0
+    """
+
+    items: tuple[T, ...]
+    limit: int
+    next_cursor: str | None
+    prev_cursor: str | None
+    has_next: bool
+    has_prev: bool
+
+    def map(self, fn: Callable[[T], U]) -> CursorPage[U]:
+        """Return the same page with *fn* applied to each item."""
+        return CursorPage(
+            tuple(fn(item) for item in self.items),
+            self.limit,
+            self.next_cursor,
+            self.prev_cursor,
+            self.has_next,
+            self.has_prev,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class _Key:
+    expr: ColumnElement[Any]
+    descending: bool
+    nulls_first: bool
+    nullable: bool
+    position: int  # index of its value in each result row
+
+    def ordering(self, *, reverse: bool) -> ColumnElement[Any]:
+        descending = self.descending != reverse
+        clause = self.expr.desc() if descending else self.expr.asc()
+        if not self.nullable:
+            return clause
+        nulls_first = self.nulls_first != reverse
+        return clause.nulls_first() if nulls_first else clause.nulls_last()
+
+    def after(self, value: Any, *, reverse: bool) -> ColumnElement[bool]:
+        """Rows strictly after *value* in this key's order (or the reverse order)."""
+        descending = self.descending != reverse
+        nulls_first = self.nulls_first != reverse
+        if value is None:
+            return self.expr.is_not(None) if nulls_first else sa.false()
+        beyond: ColumnElement[bool] = self.expr < value if descending else self.expr > value
+        if self.nullable and not nulls_first:
+            return sa.or_(beyond, self.expr.is_(None))
+        return beyond
+
+    def equal(self, value: Any) -> ColumnElement[bool]:
+        return self.expr.is_(None) if value is None else self.expr == value
+
+
+@dataclass(frozen=True, slots=True)
+class _Plan:
+    stmt: Select[Any]
+    keys: tuple[_Key, ...]
+    width: int  # columns of the caller's select
+    appended: bool
+    fingerprint: str
+
+    def page_stmt(self, cursor: Cursor | None, limit: int) -> tuple[Select[Any], bool]:
+        reverse = cursor is not None and cursor.direction == "prev"
+        stmt = self.stmt.order_by(*(key.ordering(reverse=reverse) for key in self.keys))
+        if cursor is not None:
+            stmt = stmt.where(self._after(cursor.values, reverse=reverse))
+        return stmt.limit(limit + 1), reverse
+
+    def _after(self, values: Sequence[Any], *, reverse: bool) -> ColumnElement[bool]:
+        branches = []
+        for i, key in enumerate(self.keys):
+            equal = [k.equal(v) for k, v in zip(self.keys[:i], values[:i], strict=True)]
+            branches.append(sa.and_(*equal, key.after(values[i], reverse=reverse)))
+        return sa.or_(*branches)
+
+    def values(self, row: Any) -> tuple[Any, ...]:
+        return tuple(row[key.position] for key in self.keys)
+
+    def item(self, row: Any) -> Any:
+        if not self.appended:
+            return row
+        return row[0] if self.width == 1 else row
+
+
+def paginate_keyset(
+    bind: Session | Connection,
+    stmt: Select[Any],
+    *,
+    limit: int,
+    cursor: str | None = None,
+    max_limit: int = DEFAULT_MAX_LIMIT,
+    secret: str | bytes | None = None,
+) -> CursorPage[Any]:
+    """
+    Run one page of *stmt* after (or before) *cursor*, by keyset.
+
+    Any ``ORDER BY`` works: ascending, descending, mixed, on nullable columns
+    (NULLs go last ascending and first descending, on every database) and on
+    columns with duplicates — the primary key of the first table is appended
+    as a tiebreaker. The ``WHERE`` that picks the page uses the sort columns,
+    so with an index on them a page deep in the table costs what page 1 does.
+
+    Cursors are opaque, versioned and signed with *secret* (default: the
+    ``PERFKIT_CURSOR_SECRET`` environment variable); they are bound to the
+    query's filter and sort, so an altered cursor or one from another query
+    raises :class:`~perfkit.errors.InvalidCursor`.
+
+    Rows come back as the select returns them. When the sort uses columns
+    the select does not return, they are added: a single-entity select still
+    yields the entities, a multi-column one yields rows with the sort
+    values appended.
+
+    Raises:
+        InvalidPage: *limit* is out of range.
+        InvalidCursor: *cursor* is malformed, altered or foreign.
+        ValueError: *stmt* has no ``ORDER BY`` or no table with a primary key.
+
+    Example::
+
+        first = paginate_keyset(session, select(Bill).order_by(Bill.created_at.desc()), limit=20)
+        second = paginate_keyset(session, same_stmt, limit=20, cursor=first.next_cursor)
+
+    .. versionadded:: 0.1.0
+    """
+    plan, decoded, key = _prepare(stmt, limit, cursor, max_limit, secret)
+    page_stmt, reverse = plan.page_stmt(decoded, limit)
+    rows = list(bind.execute(page_stmt).all())
+    return _page(plan, rows, decoded, reverse, limit, key)
+
+
+async def apaginate_keyset(
+    bind: AsyncSession | AsyncConnection,
+    stmt: Select[Any],
+    *,
+    limit: int,
+    cursor: str | None = None,
+    max_limit: int = DEFAULT_MAX_LIMIT,
+    secret: str | bytes | None = None,
+) -> CursorPage[Any]:
+    """
+    The asyncio twin of :func:`paginate_keyset`, for ``AsyncSession``/``AsyncConnection``.
+
+    .. versionadded:: 0.1.0
+    """
+    plan, decoded, key = _prepare(stmt, limit, cursor, max_limit, secret)
+    page_stmt, reverse = plan.page_stmt(decoded, limit)
+    rows = list((await bind.execute(page_stmt)).all())
+    return _page(plan, rows, decoded, reverse, limit, key)
+
+
+def _prepare(
+    stmt: Select[Any],
+    limit: int,
+    cursor: str | None,
+    max_limit: int,
+    secret: str | bytes | None,
+) -> tuple[_Plan, Cursor | None, bytes]:
+    if not _is_int(limit) or not 1 <= limit <= max_limit:
+        raise InvalidPage("limit", f"must be an integer from 1 to {max_limit}, got {limit!r}")
+    plan = _plan(stmt)
+    key = resolve_secret(secret)
+    decoded = (
+        None
+        if cursor is None
+        else decode_cursor(cursor, fingerprint=plan.fingerprint, secret=key, width=len(plan.keys))
+    )
+    return plan, decoded, key
+
+
+def _page(  # noqa: PLR0917 - private, called from two places
+    plan: _Plan,
+    rows: list[Any],
+    cursor: Cursor | None,
+    reverse: bool,
+    limit: int,
+    key: bytes,
+) -> CursorPage[Any]:
+    more = len(rows) > limit
+    rows = rows[:limit]
+    if reverse:
+        rows.reverse()
+        has_prev, has_next = more, True
+    else:
+        has_prev, has_next = cursor is not None, more
+
+    def make(row: Any, direction: Any) -> str:
+        return encode_cursor(
+            Cursor(direction, plan.values(row)), fingerprint=plan.fingerprint, secret=key
+        )
+
+    return CursorPage(
+        items=tuple(plan.item(row) for row in rows),
+        limit=limit,
+        next_cursor=make(rows[-1], "next") if rows and has_next else None,
+        prev_cursor=make(rows[0], "prev") if rows and has_prev else None,
+        has_next=has_next and bool(rows),
+        has_prev=has_prev and bool(rows),
+    )
+
+
+def _plan(stmt: Select[Any]) -> _Plan:
+    clauses = list(stmt._order_by_clauses)  # no public accessor in SQLAlchemy 2
+    if not clauses:
+        msg = "keyset pagination needs an ORDER BY"
+        raise ValueError(msg)
+    parsed = [_parse(clause) for clause in clauses]
+    parsed += _tiebreak(stmt, parsed)
+    descriptions = stmt.column_descriptions
+    width = len(descriptions)
+    returned = [_column_of(d.get("expr")) for d in descriptions]
+    keys: list[_Key] = []
+    extra: list[ColumnElement[Any]] = []
+    for expr, descending, nulls_first in parsed:
+        position = next(
+            (i for i, col in enumerate(returned) if col is not None and col.compare(expr)), None
+        )
+        if position is None:
+            position = width + len(extra)
+            extra.append(expr.label(_SORT_LABEL.format(len(extra))))
+        keys.append(_Key(expr, descending, nulls_first, _nullable(expr), position))
+    base = stmt.order_by(None)
+    if extra:
+        base = base.add_columns(*extra)
+    where = stmt.whereclause
+    scope = [] if where is None else [str(where), repr(sorted(where.compile().params.items()))]
+    orderings = [str(key.ordering(reverse=False)) for key in keys]
+    froms = [str(f) for f in stmt.get_final_froms()]
+    return _Plan(base, tuple(keys), width, bool(extra), fingerprint_of(froms + scope + orderings))
+
+
+def _parse(clause: Any) -> tuple[ColumnElement[Any], bool, bool]:
+    descending = False
+    nulls: bool | None = None
+    element = clause
+    while isinstance(element, UnaryExpression):
+        modifier = element.modifier
+        if modifier is operators.desc_op:
+            descending = True
+        elif modifier is operators.asc_op:
+            descending = False
+        elif modifier is operators.nulls_first_op:
+            nulls = True
+        elif modifier is operators.nulls_last_op:
+            nulls = False
+        else:
+            break
+        element = element.element
+    return element, descending, descending if nulls is None else nulls
+
+
+def _tiebreak(
+    stmt: Select[Any], parsed: list[tuple[ColumnElement[Any], bool, bool]]
+) -> list[tuple[ColumnElement[Any], bool, bool]]:
+    table = next(
+        (f for f in stmt.get_final_froms() if isinstance(f, sa.Table) and f.primary_key), None
+    )
+    if table is None:
+        table = next((t for f in stmt.get_final_froms() for t in _tables(f) if t.primary_key), None)
+    if table is None:
+        msg = "keyset pagination needs a table with a primary key in FROM"
+        raise ValueError(msg)
+    descending = parsed[-1][1]
+    missing = [
+        col for col in table.primary_key.columns if not any(col.compare(p[0]) for p in parsed)
+    ]
+    return [(col, descending, descending) for col in missing]
+
+
+def _tables(clause: Any) -> list[sa.Table]:
+    found: list[sa.Table] = []
+    for child in sa.sql.visitors.iterate(clause):
+        if isinstance(child, sa.Table):
+            found.append(child)
+    return found
+
+
+def _column_of(expr: Any) -> ColumnElement[Any] | None:
+    if isinstance(expr, ColumnElement):
+        return expr
+    inner = getattr(expr, "expression", None)  # ORM attributes
+    return inner if isinstance(inner, ColumnElement) else None
+
+
+def _nullable(expr: ColumnElement[Any]) -> bool:
+    column = getattr(expr, "nullable", None)
+    return True if column is None else bool(column)

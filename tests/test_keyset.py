@@ -1,0 +1,285 @@
+"""
+perfkit.paginate_keyset: every row exactly once, in order, both ways; cursors that cannot be forged.
+"""
+
+from __future__ import annotations
+
+import base64
+import functools
+import hashlib
+import hmac
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from sqlalchemy.engine import Engine
+
+from perfkit import InvalidCursor, InvalidPage, apaginate_keyset, db, paginate_keyset
+
+metadata = sa.MetaData()
+rows_table = sa.Table(
+    "kitems",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("a", sa.Integer, nullable=True),
+    sa.Column("b", sa.String(4), nullable=True),
+    sa.Column("c", sa.Integer, nullable=False),
+)
+COLUMNS = {"a": rows_table.c.a, "b": rows_table.c.b, "c": rows_table.c.c}
+SECRET = "test-secret"
+
+row_values = st.fixed_dictionaries(
+    {
+        "a": st.none() | st.integers(0, 3),
+        "b": st.none() | st.sampled_from(["x", "y", "z"]),
+        "c": st.integers(0, 2),
+    }
+)
+sort_keys = st.lists(
+    st.tuples(
+        st.sampled_from(["a", "b", "c"]),
+        st.booleans(),
+        st.sampled_from([None, "first", "last"]),
+    ),
+    min_size=1,
+    max_size=3,
+    unique_by=lambda key: key[0],
+)  # fmt: skip
+
+
+def _order(key: tuple[str, bool, str | None]) -> Any:
+    name, descending, nulls = key
+    clause = COLUMNS[name].desc() if descending else COLUMNS[name].asc()
+    if nulls == "first":
+        return clause.nulls_first()
+    if nulls == "last":
+        return clause.nulls_last()
+    return clause
+
+
+def _expected(rows: list[dict[str, Any]], keys: list[tuple[str, bool, str | None]]) -> list[int]:
+    """The order perfkit promises: NULLs last ascending, first descending, unless told; id last."""
+    spec = [(n, d, (nl == "first") if nl else d) for n, d, nl in keys]
+    spec.append(("id", keys[-1][1], keys[-1][1]))
+
+    def compare(left: dict[str, Any], right: dict[str, Any]) -> int:
+        for name, descending, nulls_first in spec:
+            x, y = left[name], right[name]
+            if x == y:
+                continue
+            if x is None or y is None:
+                return (-1 if x is None else 1) * (1 if nulls_first else -1)
+            result = -1 if x < y else 1
+            return -result if descending else result
+        return 0
+
+    return [row["id"] for row in sorted(rows, key=functools.cmp_to_key(compare))]
+
+
+def _fill(engine: Engine, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    numbered = [{"id": i, **row} for i, row in enumerate(rows, start=1)]
+    with engine.begin() as conn:
+        conn.execute(rows_table.delete())
+        if numbered:
+            conn.execute(rows_table.insert(), numbered)
+    return numbered
+
+
+def _walk(engine: Engine, stmt: Any, limit: int) -> tuple[list[int], list[int]]:
+    """Every id walking forward from the start, and walking back from the last page."""
+    forward: list[int] = []
+    with engine.connect() as conn:
+        page = paginate_keyset(conn, stmt, limit=limit, secret=SECRET)
+        forward.extend(r.id for r in page.items)
+        while page.has_next:
+            assert page.next_cursor is not None
+            page = paginate_keyset(conn, stmt, limit=limit, cursor=page.next_cursor, secret=SECRET)
+            forward.extend(r.id for r in page.items)
+        backward = [r.id for r in page.items]
+        cursor = page.prev_cursor
+        while cursor is not None:
+            page = paginate_keyset(conn, stmt, limit=limit, cursor=cursor, secret=SECRET)
+            assert len(page.items) == limit
+            backward = [r.id for r in page.items] + backward
+            cursor = page.prev_cursor
+    return forward, backward
+
+
+@pytest.fixture(scope="module")
+def sqlite_items(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Engine]:
+    path: Path = tmp_path_factory.mktemp("keyset") / "k.sqlite3"
+    engine = db.create_engine(f"sqlite:///{path}")
+    metadata.create_all(engine)
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture(scope="module")
+def pg_items(pg_schema_url: str) -> Iterator[Engine]:
+    engine = db.create_engine(pg_schema_url)
+    metadata.create_all(engine)
+    yield engine
+    metadata.drop_all(engine)
+    engine.dispose()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def items_engine(request: pytest.FixtureRequest) -> Engine:
+    engine: Engine = request.getfixturevalue(
+        "sqlite_items" if request.param == "sqlite" else "pg_items"
+    )
+    return engine
+
+
+@settings(
+    max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(rows=st.lists(row_values, max_size=30), keys=sort_keys, limit=st.integers(1, 7))
+def test_walking_both_ways_yields_every_row_once_in_order(
+    items_engine: Engine, rows: list[dict[str, Any]], keys: list[Any], limit: int
+) -> None:
+    """Forward from the start and back from the end, each row appears once, in sort order."""
+    numbered = _fill(items_engine, rows)
+    stmt = sa.select(rows_table).order_by(*(_order(k) for k in keys))
+
+    forward, backward = _walk(items_engine, stmt, limit)
+
+    expected = _expected(numbered, keys)
+    assert forward == expected
+    assert backward == expected
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+async def test_async_twin_walks_the_same_pages(
+    backend: str, request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    """apaginate_keyset on an AsyncConnection returns what the sync function does."""
+    sync_engine: Engine = request.getfixturevalue(
+        "sqlite_items" if backend == "sqlite" else "pg_items"
+    )
+    numbered = _fill(sync_engine, [{"a": i % 3 or None, "b": "x", "c": i % 2} for i in range(23)])
+    stmt = sa.select(rows_table).order_by(rows_table.c.a.desc(), rows_table.c.c)
+    engine = db.create_async_engine(sync_engine.url)
+    seen: list[int] = []
+    try:
+        async with engine.connect() as conn:
+            cursor = None
+            while True:
+                page = await apaginate_keyset(conn, stmt, limit=5, cursor=cursor, secret=SECRET)
+                seen.extend(r.id for r in page.items)
+                if not page.has_next:
+                    break
+                cursor = page.next_cursor
+    finally:
+        await engine.dispose()
+
+    assert seen == _expected(numbered, [("a", True, None), ("c", False, None)])
+
+
+# -- cursors that cannot be forged -------------------------------------------------------
+
+
+@pytest.fixture
+def first_page(sqlite_items: Engine) -> tuple[Any, Any]:
+    _fill(sqlite_items, [{"a": i, "b": None, "c": 0} for i in range(10)])
+    stmt = sa.select(rows_table).order_by(rows_table.c.a)
+    with sqlite_items.connect() as conn:
+        return stmt, paginate_keyset(conn, stmt, limit=3, secret=SECRET)
+
+
+def _resign(cursor: str, edit: Any, secret: str = SECRET) -> str:
+    body = cursor.split(".", maxsplit=1)[0]
+    payload = json.loads(base64.urlsafe_b64decode(body + "=" * (-len(body) % 4)))
+    edit(payload)
+    raw = json.dumps(payload, separators=(",", ":")).encode()
+    tag = hmac.new(secret.encode(), raw, hashlib.sha256).digest()[:16]
+
+    def b64(data: bytes) -> str:
+        return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+    return b64(raw) + "." + b64(tag)
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (lambda c: c[:-2] + ("AA" if not c.endswith("AA") else "BB"), "signature"),
+        (lambda c: "x" + c[1:], "signature|malformed"),
+        (lambda c: "not-a-cursor", "signature|malformed"),
+        (lambda c: "", "malformed|signature"),
+        (lambda c: "a" * 5000, "not a cursor"),
+        (lambda c: _resign(c, lambda p: p.update(k=[999, 999])), None),
+        (lambda c: _resign(c, lambda p: p.update(v=2)), "version"),
+        (lambda c: _resign(c, lambda p: p.update(f="0" * 16)), "another query"),
+        (lambda c: _resign(c, lambda p: p.update(k=[1, 2, 3])), "malformed"),
+        (lambda c: _resign(c, lambda p: p.update(k=[{"dt": "yesterday"}, 1])), "malformed"),
+        (lambda c: _resign(c, lambda p: p.update(d="sideways")), "malformed"),
+        (lambda c: _resign(c, lambda p: p.pop("k")), "malformed"),
+        (lambda c: _resign(c, lambda p: None, secret="other-secret"), "signature"),
+    ],
+)
+def test_bad_cursors_are_invalid_cursor_errors(
+    sqlite_items: Engine, first_page: tuple[Any, Any], make: Any, message: str | None
+) -> None:
+    """Tampered, truncated, foreign, re-versioned or mistyped cursors raise InvalidCursor."""
+    stmt, page = first_page
+    cursor = make(page.next_cursor)
+    with sqlite_items.connect() as conn:
+        if message is None:  # validly signed with the right key and scope: a real page
+            paginate_keyset(conn, stmt, limit=3, cursor=cursor, secret=SECRET)
+            return
+        with pytest.raises(InvalidCursor, match=message) as info:
+            paginate_keyset(conn, stmt, limit=3, cursor=cursor, secret=SECRET)
+    assert info.value.code == "invalid_cursor"
+    assert isinstance(info.value, ValueError)
+
+
+def test_cursor_from_another_sort_or_filter_is_refused(
+    sqlite_items: Engine, first_page: tuple[Any, Any]
+) -> None:
+    """A cursor only works for the query and sort that issued it."""
+    stmt, page = first_page
+    other_sort = sa.select(rows_table).order_by(rows_table.c.a.desc())
+    other_filter = stmt.where(rows_table.c.c == 1)
+    with sqlite_items.connect() as conn:
+        for foreign in (other_sort, other_filter):
+            with pytest.raises(InvalidCursor, match="another query"):
+                paginate_keyset(conn, foreign, limit=3, cursor=page.next_cursor, secret=SECRET)
+
+
+@pytest.mark.parametrize("limit", [0, -1, 101, True, "3"])
+def test_bad_limits(sqlite_items: Engine, limit: Any) -> None:
+    """Limits outside 1..max_limit raise InvalidPage."""
+    with sqlite_items.connect() as conn, pytest.raises(InvalidPage, match="limit"):
+        paginate_keyset(conn, sa.select(rows_table).order_by(rows_table.c.id), limit=limit)
+
+
+def test_needs_an_order_by(sqlite_items: Engine) -> None:
+    """Without ORDER BY there is no keyset: a clear ValueError."""
+    with sqlite_items.connect() as conn, pytest.raises(ValueError, match="ORDER BY"):
+        paginate_keyset(conn, sa.select(rows_table), limit=3)
+
+
+def test_orm_entity_select_yields_entities(tmp_path: Path) -> None:
+    """select(Model) pages yield model instances even when sort columns are added."""
+    from sqlalchemy.orm import Session  # noqa: PLC0415
+
+    from perfkit.reference import Base, Bill, seed  # noqa: PLC0415
+
+    engine = db.create_engine(f"sqlite:///{tmp_path / 'orm.sqlite3'}")
+    Base.metadata.create_all(engine)
+    seed(engine, users=3, bills=9, votes=0)
+    stmt = sa.select(Bill).order_by(Bill.created_at.desc())
+    with Session(engine) as session:
+        first = paginate_keyset(session, stmt, limit=4, secret=SECRET)
+        second = paginate_keyset(session, stmt, limit=4, cursor=first.next_cursor, secret=SECRET)
+
+    assert all(isinstance(bill, Bill) for bill in first.items + second.items)
+    assert [b.id for b in first.items + second.items] == [9, 8, 7, 6, 5, 4, 3, 2]
+    engine.dispose()
