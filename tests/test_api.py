@@ -195,6 +195,15 @@ BAD_REQUESTS: list[tuple[str, str, dict[str, Any], int, str]] = [
      "validation_error"),
     ("POST", "/bills/1/votes", {"json": {"choice": "yes"}}, 422, "validation_error"),
     ("POST", "/bills/0/votes", {"json": {"user_id": 1, "choice": "yes"}}, 422, "validation_error"),
+    ("GET", "/bills?cursor=garbage", {}, 422, "invalid_cursor"),
+    ("GET", "/bills?cursor=eyJ2IjoxfQ.AAAA", {}, 422, "invalid_cursor"),
+    ("GET", "/bills?cursor=&page=2", {}, 422, "invalid_input"),
+    ("GET", "/bills?cursor=&limit=0", {}, 422, "validation_error"),
+    ("GET", "/bills?cursor=&limit=1000000", {}, 422, "validation_error"),
+    ("GET", "/bills?cursor=" + "a" * 5000, {}, 422, "validation_error"),
+    ("GET", "/bills/1/votes?cursor=nope", {}, 422, "invalid_cursor"),
+    ("GET", "/users/1/votes?cursor=nope", {}, 422, "invalid_cursor"),
+    ("GET", "/bills/9999/votes?cursor=", {}, 404, "not_found"),
 ]  # fmt: skip
 
 
@@ -304,3 +313,20 @@ async def test_cached_api_serves_fresh_data_after_writes(
     assert after["yes"] == first["yes"] + 1
     assert bill["title"] == "Renamed Act"
     assert cache.stats.hits >= 1
+
+
+async def test_cursor_mode_walks_bills_and_refuses_a_foreign_cursor(client: Client) -> None:
+    """?cursor= pages through every bill once; a bills cursor is refused by a votes listing."""
+    ids: list[int] = []
+    body = (await client.get("/bills", params={"cursor": "", "limit": 7})).json()
+    ids += [bill["id"] for bill in body["items"]]
+    first_cursor = body["next_cursor"]
+    while body["next_cursor"]:
+        params = {"cursor": body["next_cursor"], "limit": 7}
+        body = (await client.get("/bills", params=params)).json()
+        ids += [bill["id"] for bill in body["items"]]
+
+    assert sorted(ids, reverse=True) == ids == list(range(30, 0, -1))
+    assert set(body) == {"items", "limit", "next_cursor", "prev_cursor", "has_next", "has_prev"}
+    foreign = await client.get("/bills/1/votes", params={"cursor": first_cursor})
+    assert _error(foreign, 422, "invalid_cursor")["message"].startswith("cursor:")

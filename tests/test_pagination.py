@@ -15,8 +15,8 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
 from helpers import queries, statements
-from perfkit import InvalidPage, Page, db, paginate
-from perfkit.pagination import MAX_PAGE, validate_page
+from perfkit import Cache, InvalidPage, MemoryBackend, Page, apaginate, db, paginate
+from perfkit.pagination import MAX_PAGE, count_tag, validate_page
 
 metadata = sa.MetaData()
 items = sa.Table(
@@ -176,3 +176,53 @@ def test_page_map_keeps_the_metadata() -> None:
     page = Page(items=(1, 2), page=2, limit=2, total=5, pages=3, has_next=True, has_prev=True)
 
     assert Page(("1", "2"), 2, 2, 5, 3, True, True) == page.map(str)
+
+
+def test_cached_count_is_reused_until_its_table_tag_is_invalidated() -> None:
+    """count='cached' runs COUNT once; a write's count_tag invalidation makes it count again."""
+    engine = _engine(12)
+    cache = Cache(MemoryBackend(), namespace="counts")
+    with engine.connect() as conn, statements(engine) as seen:
+        first = paginate(conn, ORDERED, page=2, limit=5, count="cached", cache=cache)
+        again = paginate(conn, ORDERED, page=3, limit=5, count="cached", cache=cache)
+    counts = [s for s in queries(seen) if "count(" in s.lower()]
+    assert (first.total, again.total, len(counts)) == (12, 12, 1)
+
+    with engine.begin() as conn:
+        conn.execute(items.insert(), [{"id": 13, "grp": 0}])
+    cache.invalidate_tags(count_tag("items"))
+    with engine.connect() as conn:
+        after = paginate(conn, ORDERED, page=2, limit=5, count="cached", cache=cache)
+    assert (after.total, after.pages) == (13, 3)
+
+
+def test_cached_count_needs_a_cache() -> None:
+    """count='cached' without cache= is a clear ValueError."""
+    engine = _engine(1)
+    with engine.connect() as conn, pytest.raises(ValueError, match="cache="):
+        paginate(conn, ORDERED, page=1, limit=1, count="cached")
+
+
+@pytest.mark.anyio
+async def test_async_twin_matches_the_sync_function(tmp_path: Any) -> None:
+    """apaginate on an AsyncConnection gives the same pages, counts included."""
+    url = f"sqlite:///{tmp_path / 'async.sqlite3'}"
+    sync_engine = db.create_engine(url)
+    metadata.create_all(sync_engine)
+    with sync_engine.begin() as conn:
+        conn.execute(items.insert(), [{"id": i, "grp": i % 3} for i in range(1, 18)])
+    engine = db.create_async_engine(url)
+    cache = Cache(MemoryBackend(), namespace="acounts")
+    try:
+        async with engine.connect() as conn:
+            exact = await apaginate(conn, ORDERED, page=2, limit=5)
+            cached = await apaginate(conn, ORDERED, page=4, limit=5, count="cached", cache=cache)
+            none = await apaginate(conn, ORDERED, page=4, limit=5, count="none")
+    finally:
+        await engine.dispose()
+    with sync_engine.connect() as conn:
+        expected = paginate(conn, ORDERED, page=2, limit=5)
+
+    assert exact == expected
+    assert (cached.total, cached.pages, [r.id for r in cached.items]) == (17, 4, [16, 17])
+    assert (none.total, none.has_next) == (None, False)

@@ -35,7 +35,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from perfkit import Conflict, InvalidInput, NotFound, Page, PerfkitError
+from perfkit import Conflict, CursorPage, InvalidInput, NotFound, Page, PerfkitError
 from perfkit.cache import Cache, MemoryBackend, RedisBackend, TieredBackend
 from perfkit.pagination import MAX_PAGE
 from perfkit.reference import Stores, codec, open_stores
@@ -51,7 +51,11 @@ MAX_ID: Final = 2**63 - 1
 MAX_LIMIT: Final = 100
 
 Id = Annotated[int, Path(ge=1, le=MAX_ID, description="A positive row id")]
-PageNo = Annotated[int, Query(ge=1, le=MAX_PAGE, description="1-based page number")]
+PageNo = Annotated[int | None, Query(ge=1, le=MAX_PAGE, description="1-based page number")]
+CursorParam = Annotated[
+    str | None,
+    Query(max_length=4096, description="keyset cursor from a previous page; empty for the first"),
+]
 Limit = Annotated[int, Query(ge=1, le=MAX_LIMIT, description="Items per page")]
 
 _STATUS_OF: Final[dict[type[PerfkitError], int]] = {
@@ -101,6 +105,27 @@ def error_body(code: str, message: str, **extra: Any) -> dict[str, Any]:
     Return the JSON error envelope every non-2xx response uses.
     """
     return {"error": {"code": code, "message": message, **extra}}
+
+
+def cursor_body(page: CursorPage[Any]) -> dict[str, Any]:
+    """
+    Return a keyset page of records with its cursors as JSON.
+    """
+    return {
+        "items": [item.to_dict() for item in page.items],
+        "limit": page.limit,
+        "next_cursor": page.next_cursor,
+        "prev_cursor": page.prev_cursor,
+        "has_next": page.has_next,
+        "has_prev": page.has_prev,
+    }
+
+
+def _mode(page: int | None, cursor: str | None) -> str | None:
+    """The keyset cursor to use (``""`` -> first page), or None for page mode."""
+    if cursor is not None and page is not None:
+        raise InvalidInput("query", "use either page or cursor, not both")
+    return cursor
 
 
 def page_body(page: Page[Any]) -> dict[str, Any]:
@@ -216,11 +241,17 @@ def _install_routes(app: FastAPI) -> None:
     @app.get("/bills")
     def list_bills(
         request: Request,
-        page: PageNo = 1,
+        page: PageNo = None,
         limit: Limit = 20,
         status: Annotated[str | None, Query(max_length=32)] = None,
+        cursor: CursorParam = None,
     ) -> dict[str, Any]:
-        return page_body(_stores(request).bills.get_all(page=page, limit=limit, status=status))
+        bills = _stores(request).bills
+        if (keyset := _mode(page, cursor)) is not None:
+            return cursor_body(
+                bills.get_all_keyset(limit=limit, cursor=keyset or None, status=status)
+            )
+        return page_body(bills.get_all(page=page or 1, limit=limit, status=status))
 
     @app.get("/bills/{bill_id}")
     def get_bill(request: Request, bill_id: Id) -> dict[str, Any]:
@@ -247,9 +278,18 @@ def _install_routes(app: FastAPI) -> None:
 
     @app.get("/bills/{bill_id}/votes")
     def bill_votes(
-        request: Request, bill_id: Id, page: PageNo = 1, limit: Limit = 20
+        request: Request,
+        bill_id: Id,
+        page: PageNo = None,
+        limit: Limit = 20,
+        cursor: CursorParam = None,
     ) -> dict[str, Any]:
-        return page_body(_stores(request).votes.get_by_bill_id(bill_id, page=page, limit=limit))
+        votes = _stores(request).votes
+        if (keyset := _mode(page, cursor)) is not None:
+            return cursor_body(
+                votes.get_by_bill_id_keyset(bill_id, limit=limit, cursor=keyset or None)
+            )
+        return page_body(votes.get_by_bill_id(bill_id, page=page or 1, limit=limit))
 
     @app.get("/bills/{bill_id}/votes/counts")
     def bill_vote_counts(request: Request, bill_id: Id) -> dict[str, Any]:
@@ -266,9 +306,18 @@ def _install_routes(app: FastAPI) -> None:
 
     @app.get("/users/{user_id}/votes")
     def user_votes(
-        request: Request, user_id: Id, page: PageNo = 1, limit: Limit = 20
+        request: Request,
+        user_id: Id,
+        page: PageNo = None,
+        limit: Limit = 20,
+        cursor: CursorParam = None,
     ) -> dict[str, Any]:
-        return page_body(_stores(request).votes.get_by_user_id(user_id, page=page, limit=limit))
+        votes = _stores(request).votes
+        if (keyset := _mode(page, cursor)) is not None:
+            return cursor_body(
+                votes.get_by_user_id_keyset(user_id, limit=limit, cursor=keyset or None)
+            )
+        return page_body(votes.get_by_user_id(user_id, page=page or 1, limit=limit))
 
 
 def _install_error_handlers(app: FastAPI) -> None:

@@ -17,7 +17,7 @@ import pytest
 import sqlalchemy as sa
 
 from helpers import queries, statements
-from perfkit import Conflict, InvalidInput, InvalidPage, NotFound
+from perfkit import Conflict, InvalidCursor, InvalidInput, InvalidPage, NotFound
 from perfkit.reference import (
     Bill,
     BillRecord,
@@ -255,6 +255,52 @@ class StoreContract:
         with pytest.raises(InvalidPage):
             stores.bills.get_all(page=page, limit=limit)
 
+    def test_bills_keyset_walks_every_bill_once(self, stores: Stores) -> None:
+        """Keyset pages of bills, newest first, forward and back, with status filter."""
+        sponsor = _user(stores)
+        bills = [_bill(stores, sponsor, f"Act {i}") for i in range(5)]
+        newest_first = [b.id for b in reversed(bills)]
+
+        seen: list[int] = []
+        page = stores.bills.get_all_keyset(limit=2)
+        seen += [b.id for b in page.items]
+        while page.next_cursor:
+            page = stores.bills.get_all_keyset(limit=2, cursor=page.next_cursor)
+            seen += [b.id for b in page.items]
+        back = stores.bills.get_all_keyset(limit=2, cursor=page.prev_cursor)
+
+        assert seen == newest_first
+        assert [b.id for b in back.items] == newest_first[2:4]
+        assert list(stores.bills.get_all_keyset(status="passed").items) == []
+
+    def test_keyset_cursors_cannot_cross_listings(self, stores: Stores) -> None:
+        """A bills cursor is refused by the votes listing, and an edited one everywhere."""
+        sponsor = _user(stores)
+        for i in range(3):
+            _bill(stores, sponsor, f"Act {i}")
+        cursor = stores.bills.get_all_keyset(limit=1).next_cursor
+        assert cursor is not None
+
+        with pytest.raises(InvalidCursor):
+            stores.votes.get_by_bill_id_keyset(1, cursor=cursor)
+        with pytest.raises(InvalidCursor):
+            stores.bills.get_all_keyset(limit=1, cursor=cursor[:-3] + "xyz")
+        with pytest.raises(InvalidCursor):
+            stores.bills.get_all_keyset(limit=1, cursor=cursor, status="draft")
+
+    def test_cached_bill_counts_follow_writes(self, stores: Stores) -> None:
+        """get_all's total moves with every create and status change, cached or not."""
+        sponsor = _user(stores)
+        bills = [_bill(stores, sponsor, f"Act {i}") for i in range(3)]
+        assert stores.bills.get_all(limit=1).total == 3
+        assert stores.bills.get_all(limit=1, status="passed").total == 0
+
+        _bill(stores, sponsor, "Fourth Act")
+        stores.bills.update(bills[0].id, status="passed")
+
+        assert stores.bills.get_all(limit=1).total == 4
+        assert stores.bills.get_all(limit=1, status="passed").total == 1
+
     # -- votes ---------------------------------------------------------------
 
     def test_cast_and_read_votes(self, stores: Stores) -> None:
@@ -346,6 +392,24 @@ class StoreContract:
         assert votes[2:4] == list(page.items)
         assert (page.total, page.pages, page.has_next, page.has_prev) == (5, 3, True, True)
         assert stores.votes.get_by_bill_id(bill.id, page=9, limit=2).items == ()
+
+    def test_vote_keyset_listings(self, stores: Stores) -> None:
+        """Votes of a bill and of a user page by keyset; unknown ids are NotFound."""
+        users = [_user(stores, f"kvoter{i}") for i in range(3)]
+        bill = _bill(stores, users[0])
+        votes = [stores.votes.cast(bill_id=bill.id, user_id=u.id, choice="yes") for u in users]
+
+        first = stores.votes.get_by_bill_id_keyset(bill.id, limit=2)
+        rest = stores.votes.get_by_bill_id_keyset(bill.id, limit=2, cursor=first.next_cursor)
+        mine = stores.votes.get_by_user_id_keyset(users[1].id)
+
+        assert list(first.items + rest.items) == votes
+        assert (rest.has_next, rest.has_prev) == (False, True)
+        assert list(mine.items) == [votes[1]]
+        with pytest.raises(NotFound, match="bill"):
+            stores.votes.get_by_bill_id_keyset(999)
+        with pytest.raises(NotFound, match="user"):
+            stores.votes.get_by_user_id_keyset(999)
 
     def test_concurrent_duplicate_votes_store_exactly_one(self, stores: Stores) -> None:
         """Eight threads casting the same vote at once: one wins, seven get Conflict."""

@@ -20,18 +20,20 @@ read                                  key                                 tags
 ====================================  ==================================  ===============
 
 (``<id>`` tags come from the loaded record, so a lookup by name is dropped
-when that user changes, whatever the name was.)
+when that user changes, whatever the name was. ``table:<name>`` tags, from
+:func:`perfkit.pagination.count_tag`, carry the cached counts of
+``bills.get_all``.)
 
 ==========================  ==================================================
 write                       invalidates
 ==========================  ==================================================
 ``users.create``            keys ``user:<new id>``, ``user:name:<name>``,
-                            ``user:email:<email>``
+                            ``user:email:<email>``; tag ``table:users``
 ``users.update``            tag ``user:<id>``; keys of the new name and email
-``bills.create``            key ``bill:<new id>``
-``bills.update``            tag ``bill:<id>``
+``bills.create``            key ``bill:<new id>``; tag ``table:bills``
+``bills.update``            tags ``bill:<id>``, ``table:bills``
 ``votes.cast``              key ``vote:<new id>``; tags ``votes:bill:<bill>``,
-                            ``votes:user:<user>``
+                            ``votes:user:<user>``, ``table:votes``
 ==========================  ==================================================
 """
 

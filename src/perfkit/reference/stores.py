@@ -21,7 +21,15 @@ from sqlalchemy.exc import IntegrityError
 from perfkit import db as _db
 from perfkit.cache import Cache
 from perfkit.errors import Conflict, NotFound
-from perfkit.pagination import CountStrategy, Page, paginate, validate_page
+from perfkit.pagination import (
+    CountStrategy,
+    CursorPage,
+    Page,
+    count_tag,
+    paginate,
+    paginate_keyset,
+    validate_page,
+)
 from perfkit.reference import _validate as v
 from perfkit.reference import cache_keys as keys
 from perfkit.reference.models import Base, Bill, BillStatus, User, Vote, VoteChoice, utcnow
@@ -71,12 +79,34 @@ class _Database:
     What a store works on: an engine for reads, one for writes, an optional cache.
     """
 
-    __slots__ = ("cache", "engine", "writer")
+    __slots__ = ("cache", "cursor_secret", "engine", "writer")
 
-    def __init__(self, engine: Engine, cache: Cache | None) -> None:
+    def __init__(
+        self, engine: Engine, cache: Cache | None, cursor_secret: str | bytes | None
+    ) -> None:
         self.engine = engine
         self.writer = _db.for_writes(engine)
         self.cache = cache
+        self.cursor_secret = cursor_secret
+
+    def keyset(
+        self,
+        stmt: AnySelect,
+        *,
+        limit: int,
+        cursor: str | None,
+        exists: AnySelect | None = None,
+        entity: str = "",
+        key: int = 0,
+    ) -> CursorPage[AnyRow]:
+        """A keyset page of *stmt*; NotFound if it is empty and *exists* finds nothing."""
+        with self.read() as conn:
+            page = paginate_keyset(
+                conn, stmt, limit=limit, cursor=cursor, secret=self.cursor_secret
+            )
+            if exists is not None and not page.items and not self.exists(conn, exists, key):
+                raise NotFound(entity, key)
+        return page
 
     def cached(
         self,
@@ -201,7 +231,7 @@ class UserStore:
             self._check_free(conn, values, user_id=None)
             stmt = sa.insert(User).values(**values, created_at=utcnow()).returning(*_USER_COLUMNS)
             user = _user(_insert_one(conn, stmt, "username or email is taken"))
-        self._db.invalidate(keys=_user_keys(user.id, **values))
+        self._db.invalidate(keys=_user_keys(user.id, **values), tags=[count_tag("users")])
         return user
 
     def update(
@@ -279,20 +309,48 @@ class BillStore:
         page: int = 1,
         limit: int = DEFAULT_PAGE_SIZE,
         status: BillStatus | str | None = None,
-        count: CountStrategy = "exact",
+        count: CountStrategy | None = None,
     ) -> Page[BillRecord]:
         """
         Return one page of bills, newest first, optionally only those in *status*.
+
+        *count* defaults to ``"cached"`` when the stores have a cache (the
+        count is invalidated by every bill write) and ``"exact"`` otherwise.
 
         Raises:
             InvalidPage: *page* or *limit* is out of range.
             InvalidInput: *status* is not a bill status.
         """
+        stmt = self._list(status)
+        cache = self._db.cache
+        strategy = count or ("cached" if cache is not None else "exact")
+        with self._db.read() as conn:
+            result = paginate(conn, stmt, page=page, limit=limit, count=strategy, cache=cache)
+        return result.map(_bill)
+
+    def get_all_keyset(
+        self,
+        *,
+        limit: int = DEFAULT_PAGE_SIZE,
+        cursor: str | None = None,
+        status: BillStatus | str | None = None,
+    ) -> CursorPage[BillRecord]:
+        """
+        Return one keyset page of bills, newest first: as fast at row 1,000,000 as at row 1.
+
+        Raises:
+            InvalidPage: *limit* is out of range.
+            InvalidCursor: *cursor* is malformed, altered or from another listing.
+            InvalidInput: *status* is not a bill status.
+        """
+        return self._db.keyset(self._list(status), limit=limit, cursor=cursor).map(_bill)
+
+    @staticmethod
+    def _list(status: BillStatus | str | None) -> AnySelect:
         stmt = sa.select(*_BILL_COLUMNS).order_by(Bill.created_at.desc(), Bill.id.desc())
         if status is not None:
             stmt = stmt.where(Bill.status == v.choice("status", status, BillStatus))
-        with self._db.read() as conn:
-            return paginate(conn, stmt, page=page, limit=limit, count=count).map(_bill)
+        return stmt
 
     def create(
         self,
@@ -325,7 +383,7 @@ class BillStore:
                 raise NotFound("user", sponsor)
             stmt = sa.insert(Bill).values(**values).returning(*_BILL_COLUMNS)
             bill = _bill(_insert_one(conn, stmt, "bill conflicts with a stored one"))
-        self._db.invalidate(keys=[keys.BILL.format(bill_id=bill.id)])
+        self._db.invalidate(keys=[keys.BILL.format(bill_id=bill.id)], tags=[count_tag("bills")])
         return bill
 
     def update(
@@ -377,7 +435,8 @@ class BillStore:
                 .returning(*_BILL_COLUMNS)
             )
             bill = _bill(conn.execute(stmt).one())
-        self._db.invalidate(tags=[keys.bill_tag(key)])
+        # The status may have changed: counts of filtered lists go too.
+        self._db.invalidate(tags=[keys.bill_tag(key), count_tag("bills")])
         return bill
 
 
@@ -444,6 +503,42 @@ class VoteStore:
         validate_page(page, limit)
         return self._by_user(key, page, limit)
 
+    def get_by_bill_id_keyset(
+        self, bill_id: int, *, limit: int = DEFAULT_PAGE_SIZE, cursor: str | None = None
+    ) -> CursorPage[VoteRecord]:
+        """
+        Return one keyset page of the votes on bill *bill_id*, oldest first.
+
+        Raises:
+            NotFound: there is no bill *bill_id*.
+            InvalidPage: *limit* is out of range.
+            InvalidCursor: *cursor* is malformed, altered or from another listing.
+        """
+        key = v.record_id("bill_id", bill_id)
+        stmt = sa.select(*_VOTE_COLUMNS).where(Vote.bill_id == key).order_by(Vote.id)
+        page = self._db.keyset(
+            stmt, limit=limit, cursor=cursor, exists=_BILL_EXISTS, entity="bill", key=key
+        )
+        return page.map(_vote)
+
+    def get_by_user_id_keyset(
+        self, user_id: int, *, limit: int = DEFAULT_PAGE_SIZE, cursor: str | None = None
+    ) -> CursorPage[VoteRecord]:
+        """
+        Return one keyset page of the votes user *user_id* cast, oldest first.
+
+        Raises:
+            NotFound: there is no user *user_id*.
+            InvalidPage: *limit* is out of range.
+            InvalidCursor: *cursor* is malformed, altered or from another listing.
+        """
+        key = v.record_id("user_id", user_id)
+        stmt = sa.select(*_VOTE_COLUMNS).where(Vote.user_id == key).order_by(Vote.id)
+        page = self._db.keyset(
+            stmt, limit=limit, cursor=cursor, exists=_USER_EXISTS, entity="user", key=key
+        )
+        return page.map(_vote)
+
     def _load_by_user(self, user_id: int, page: int, limit: int) -> Page[VoteRecord]:
         stmt = sa.select(*_VOTE_COLUMNS).where(Vote.user_id == user_id).order_by(Vote.id)
         return self._page(stmt, page, limit, exists=_USER_EXISTS, entity="user", key=user_id)
@@ -474,7 +569,7 @@ class VoteStore:
             vote = _vote(_insert_one(conn, stmt, message))
         self._db.invalidate(
             keys=[keys.VOTE.format(vote_id=vote.id)],
-            tags=[keys.votes_of_bill_tag(bill), keys.votes_of_user_tag(user)],
+            tags=[keys.votes_of_bill_tag(bill), keys.votes_of_user_tag(user), count_tag("votes")],
         )
         return vote
 
@@ -549,8 +644,15 @@ class Stores:
 
     __slots__ = ("_owns_engine", "bills", "cache", "engine", "users", "votes")
 
-    def __init__(self, engine: Engine, *, owns_engine: bool, cache: Cache | None = None) -> None:
-        database = _Database(engine, cache)
+    def __init__(
+        self,
+        engine: Engine,
+        *,
+        owns_engine: bool,
+        cache: Cache | None = None,
+        cursor_secret: str | bytes | None = None,
+    ) -> None:
+        database = _Database(engine, cache, cursor_secret)
         self.engine = engine
         self.cache = cache
         self.users = UserStore(database)
@@ -578,7 +680,11 @@ class Stores:
 
 
 def open_stores(
-    database: str | URL | Engine, *, cache: Cache | None = None, create_schema: bool = True
+    database: str | URL | Engine,
+    *,
+    cache: Cache | None = None,
+    create_schema: bool = True,
+    cursor_secret: str | bytes | None = None,
 ) -> Stores:
     """
     Open the reference stores on *database*.
@@ -595,6 +701,9 @@ def open_stores(
             round-trip.
         create_schema: Create the tables that are missing, with their
             indexes (``create_all``: an existing table is not migrated).
+        cursor_secret: Key that signs keyset cursors (default: the
+            ``PERFKIT_CURSOR_SECRET`` environment variable, else a key of
+            this process only).
 
     Example::
 
@@ -610,4 +719,4 @@ def open_stores(
     engine = _db.create_engine(database) if not isinstance(database, Engine) else database
     if create_schema:
         Base.metadata.create_all(engine)
-    return Stores(engine, owns_engine=owns_engine, cache=cache)
+    return Stores(engine, owns_engine=owns_engine, cache=cache, cursor_secret=cursor_secret)
