@@ -112,11 +112,24 @@ class _Plan:
         return stmt.limit(limit + 1), reverse
 
     def _after(self, values: Sequence[Any], *, reverse: bool) -> ColumnElement[bool]:
+        keys = self.keys
+        if not any(k.nullable for k in keys) and len({k.descending for k in keys}) == 1:
+            # One direction, no NULLs: a row-value comparison, which both SQLite
+            # and PostgreSQL turn into a single index range.
+            left, right = sa.tuple_(*(k.expr for k in keys)), sa.tuple_(*values)
+            return left < right if keys[0].descending != reverse else left > right
         branches = []
-        for i, key in enumerate(self.keys):
-            equal = [k.equal(v) for k, v in zip(self.keys[:i], values[:i], strict=True)]
+        for i, key in enumerate(keys):
+            equal = [k.equal(v) for k, v in zip(keys[:i], values[:i], strict=True)]
             branches.append(sa.and_(*equal, key.after(values[i], reverse=reverse)))
-        return sa.or_(*branches)
+        expanded = sa.or_(*branches)
+        first = keys[0]
+        if first.nullable or values[0] is None:
+            return expanded
+        # Bound the leading column too, so the planner can range-scan its index.
+        descending = first.descending != reverse
+        bound = first.expr <= values[0] if descending else first.expr >= values[0]
+        return sa.and_(bound, expanded)
 
     def values(self, row: Any) -> tuple[Any, ...]:
         return tuple(row[key.position] for key in self.keys)
@@ -243,6 +256,19 @@ def _page(  # noqa: PLR0917 - private, called from two places
     )
 
 
+@dataclass(frozen=True, slots=True)
+class _Shape:
+    """What depends only on a statement's structure, worked out once per shape."""
+
+    positions: tuple[int | None, ...]  # None: the key is appended as an extra column
+    width: int
+    text: str  # FROM, WHERE and ORDER BY rendered, for the fingerprint
+
+
+_SHAPES: dict[Any, _Shape] = {}
+_MAX_SHAPES: Final = 512
+
+
 def _plan(stmt: Select[Any]) -> _Plan:
     clauses = list(stmt._order_by_clauses)  # no public accessor in SQLAlchemy 2
     if not clauses:
@@ -250,27 +276,56 @@ def _plan(stmt: Select[Any]) -> _Plan:
         raise ValueError(msg)
     parsed = [_parse(clause) for clause in clauses]
     parsed += _tiebreak(stmt, parsed)
-    descriptions = stmt.column_descriptions
-    width = len(descriptions)
-    returned = [_column_of(d.get("expr")) for d in descriptions]
+    # Rendering SQL and comparing expressions is the costly part: do it once
+    # per statement shape (SQLAlchemy's own SQL cache key).
+    cache_key = stmt._generate_cache_key()
+    shape = None if cache_key is None else _SHAPES.get(cache_key.key)
+    if shape is None:
+        shape = _shape(stmt, parsed)
+        if cache_key is not None:
+            if len(_SHAPES) >= _MAX_SHAPES:
+                _SHAPES.clear()
+            _SHAPES[cache_key.key] = shape
     keys: list[_Key] = []
     extra: list[ColumnElement[Any]] = []
-    for expr, descending, nulls_first in parsed:
-        position = next(
-            (i for i, col in enumerate(returned) if col is not None and col.compare(expr)), None
-        )
+    for (expr, descending, nulls_first), found in zip(parsed, shape.positions, strict=True):
+        position = found
         if position is None:
-            position = width + len(extra)
+            position = shape.width + len(extra)
             extra.append(expr.label(_SORT_LABEL.format(len(extra))))
         keys.append(_Key(expr, descending, nulls_first, _nullable(expr), position))
     base = stmt.order_by(None)
     if extra:
         base = base.add_columns(*extra)
     where = stmt.whereclause
-    scope = [] if where is None else [str(where), repr(sorted(where.compile().params.items()))]
-    orderings = [str(key.ordering(reverse=False)) for key in keys]
-    froms = [str(f) for f in stmt.get_final_froms()]
-    return _Plan(base, tuple(keys), width, bool(extra), fingerprint_of(froms + scope + orderings))
+    values = [] if where is None else [
+        repr(p.effective_value) for p in sa.sql.visitors.iterate(where)
+        if isinstance(p, sa.BindParameter)
+    ]  # fmt: skip
+    fingerprint = fingerprint_of([shape.text, *values])
+    return _Plan(base, tuple(keys), shape.width, bool(extra), fingerprint)
+
+
+def _shape(stmt: Select[Any], parsed: list[tuple[ColumnElement[Any], bool, bool]]) -> _Shape:
+    descriptions = stmt.column_descriptions
+    returned = [_column_of(d.get("expr")) for d in descriptions]
+    positions = tuple(
+        next((i for i, col in enumerate(returned) if col is not None and col.compare(expr)), None)
+        for expr, _, _ in parsed
+    )
+    where = stmt.whereclause
+    parts = [str(f) for f in _froms(stmt)]
+    parts += [] if where is None else [str(where)]
+    for expr, descending, nulls_first in parsed:
+        parts.append(f"{expr} {'DESC' if descending else 'ASC'} {nulls_first}")
+    return _Shape(positions, len(descriptions), "\x1f".join(parts))
+
+
+def _froms(stmt: Select[Any]) -> list[Any]:
+    # get_final_froms() compiles the statement; these two do not.
+    found = list(stmt.columns_clause_froms)
+    found += [f for f in stmt._from_obj if f not in found]  # explicit select_from()/join()
+    return found
 
 
 def _parse(clause: Any) -> tuple[ColumnElement[Any], bool, bool]:
@@ -296,11 +351,10 @@ def _parse(clause: Any) -> tuple[ColumnElement[Any], bool, bool]:
 def _tiebreak(
     stmt: Select[Any], parsed: list[tuple[ColumnElement[Any], bool, bool]]
 ) -> list[tuple[ColumnElement[Any], bool, bool]]:
-    table = next(
-        (f for f in stmt.get_final_froms() if isinstance(f, sa.Table) and f.primary_key), None
-    )
+    froms = _froms(stmt)
+    table = next((f for f in froms if isinstance(f, sa.Table) and f.primary_key), None)
     if table is None:
-        table = next((t for f in stmt.get_final_froms() for t in _tables(f) if t.primary_key), None)
+        table = next((t for f in froms for t in _tables(f) if t.primary_key), None)
     if table is None:
         msg = "keyset pagination needs a table with a primary key in FROM"
         raise ValueError(msg)

@@ -221,13 +221,25 @@ def _count_stmt(stmt: AnySelect) -> Select[int]:
     )
 
 
+_COUNT_SHAPES: dict[Any, tuple[str, tuple[str, ...]]] = {}
+_MAX_SHAPES: Final = 512
+
+
 def _count_key(counted: Select[int]) -> tuple[str, tuple[str, ...]]:
-    compiled = counted.compile()
-    digest = hashlib.sha256(
-        (str(compiled) + repr(sorted(compiled.params.items()))).encode()
-    ).hexdigest()[:24]
-    tables = sorted({t.name for t in _tables_of(counted)})
-    return f"count:{digest}", tuple(count_tag(name) for name in tables)
+    """The cache key (SQL and values) and the table tags of a COUNT statement."""
+    cache_key = counted._generate_cache_key()  # the key SQLAlchemy's own SQL cache uses
+    found = None if cache_key is None else _COUNT_SHAPES.get(cache_key.key)
+    if found is None:
+        tables = sorted({t.name for t in _tables_of(counted)})
+        found = (str(counted), tuple(count_tag(name) for name in tables))
+        if cache_key is not None:
+            if len(_COUNT_SHAPES) >= _MAX_SHAPES:
+                _COUNT_SHAPES.clear()
+            _COUNT_SHAPES[cache_key.key] = found
+    sql, tags = found
+    values = [] if cache_key is None else [repr(p.effective_value) for p in cache_key.bindparams]
+    digest = hashlib.sha256("\x1f".join([sql, *values]).encode()).hexdigest()[:24]
+    return f"count:{digest}", tags
 
 
 def _tables_of(stmt: Any) -> list[sa.Table]:
