@@ -100,6 +100,7 @@ def _script(name: str, *args: str) -> Callable[[Target | None, argparse.Namespac
 
 
 REDIS_URL: Final = os.environ.get("PERFKIT_TEST_REDIS_URL") or "redis://127.0.0.1:6379/0"
+POSTGRES_URL: Final = os.environ.get("PERFKIT_TEST_DATABASE_URL") or DEFAULT_POSTGRES_URL
 
 # Later entries (pagination, retry, breaker, middleware) are appended here.
 BENCHMARKS: Final[tuple[Benchmark, ...]] = (
@@ -123,6 +124,12 @@ BENCHMARKS: Final[tuple[Benchmark, ...]] = (
         name="tiered_delivery",
         title="Tiered cache: invalidation delivery latency",
         run=_script("tiered_delivery.py", "--redis", REDIS_URL),
+        databases=False,
+    ),
+    Benchmark(
+        name="pagination",
+        title="Pagination at depth (1,000,000 bills)",
+        run=_script("pagination.py", "--postgres", POSTGRES_URL),
         databases=False,
     ),
     Benchmark(
