@@ -4,6 +4,7 @@ perfkit.paginate_keyset: every row exactly once, in order, both ways; cursors th
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import functools
 import hashlib
@@ -154,32 +155,46 @@ def test_walking_both_ways_yields_every_row_once_in_order(
     assert backward == expected
 
 
-@pytest.mark.anyio
-@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
-async def test_async_twin_walks_the_same_pages(
-    backend: str, request: pytest.FixtureRequest, tmp_path: Path
-) -> None:
-    """apaginate_keyset on an AsyncConnection returns what the sync function does."""
-    sync_engine: Engine = request.getfixturevalue(
-        "sqlite_items" if backend == "sqlite" else "pg_items"
-    )
-    numbered = _fill(sync_engine, [{"a": i % 3 or None, "b": "x", "c": i % 2} for i in range(23)])
-    stmt = sa.select(rows_table).order_by(rows_table.c.a.desc(), rows_table.c.c)
-    engine = db.create_async_engine(sync_engine.url)
-    seen: list[int] = []
+async def _awalk(url: Any, stmt: Any, limit: int) -> tuple[list[int], list[int]]:
+    """_walk through apaginate_keyset on an AsyncConnection."""
+    engine = db.create_async_engine(url)
+    forward: list[int] = []
     try:
         async with engine.connect() as conn:
-            cursor = None
-            while True:
-                page = await apaginate_keyset(conn, stmt, limit=5, cursor=cursor, secret=SECRET)
-                seen.extend(r.id for r in page.items)
-                if not page.has_next:
-                    break
-                cursor = page.next_cursor
+            page = await apaginate_keyset(conn, stmt, limit=limit, secret=SECRET)
+            forward.extend(r.id for r in page.items)
+            while page.has_next:
+                page = await apaginate_keyset(
+                    conn, stmt, limit=limit, cursor=page.next_cursor, secret=SECRET
+                )
+                forward.extend(r.id for r in page.items)
+            backward = [r.id for r in page.items]
+            cursor = page.prev_cursor
+            while cursor is not None:
+                page = await apaginate_keyset(conn, stmt, limit=limit, cursor=cursor, secret=SECRET)
+                backward = [r.id for r in page.items] + backward
+                cursor = page.prev_cursor
     finally:
         await engine.dispose()
+    return forward, backward
 
-    assert seen == _expected(numbered, [("a", True, None), ("c", False, None)])
+
+@settings(
+    max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(rows=st.lists(row_values, max_size=25), keys=sort_keys, limit=st.integers(1, 6))
+def test_async_twin_walks_both_ways_too(
+    items_engine: Engine, rows: list[dict[str, Any]], keys: list[Any], limit: int
+) -> None:
+    """apaginate_keyset (aiosqlite, psycopg async) keeps the same promise."""
+    numbered = _fill(items_engine, rows)
+    stmt = sa.select(rows_table).order_by(*(_order(k) for k in keys))
+
+    forward, backward = asyncio.run(_awalk(items_engine.url, stmt, limit))
+
+    expected = _expected(numbered, keys)
+    assert forward == expected
+    assert backward == expected
 
 
 # -- cursors that cannot be forged -------------------------------------------------------
