@@ -7,9 +7,11 @@ so callers can catch either::
     PerfkitError
     ├── NotFound(LookupError)        a record that was asked for does not exist
     ├── Conflict(ValueError)         a write would break a uniqueness rule
-    └── InvalidInput(ValueError)     an argument is malformed or out of range
-        ├── InvalidPage              page/limit outside the allowed range
-        └── InvalidCursor            a keyset cursor is malformed, altered or foreign
+    ├── InvalidInput(ValueError)     an argument is malformed or out of range
+    │   ├── InvalidPage              page/limit outside the allowed range
+    │   └── InvalidCursor            a keyset cursor is malformed, altered or foreign
+    ├── CircuitOpenError(RuntimeError)      a circuit breaker refused the call
+    └── CommitOutcomeUnknown(RuntimeError)  the connection died during COMMIT
 
 Each error carries a stable machine-readable ``code`` (used in the example
 API's JSON bodies) next to its human-readable message.
@@ -17,7 +19,16 @@ API's JSON bodies) next to its human-readable message.
 
 from __future__ import annotations
 
-__all__ = ["Conflict", "InvalidCursor", "InvalidInput", "InvalidPage", "NotFound", "PerfkitError"]
+__all__ = [
+    "CircuitOpenError",
+    "CommitOutcomeUnknown",
+    "Conflict",
+    "InvalidCursor",
+    "InvalidInput",
+    "InvalidPage",
+    "NotFound",
+    "PerfkitError",
+]
 
 
 class PerfkitError(Exception):
@@ -96,3 +107,35 @@ class InvalidCursor(InvalidInput):
 
     def __init__(self, message: str) -> None:
         super().__init__("cursor", message)
+
+
+class CircuitOpenError(PerfkitError, RuntimeError):
+    """
+    A circuit breaker is open (or its half-open trial slots are taken) and refused the call.
+
+    Never transient: retrying it at once only adds load. ``retry_after`` says
+    when the breaker will let a trial call through.
+
+    Args:
+        name: The breaker's name.
+        retry_after: Seconds until a trial call may be let through (0 if a
+            trial is running right now).
+    """
+
+    code = "circuit_open"
+
+    def __init__(self, name: str, retry_after: float) -> None:
+        super().__init__(f"circuit {name!r} is open; retry after {retry_after:.3f} s")
+        self.name = name
+        self.retry_after = retry_after
+
+
+class CommitOutcomeUnknown(PerfkitError, RuntimeError):
+    """
+    The connection was lost while COMMIT was in flight: the transaction may or may not have
+    been applied, so it was not retried.
+
+    Mark the unit ``idempotent=True`` if running it twice is harmless.
+    """
+
+    code = "commit_outcome_unknown"

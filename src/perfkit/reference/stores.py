@@ -9,8 +9,7 @@ on inside it and either commit everything or nothing.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Collection, Iterable, Sequence
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Final, ParamSpec, TypeAlias, TypeVar
 
@@ -34,6 +33,7 @@ from perfkit.reference import _validate as v
 from perfkit.reference import cache_keys as keys
 from perfkit.reference.models import Base, Bill, BillStatus, User, Vote, VoteChoice, utcnow
 from perfkit.reference.records import BillRecord, UserRecord, VoteCounts, VoteRecord
+from perfkit.resilience import run_in_transaction
 
 if TYPE_CHECKING:
     AnyRow: TypeAlias = Row[*tuple[Any, ...]]
@@ -129,10 +129,12 @@ class _Database:
     def read(self) -> Connection:
         return self.engine.connect()
 
-    @contextmanager
-    def write(self) -> Iterator[Connection]:
-        with self.writer.begin() as conn:
-            yield conn
+    def transact(self, work: Callable[[Connection], R]) -> R:
+        """
+        Run *work* in one write transaction (``BEGIN IMMEDIATE`` on SQLite),
+        retried as a whole on transient failures (busy, serialization, deadlock).
+        """
+        return run_in_transaction(self.writer.connect, work)
 
     def exists(self, conn: Connection, stmt: AnySelect, key: int) -> bool:
         return conn.execute(stmt, {"key": key}).first() is not None
@@ -227,10 +229,13 @@ class UserStore:
             Conflict: the username or email is taken.
         """
         values = {"username": v.username(username), "email": v.email(email)}
-        with self._db.write() as conn:
+
+        def work(conn: Connection) -> UserRecord:
             self._check_free(conn, values, user_id=None)
             stmt = sa.insert(User).values(**values, created_at=utcnow()).returning(*_USER_COLUMNS)
-            user = _user(_insert_one(conn, stmt, "username or email is taken"))
+            return _user(_insert_one(conn, stmt, "username or email is taken"))
+
+        user = self._db.transact(work)
         self._db.invalidate(keys=_user_keys(user.id, **values), tags=[count_tag("users")])
         return user
 
@@ -251,7 +256,8 @@ class UserStore:
             values["username"] = v.username(username)
         if email is not None:
             values["email"] = v.email(email)
-        with self._db.write() as conn:
+
+        def work(conn: Connection) -> tuple[UserRecord, dict[str, str]]:
             current = conn.execute(_USER_BY_ID, {"key": key}).first()
             if current is None:
                 raise NotFound("user", key)
@@ -260,10 +266,14 @@ class UserStore:
                 name: value for name, value in values.items() if getattr(record, name) != value
             }
             if not changes:
-                return record
+                return record, changes
             self._check_free(conn, changes, user_id=key)
             stmt = sa.update(User).where(User.id == key).values(**changes).returning(*_USER_COLUMNS)
-            user = _user(_insert_one(conn, stmt, "username or email is taken"))
+            return _user(_insert_one(conn, stmt, "username or email is taken")), changes
+
+        user, changes = self._db.transact(work)
+        if not changes:
+            return user
         # The old name and email entries carry the user's tag; the new ones may
         # hold a cached "no such user".
         self._db.invalidate(keys=_user_keys(None, **changes), tags=[keys.user_tag(key)])
@@ -378,11 +388,14 @@ class BillStore:
             "created_at": now,
             "updated_at": now,
         }
-        with self._db.write() as conn:
+
+        def work(conn: Connection) -> BillRecord:
             if not self._db.exists(conn, _USER_EXISTS, sponsor):
                 raise NotFound("user", sponsor)
             stmt = sa.insert(Bill).values(**values).returning(*_BILL_COLUMNS)
-            bill = _bill(_insert_one(conn, stmt, "bill conflicts with a stored one"))
+            return _bill(_insert_one(conn, stmt, "bill conflicts with a stored one"))
+
+        bill = self._db.transact(work)
         self._db.invalidate(keys=[keys.BILL.format(bill_id=bill.id)], tags=[count_tag("bills")])
         return bill
 
@@ -418,7 +431,8 @@ class BillStore:
             if current is None:
                 raise NotFound("bill", key)
             return current
-        with self._db.write() as conn:
+
+        def work(conn: Connection) -> tuple[BillRecord, bool]:
             row = conn.execute(_BILL_BY_ID, {"key": key}).first()
             if row is None:
                 raise NotFound("bill", key)
@@ -427,14 +441,18 @@ class BillStore:
                 name: value for name, value in values.items() if getattr(record, name) != value
             }
             if not changes:
-                return record
+                return record, False
             stmt = (
                 sa.update(Bill)
                 .where(Bill.id == key)
                 .values(**changes, updated_at=utcnow())
                 .returning(*_BILL_COLUMNS)
             )
-            bill = _bill(conn.execute(stmt).one())
+            return _bill(conn.execute(stmt).one()), True
+
+        bill, changed = self._db.transact(work)
+        if not changed:
+            return bill
         # The status may have changed: counts of filtered lists go too.
         self._db.invalidate(tags=[keys.bill_tag(key), count_tag("bills")])
         return bill
@@ -555,7 +573,8 @@ class VoteStore:
         bill = v.record_id("bill_id", bill_id)
         user = v.record_id("user_id", user_id)
         picked = v.choice("choice", choice, VoteChoice)
-        with self._db.write() as conn:
+
+        def work(conn: Connection) -> VoteRecord:
             if not self._db.exists(conn, _BILL_EXISTS, bill):
                 raise NotFound("bill", bill)
             if not self._db.exists(conn, _USER_EXISTS, user):
@@ -566,7 +585,9 @@ class VoteStore:
                 .returning(*_VOTE_COLUMNS)
             )
             message = f"user {user} has already voted on bill {bill}"
-            vote = _vote(_insert_one(conn, stmt, message))
+            return _vote(_insert_one(conn, stmt, message))
+
+        vote = self._db.transact(work)
         self._db.invalidate(
             keys=[keys.VOTE.format(vote_id=vote.id)],
             tags=[keys.votes_of_bill_tag(bill), keys.votes_of_user_tag(user), count_tag("votes")],

@@ -1,0 +1,31 @@
+"""
+Resilience: retries with backoff, whole-transaction retries, retry budgets, circuit breakers.
+"""
+
+from __future__ import annotations
+
+from ._budget import RedisRetryBudget, RetryBudget
+from ._retry import (
+    RetryDetails,
+    RetryHook,
+    RetryStats,
+    backoff_delay,
+    retry_stats,
+    retry_with_backoff,
+)
+from ._transaction import arun_in_transaction, run_in_transaction
+from ._transient import is_transient
+
+__all__ = [
+    "RedisRetryBudget",
+    "RetryBudget",
+    "RetryDetails",
+    "RetryHook",
+    "RetryStats",
+    "arun_in_transaction",
+    "backoff_delay",
+    "is_transient",
+    "retry_stats",
+    "retry_with_backoff",
+    "run_in_transaction",
+]
