@@ -36,7 +36,11 @@ typecheck: $(VENV)/.dev-installed  ## mypy --strict on src/
 pytest: $(VENV)/.dev-installed  ## the test suite (PostgreSQL/Redis tests skip unless reachable or required)
 	$(BIN)/python -m pytest
 
-bench: $(VENV)/.dev-installed  ## peer benchmarks; results go to docs/benchmarks.md by hand
+$(VENV)/.bench-installed: pyproject.toml | $(BIN)/python
+	$(PIP) --editable ".[bench]"
+	@touch $@ $(VENV)/.dev-installed $(VENV)/.demo-installed
+
+bench: $(VENV)/.bench-installed  ## peer benchmarks; results go to docs/benchmarks.md by hand
 	PYTHONPATH=examples $(BIN)/python benchmarks/run.py
 
 clean:  ## remove the virtualenv, caches and the demo database

@@ -16,6 +16,8 @@ import perfkit.reference
 PUBLIC = [
     "Cache",
     "CacheStats",
+    "CircuitOpenError",
+    "CommitOutcomeUnknown",
     "Conflict",
     "CursorPage",
     "InvalidCursor",
@@ -27,13 +29,18 @@ PUBLIC = [
     "Page",
     "PerfkitError",
     "RedisBackend",
+    "RetryBudget",
     "TieredBackend",
     "__version__",
     "apaginate",
     "apaginate_keyset",
+    "arun_in_transaction",
     "db",
+    "is_transient",
     "paginate",
     "paginate_keyset",
+    "retry_with_backoff",
+    "run_in_transaction",
 ]
 
 REFERENCE = [

@@ -10,7 +10,16 @@ from __future__ import annotations
 
 from . import db
 from .cache import Cache, CacheStats, JSONCodec, MemoryBackend, RedisBackend, TieredBackend
-from .errors import Conflict, InvalidCursor, InvalidInput, InvalidPage, NotFound, PerfkitError
+from .errors import (
+    CircuitOpenError,
+    CommitOutcomeUnknown,
+    Conflict,
+    InvalidCursor,
+    InvalidInput,
+    InvalidPage,
+    NotFound,
+    PerfkitError,
+)
 from .pagination import (
     CursorPage,
     Page,
@@ -19,12 +28,21 @@ from .pagination import (
     paginate,
     paginate_keyset,
 )
+from .resilience import (
+    RetryBudget,
+    arun_in_transaction,
+    is_transient,
+    retry_with_backoff,
+    run_in_transaction,
+)
 
 __version__ = "0.1.0"
 
 __all__ = [
     "Cache",
     "CacheStats",
+    "CircuitOpenError",
+    "CommitOutcomeUnknown",
     "Conflict",
     "CursorPage",
     "InvalidCursor",
@@ -36,11 +54,16 @@ __all__ = [
     "Page",
     "PerfkitError",
     "RedisBackend",
+    "RetryBudget",
     "TieredBackend",
     "__version__",
     "apaginate",
     "apaginate_keyset",
+    "arun_in_transaction",
     "db",
+    "is_transient",
     "paginate",
     "paginate_keyset",
+    "retry_with_backoff",
+    "run_in_transaction",
 ]

@@ -1,5 +1,6 @@
 """
-Helpers for testing code that uses perfkit: a clock you move by hand.
+Helpers for testing code that uses perfkit: a clock you move by hand, and
+retries that do not sleep.
 
 .. versionadded:: 0.1.0
 """
@@ -7,8 +8,45 @@ Helpers for testing code that uses perfkit: a clock you move by hand.
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 
-__all__ = ["FakeClock"]
+from perfkit.resilience._retry import TESTING
+
+__all__ = ["FakeClock", "retries_without_sleep", "set_retry_testing"]
+
+
+def set_retry_testing(enabled: bool, *, attempts: int | None = None) -> None:
+    """
+    Make every perfkit retry skip its sleeps and stop after *attempts* (process-wide).
+
+    Prefer :func:`retries_without_sleep`, which restores the previous setting.
+    """
+    if attempts is not None and attempts < 1:
+        msg = f"attempts must be at least 1, not {attempts}"
+        raise ValueError(msg)
+    TESTING.enabled = enabled
+    TESTING.attempts = attempts if enabled else None
+
+
+@contextmanager
+def retries_without_sleep(*, attempts: int | None = 2) -> Iterator[None]:
+    """
+    Within the block, retries do not sleep and stop after *attempts* attempts.
+
+    Example::
+
+        with retries_without_sleep(attempts=2):
+            assert flaky_call() == ...
+
+    .. versionadded:: 0.1.0
+    """
+    previous = (TESTING.enabled, TESTING.attempts)
+    set_retry_testing(True, attempts=attempts)
+    try:
+        yield
+    finally:
+        TESTING.enabled, TESTING.attempts = previous
 
 
 class FakeClock:
