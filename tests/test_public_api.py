@@ -16,6 +16,7 @@ import perfkit.reference
 PUBLIC = [
     "Cache",
     "CacheStats",
+    "CircuitBreaker",
     "CircuitOpenError",
     "CommitOutcomeUnknown",
     "Conflict",

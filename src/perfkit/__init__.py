@@ -29,6 +29,7 @@ from .pagination import (
     paginate_keyset,
 )
 from .resilience import (
+    CircuitBreaker,
     RetryBudget,
     arun_in_transaction,
     is_transient,
@@ -41,6 +42,7 @@ __version__ = "0.1.0"
 __all__ = [
     "Cache",
     "CacheStats",
+    "CircuitBreaker",
     "CircuitOpenError",
     "CommitOutcomeUnknown",
     "Conflict",

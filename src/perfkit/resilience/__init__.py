@@ -4,6 +4,13 @@ Resilience: retries with backoff, whole-transaction retries, retry budgets, circ
 
 from __future__ import annotations
 
+from ._breaker import BreakerStats, CircuitBreaker
+from ._breaker_storage import (
+    BreakerStorage,
+    MemoryBreakerStorage,
+    RedisBreakerStorage,
+    StateView,
+)
 from ._budget import RedisRetryBudget, RetryBudget
 from ._retry import (
     RetryDetails,
@@ -17,11 +24,17 @@ from ._transaction import arun_in_transaction, run_in_transaction
 from ._transient import is_transient
 
 __all__ = [
+    "BreakerStats",
+    "BreakerStorage",
+    "CircuitBreaker",
+    "MemoryBreakerStorage",
+    "RedisBreakerStorage",
     "RedisRetryBudget",
     "RetryBudget",
     "RetryDetails",
     "RetryHook",
     "RetryStats",
+    "StateView",
     "arun_in_transaction",
     "backoff_delay",
     "is_transient",
