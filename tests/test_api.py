@@ -5,6 +5,7 @@ The example bill/vote API through its ASGI app, on SQLite and PostgreSQL.
 from __future__ import annotations
 
 import json
+import threading
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
@@ -14,7 +15,9 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from bill_api import create_app
+from perfkit import CircuitBreaker
 from perfkit.reference import Stores, Vote, open_stores, seed
+from perfkit.testing import FakeClock
 
 
 @pytest.fixture
@@ -330,3 +333,63 @@ async def test_cursor_mode_walks_bills_and_refuses_a_foreign_cursor(client: Clie
     assert set(body) == {"items", "limit", "next_cursor", "prev_cursor", "has_next", "has_prev"}
     foreign = await client.get("/bills/1/votes", params={"cursor": first_cursor})
     assert _error(foreign, 422, "invalid_cursor")["message"].startswith("cursor:")
+
+
+async def test_bill_text_goes_through_a_breaker_with_a_summary_fallback(stores: Stores) -> None:
+    """The text service fails: fallbacks answer, the breaker opens, later calls skip the service."""
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer  # noqa: PLC0415
+
+    from bill_api.text import BillText  # noqa: PLC0415
+
+    mode = {"value": "ok", "hits": 0}
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            mode["hits"] += 1
+            if mode["value"] == "fail":
+                self.send_response(503)
+                self.end_headers()
+                return
+            body = b'{"text": "full text"}'
+            self.send_response(200)
+            self.send_header("content-length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}"
+    breaker = CircuitBreaker(
+        name="text-test", fail_max=2, reset_timeout=30, fallback=BillText.fallback,
+        clock=FakeClock(),
+    )  # fmt: skip
+    texts = BillText(url, breaker=breaker)
+    transport = httpx.ASGITransport(app=create_app(stores=stores, text=texts))
+    try:
+        async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+            first = (await client.get("/bills/3/text")).json()
+            mode["value"] = "fail"
+            failed = [(await client.get("/bills/3/text")).json() for _ in range(2)]
+            hits = mode["hits"]
+            refused = (await client.get("/bills/3/text")).json()
+            missing = await client.get("/bills/9999/text")
+    finally:
+        server.shutdown()
+        server.server_close()
+        texts.close()
+
+    assert (first["source"], first["text"]) == ("service", "full text")
+    assert [f["reason"] for f in failed] == ["HTTPStatusError", "HTTPStatusError"]
+    assert (refused["source"], refused["reason"]) == ("fallback", "CircuitOpenError")
+    assert mode["hits"] == hits  # the open breaker kept the request away from the service
+    assert refused["text"] == (await _summary(stores, 3))
+    _error(missing, 404, "not_found")
+
+
+async def _summary(stores: Stores, bill_id: int) -> str:
+    bill = stores.bills.get_by_id(bill_id)
+    assert bill is not None
+    return bill.summary

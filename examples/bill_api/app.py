@@ -12,6 +12,9 @@ Configuration comes from the environment:
     per worker).
 ``PERFKIT_CACHE``
     ``off`` serves every read from the database (for baselines).
+``PERFKIT_TEXT_URL``
+    The bill-text service behind ``GET /bills/{id}/text``, called through a
+    circuit breaker (default: none, the stored summary is served).
 
 Every error is a JSON body ``{"error": {"code": ..., "message": ...}}`` with a
 4xx status: 400 malformed JSON, 404 unknown id or route, 405 wrong method,
@@ -35,7 +38,16 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from perfkit import Conflict, CursorPage, InvalidInput, NotFound, Page, PerfkitError
+from bill_api.text import BillText
+from perfkit import (
+    CircuitBreaker,
+    Conflict,
+    CursorPage,
+    InvalidInput,
+    NotFound,
+    Page,
+    PerfkitError,
+)
 from perfkit.cache import Cache, MemoryBackend, RedisBackend, TieredBackend
 from perfkit.pagination import MAX_PAGE
 from perfkit.reference import Stores, codec, open_stores
@@ -148,13 +160,20 @@ def make_cache(redis_url: str | None) -> Cache:
     The API's read cache: in Redis when *redis_url* is given, else in process.
     """
     if redis_url:
-        l2 = RedisBackend(redis_url, prefix="bill_api", codec=codec())
+        # A dead Redis costs a request nothing once this breaker is open.
+        guard = CircuitBreaker(name="bill_api-redis", fail_max=3, reset_timeout=5)
+        l2 = RedisBackend(redis_url, prefix="bill_api", codec=codec(), breaker=guard)
         backend = TieredBackend(l2, l1=MemoryBackend(maxsize=100_000), l1_ttl=30)
         return Cache(backend, namespace="bill_api", ttl=300)
     return Cache(MemoryBackend(maxsize=100_000), namespace="bill_api", ttl=300)
 
 
-def create_app(*, stores: Stores | None = None, database_url: str | None = None) -> FastAPI:
+def create_app(
+    *,
+    stores: Stores | None = None,
+    database_url: str | None = None,
+    text: BillText | None = None,
+) -> FastAPI:
     """
     Build the API over *stores*, or over stores opened on *database_url*
     (default: ``PERFKIT_DATABASE_URL`` or the demo SQLite file) at startup.
@@ -183,6 +202,7 @@ def create_app(*, stores: Stores | None = None, database_url: str | None = None)
                 close()  # the tiered listener thread and the Redis connections
 
     app = FastAPI(title="perfkit bill/vote API", version="0.1.0", lifespan=lifespan)
+    app.state.text = text or BillText(os.environ.get("PERFKIT_TEXT_URL") or None)
     if stores is not None:
         app.state.stores = stores
     _install_error_handlers(app)
@@ -259,6 +279,14 @@ def _install_routes(app: FastAPI) -> None:
         if bill is None:
             raise NotFound("bill", bill_id)
         return bill.to_dict()
+
+    @app.get("/bills/{bill_id}/text")
+    def bill_text(request: Request, bill_id: Id) -> dict[str, Any]:
+        bill = _stores(request).bills.get_by_id(bill_id)
+        if bill is None:
+            raise NotFound("bill", bill_id)
+        texts: BillText = request.app.state.text
+        return texts.fetch(bill)
 
     @app.post("/bills", status_code=201)
     def create_bill(request: Request, body: Annotated[NewBill, Body()]) -> dict[str, Any]:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 import secrets
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from typing import TYPE_CHECKING, Any, Final
 
 from ._backend import MISSING
@@ -15,6 +15,8 @@ from ._codec import Codec, JSONCodec
 if TYPE_CHECKING:
     import redis
     import redis.asyncio
+
+    from perfkit.resilience import CircuitBreaker
 
 __all__ = ["RedisBackend"]
 
@@ -93,6 +95,10 @@ class RedisBackend:
         max_load: Fills that took longer than this many seconds are not stored.
         channel: Pub/sub channel on which invalidations are announced
             (``None``: not announced).
+        breaker: A :class:`~perfkit.CircuitBreaker` every Redis command goes
+            through: once it opens, a dead Redis costs a request no timeout
+            at all (the cache serves from the loader) until a trial call
+            finds it back.
 
     Not for Redis Cluster: the scripts touch keys in several hash slots.
 
@@ -108,6 +114,7 @@ class RedisBackend:
         prefix: str = "perfkit",
         max_load: float = 60.0,
         channel: str | None = None,
+        breaker: CircuitBreaker | None = None,
     ) -> None:
         import redis as _redis  # noqa: PLC0415 - optional dependency, loaded on use
 
@@ -120,6 +127,9 @@ class RedisBackend:
         self.prefix = prefix
         self.max_load = max_load
         self.channel = channel
+        self.breaker = breaker
+        self._run: Callable[..., Any] = breaker.call if breaker is not None else _direct
+        self._arun: Callable[..., Any] = breaker.acall if breaker is not None else _adirect
         self._seq = f"{prefix}:seq"
         self._fence_ttl_ms = str(int((max_load + 5) * 1000))
         self._set_script = self.client.register_script(_SET_IF_FRESH)
@@ -206,23 +216,23 @@ class RedisBackend:
     # -- sync ----------------------------------------------------------------------
 
     def get(self, key: str) -> Any:
-        return self._decode(self.client.get(self._entry(key)))
+        return self._decode(self._run(self.client.get, self._entry(key)))
 
     def get_entry(self, key: str) -> tuple[Any, tuple[str, ...]]:
         """The value under *key* (or :data:`MISSING`) and the tags it was stored with."""
-        return self._decode_entry(self.client.get(self._entry(key)))
+        return self._decode_entry(self._run(self.client.get, self._entry(key)))
 
     def fill_token(self) -> int:
-        return int(self.client.get(self._seq) or 0)
+        return int(self._run(self.client.get, self._seq) or 0)
 
     def set(self, key: str, value: Any, *, ttl: float, tags: Collection[str], token: int) -> bool:
         keys, args = self._set_args(key, value, ttl, tags, token)
-        return bool(self._set_script(keys=keys, args=args))
+        return bool(self._run(self._set_script, keys=keys, args=args))
 
     def invalidate(self, *, keys: Collection[str] = (), tags: Collection[str] = ()) -> None:
         if keys or tags:
             script_keys, args = self._invalidate_args(keys, tags)
-            self._invalidate_script(keys=script_keys, args=args)
+            self._run(self._invalidate_script, keys=script_keys, args=args)
 
     def clear(self) -> None:
         """Drop every entry under this backend's prefix and fence running fills."""
@@ -282,14 +292,14 @@ class RedisBackend:
     # -- async ---------------------------------------------------------------------
 
     async def aget(self, key: str) -> Any:
-        return self._decode(await self.async_client.get(self._entry(key)))
+        return self._decode(await self._arun(self.async_client.get, self._entry(key)))
 
     async def aget_entry(self, key: str) -> tuple[Any, tuple[str, ...]]:
         """Async :meth:`get_entry`."""
-        return self._decode_entry(await self.async_client.get(self._entry(key)))
+        return self._decode_entry(await self._arun(self.async_client.get, self._entry(key)))
 
     async def afill_token(self) -> int:
-        return int(await self.async_client.get(self._seq) or 0)
+        return int(await self._arun(self.async_client.get, self._seq) or 0)
 
     async def aset(
         self, key: str, value: Any, *, ttl: float, tags: Collection[str], token: int
@@ -297,7 +307,7 @@ class RedisBackend:
         if self._aset_script is None:
             self._aset_script = self.async_client.register_script(_SET_IF_FRESH)
         keys, args = self._set_args(key, value, ttl, tags, token)
-        return bool(await self._aset_script(keys=keys, args=args))
+        return bool(await self._arun(self._aset_script, keys=keys, args=args))
 
     async def ainvalidate(self, *, keys: Collection[str] = (), tags: Collection[str] = ()) -> None:
         if not (keys or tags):
@@ -305,7 +315,15 @@ class RedisBackend:
         if self._ainvalidate_script is None:
             self._ainvalidate_script = self.async_client.register_script(_INVALIDATE)
         script_keys, args = self._invalidate_args(keys, tags)
-        await self._ainvalidate_script(keys=script_keys, args=args)
+        await self._arun(self._ainvalidate_script, keys=script_keys, args=args)
+
+
+def _direct(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    return fn(*args, **kwargs)
+
+
+async def _adirect(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    return await fn(*args, **kwargs)
 
 
 def _fail_fast() -> dict[str, Any]:
