@@ -428,3 +428,24 @@ def test_shared_half_open_hands_out_one_trial_across_processes(
     assert first.call(trial) == "trial"
     assert len(outcomes) == 1
     assert second.state == "closed"
+
+
+def test_pybreaker_listeners_and_state_names_work_unchanged() -> None:
+    """A pybreaker.CircuitBreakerListener subclass plugs in; state names are pybreaker's."""
+    import pybreaker  # noqa: PLC0415
+
+    changes: list[tuple[str, str]] = []
+
+    class Listener(pybreaker.CircuitBreakerListener):
+        def state_change(self, cb: Any, old_state: Any, new_state: Any) -> None:
+            changes.append((old_state.name, new_state.name))
+
+    breaker = CircuitBreaker(name="compat", fail_max=1, listeners=[Listener()], clock=FakeClock())
+    fail(breaker, 1)
+
+    assert changes == [(pybreaker.STATE_CLOSED, pybreaker.STATE_OPEN)]
+    assert {pybreaker.STATE_CLOSED, pybreaker.STATE_OPEN, pybreaker.STATE_HALF_OPEN} == {
+        "closed",
+        "open",
+        "half-open",
+    }

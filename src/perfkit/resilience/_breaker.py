@@ -1,5 +1,9 @@
 """
 :class:`CircuitBreaker`: pybreaker's model, without a lock around the protected call.
+
+It keeps pybreaker's state names and listener interface (pybreaker listeners
+work unchanged) but not its code: pybreaker holds one lock around every
+protected call and has no asyncio support.
 """
 
 from __future__ import annotations
@@ -11,14 +15,24 @@ import logging
 import threading
 from collections.abc import Callable, Coroutine, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, Final, ParamSpec, TypeVar, cast, overload
-
-from pybreaker import STATE_CLOSED, STATE_HALF_OPEN, STATE_OPEN, CircuitBreakerListener
+from typing import TYPE_CHECKING, Any, Final, ParamSpec, TypeVar, cast, overload
 
 from perfkit._clock import SYSTEM_CLOCK, Clock
 from perfkit.errors import CircuitOpenError
 
-from ._breaker_storage import BreakerStorage, MemoryBreakerStorage, StateView
+from ._breaker_storage import (
+    STATE_CLOSED,
+    STATE_HALF_OPEN,
+    STATE_OPEN,
+    BreakerStorage,
+    MemoryBreakerStorage,
+    StateView,
+)
+
+if TYPE_CHECKING:
+    # Only for its listener interface: importing pybreaker loads redis-py and,
+    # through it, the OpenTelemetry SDK (~110 ms), which `import perfkit` must not.
+    from pybreaker import CircuitBreakerListener
 
 __all__ = ["BreakerStats", "CircuitBreaker"]
 

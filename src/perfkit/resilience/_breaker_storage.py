@@ -8,14 +8,25 @@ import threading
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final, Protocol
 
-from pybreaker import STATE_CLOSED, STATE_HALF_OPEN, STATE_OPEN
-
 from perfkit._clock import SYSTEM_CLOCK, Clock
 
 if TYPE_CHECKING:
     import redis
 
-__all__ = ["BreakerStorage", "MemoryBreakerStorage", "RedisBreakerStorage", "StateView"]
+__all__ = [
+    "STATE_CLOSED",
+    "STATE_HALF_OPEN",
+    "STATE_OPEN",
+    "BreakerStorage",
+    "MemoryBreakerStorage",
+    "RedisBreakerStorage",
+    "StateView",
+]
+
+# pybreaker's names for the states (tests check they still match).
+STATE_CLOSED: Final = "closed"
+STATE_OPEN: Final = "open"
+STATE_HALF_OPEN: Final = "half-open"
 
 
 @dataclass(frozen=True, slots=True)
