@@ -133,6 +133,12 @@ BENCHMARKS: Final[tuple[Benchmark, ...]] = (
         databases=False,
     ),
     Benchmark(
+        name="resilience",
+        title="Retry and circuit breaker against their peers",
+        run=_script("resilience.py"),
+        databases=False,
+    ),
+    Benchmark(
         name="store_sync_vs_async",
         title="Reference store reads: sync vs async engine",
         run=_script("store_sync_vs_async.py"),
