@@ -229,3 +229,25 @@ def test_bad_options_are_refused(kwargs: dict[str, Any]) -> None:
     """Nonsense options fail when decorating, not on the first failure."""
     with pytest.raises(ValueError):
         retry_with_backoff(**kwargs)
+
+
+def test_redis_budget_is_shared_between_processes(redis_url: str, redis_prefix: str) -> None:
+    """Failures counted by one process's budget deny retries in another's."""
+    import redis  # noqa: PLC0415
+
+    from perfkit.resilience import RedisRetryBudget  # noqa: PLC0415
+
+    client = redis.Redis.from_url(redis_url)
+    name = f"{redis_prefix}-budget"
+    first = RedisRetryBudget(client, name=name, max_tokens=4, token_ratio=1)
+    second = RedisRetryBudget(client, name=name, max_tokens=4, token_ratio=1)
+    try:
+        first.record_failure()
+        first.record_failure()
+        assert not first.allow_retry()  # 4 - 2 = 2, not above half
+        assert not second.allow_retry()  # the other process sees the same bucket
+        second.record_success()
+        assert second.allow_retry()  # 2 + 1 = 3
+    finally:
+        client.delete(f"perfkit:budget:{name}")
+        client.close()
