@@ -20,6 +20,12 @@ from .errors import (
     NotFound,
     PerfkitError,
 )
+from .observability import (
+    RequestTiming,
+    TimingMiddleware,
+    WSGITimingMiddleware,
+    instrument_engine,
+)
 from .pagination import (
     CursorPage,
     Page,
@@ -56,13 +62,17 @@ __all__ = [
     "Page",
     "PerfkitError",
     "RedisBackend",
+    "RequestTiming",
     "RetryBudget",
     "TieredBackend",
+    "TimingMiddleware",
+    "WSGITimingMiddleware",
     "__version__",
     "apaginate",
     "apaginate_keyset",
     "arun_in_transaction",
     "db",
+    "instrument_engine",
     "is_transient",
     "paginate",
     "paginate_keyset",

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any, Final, Generic, ParamSpec, TypeVar, cast, overload
 
 from perfkit._clock import SYSTEM_CLOCK, Clock
+from perfkit._context import CURRENT, REGISTRY
 
 from ._backend import MISSING, Backend
 
@@ -130,6 +131,7 @@ class Cache:
         self._pending: list[tuple[tuple[str, ...], tuple[str, ...]]] = []
         self._pending_lock = threading.Lock()
         self._next_flush = 0.0
+        REGISTRY.caches.add(self)
 
     def __repr__(self) -> str:
         return f"Cache({self.backend!r}, namespace={self.namespace!r}, ttl={self.ttl})"
@@ -695,8 +697,14 @@ class CachedFunction(_Base[P, R]):
             return cast("R", self._direct(args, kwargs))
         if value is not MISSING:
             cache.hits += 1
+            timing = CURRENT.get()
+            if timing is not None:
+                timing.cache_hits += 1
             return cast("R", value)
         cache.misses += 1
+        timing = CURRENT.get()
+        if timing is not None:
+            timing.cache_misses += 1
         return self._fill(key, args, kwargs)
 
     def _fill(self, key: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> R:
@@ -780,8 +788,14 @@ class AsyncCachedFunction(_Base[P, R]):
             return await self._load(args, kwargs)
         if value is not MISSING:
             cache.hits += 1
+            timing = CURRENT.get()
+            if timing is not None:
+                timing.cache_hits += 1
             return cast("R", value)
         cache.misses += 1
+        timing = CURRENT.get()
+        if timing is not None:
+            timing.cache_misses += 1
         return await self._fill(key, args, kwargs)
 
     async def _load(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> R:

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final, ParamSpec, TypeVar, cast, overload
 
 from perfkit._clock import SYSTEM_CLOCK, Clock
+from perfkit._context import CURRENT, REGISTRY
 from perfkit.errors import CircuitOpenError
 
 from ._breaker_storage import (
@@ -189,6 +190,7 @@ class CircuitBreaker:
         self._view = view
         self._closed = view.state == STATE_CLOSED
         self._fresh_until = self._next_refresh()
+        REGISTRY.breakers.add(self)
 
     def __repr__(self) -> str:
         return f"CircuitBreaker(name={self.name!r}, state={self.state!r})"
@@ -252,6 +254,9 @@ class CircuitBreaker:
         self._sync(view)
         if not allowed:
             self.rejections += 1
+            timing = CURRENT.get()
+            if timing is not None:
+                timing.breaker_rejections += 1
             refused = CircuitOpenError(self.name, view.retry_after)
             for listener in self.listeners:
                 rejected = getattr(listener, "rejected", None)  # perfkit's addition

@@ -1,0 +1,126 @@
+"""
+OpenTelemetry instruments, through opentelemetry-api only.
+
+Per-request and per-query durations are histograms (there is no cheaper way
+to export a distribution). Everything that is a count on a hot path — cache
+hits and misses, breaker rejections, retries — is kept in plain ints by the
+component and exported through observable instruments read at collection.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any, Final
+
+from perfkit._context import REGISTRY
+
+if TYPE_CHECKING:
+    from opentelemetry.metrics import CallbackOptions, Meter, MeterProvider, Observation
+
+__all__ = [
+    "DB_DURATION",
+    "HTTP_DURATION",
+    "HTTP_DURATION_BUCKETS",
+    "instrument",
+    "meter",
+]
+
+HTTP_DURATION: Final = "http.server.request.duration"
+DB_DURATION: Final = "db.client.operation.duration"
+CACHE_OPERATIONS: Final = "perfkit.cache.operations"
+BREAKER_STATE: Final = "perfkit.breaker.state"
+BREAKER_REJECTIONS: Final = "perfkit.breaker.rejections"
+RETRY_ATTEMPTS: Final = "perfkit.retry.attempts"
+
+# The OpenTelemetry semantic conventions' advised boundaries (seconds).
+HTTP_DURATION_BUCKETS: Final = (
+    0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0,
+)  # fmt: skip
+DB_DURATION_BUCKETS: Final = (0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0)
+
+_STATE_VALUES: Final = {"closed": 0, "half-open": 1, "open": 2}
+
+
+def meter(meter_provider: MeterProvider | None = None) -> Meter:
+    """perfkit's meter, from *meter_provider* or the global one."""
+    from opentelemetry import metrics  # noqa: PLC0415 - keep `import perfkit` light
+
+    from perfkit import __version__  # noqa: PLC0415
+
+    provider = meter_provider or metrics.get_meter_provider()
+    return provider.get_meter("perfkit", __version__)
+
+
+_INSTRUMENTED: set[int] = set()
+
+
+def instrument(meter_provider: MeterProvider | None = None) -> None:
+    """
+    Export perfkit's counters as OpenTelemetry observable instruments.
+
+    Reads, at each collection, every live :class:`~perfkit.Cache` (hits,
+    misses, stale fills, backend errors, loads, bypassed reads, by
+    namespace), every :class:`~perfkit.CircuitBreaker` (state: 0 closed,
+    1 half-open, 2 open; rejections) and the process's retry counters.
+    Calling it again for the same provider does nothing.
+
+    .. versionadded:: 0.1.0
+    """
+    from opentelemetry.metrics import Observation  # noqa: PLC0415
+
+    the_meter = meter(meter_provider)
+    if id(the_meter) in _INSTRUMENTED:
+        return
+    _INSTRUMENTED.add(id(the_meter))
+
+    def cache_operations(_options: CallbackOptions) -> Iterable[Observation]:
+        for cache in list(REGISTRY.caches):
+            stats = cache.stats
+            for result, value in (
+                ("hit", stats.hits), ("miss", stats.misses), ("stale", stats.stale),
+                ("error", stats.errors), ("load", stats.loads), ("bypass", stats.bypassed),
+            ):  # fmt: skip
+                yield Observation(
+                    value,
+                    {"perfkit.cache.namespace": cache.namespace, "perfkit.cache.result": result},
+                )
+
+    def breaker_state(_options: CallbackOptions) -> Iterable[Observation]:
+        for breaker in list(REGISTRY.breakers):
+            state = breaker._view.state  # last known state: no storage round trip
+            yield Observation(_STATE_VALUES.get(state, -1), {"perfkit.breaker.name": breaker.name})
+
+    def breaker_rejections(_options: CallbackOptions) -> Iterable[Observation]:
+        for breaker in list(REGISTRY.breakers):
+            yield Observation(breaker.rejections, {"perfkit.breaker.name": breaker.name})
+
+    def retry_attempts(_options: CallbackOptions) -> Iterable[Observation]:
+        from perfkit.resilience import retry_stats  # noqa: PLC0415
+
+        yield Observation(retry_stats.retries, {"perfkit.retry.outcome": "retried"})
+        yield Observation(retry_stats.gave_up, {"perfkit.retry.outcome": "gave_up"})
+        yield Observation(retry_stats.denied, {"perfkit.retry.outcome": "denied"})
+
+    the_meter.create_observable_counter(
+        CACHE_OPERATIONS, [cache_operations], unit="{operation}",
+        description="Cache reads and fills by result",
+    )  # fmt: skip
+    the_meter.create_observable_gauge(
+        BREAKER_STATE, [breaker_state], unit="1",
+        description="Circuit breaker state: 0 closed, 1 half-open, 2 open",
+    )  # fmt: skip
+    the_meter.create_observable_counter(
+        BREAKER_REJECTIONS, [breaker_rejections], unit="{call}",
+        description="Calls refused by an open circuit breaker",
+    )  # fmt: skip
+    the_meter.create_observable_counter(
+        RETRY_ATTEMPTS, [retry_attempts], unit="{attempt}",
+        description="Retries performed, given up, and denied by a retry budget",
+    )  # fmt: skip
+
+
+def histogram(the_meter: Meter, name: str, description: str, buckets: tuple[float, ...]) -> Any:
+    """A seconds histogram with advised bucket boundaries."""
+    return the_meter.create_histogram(
+        name, unit="s", description=description, explicit_bucket_boundaries_advisory=list(buckets)
+    )

@@ -1,0 +1,369 @@
+"""
+Per-request timing for ASGI and WSGI apps: Server-Timing, one JSON log line, OTel metrics.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Iterable, Iterator, MutableMapping
+from typing import TYPE_CHECKING, Any, Final
+
+from perfkit._context import CURRENT, RequestTiming
+
+from ._metrics import HTTP_DURATION, HTTP_DURATION_BUCKETS, histogram, meter
+
+if TYPE_CHECKING:
+    from opentelemetry.metrics import MeterProvider
+
+__all__ = ["TimingMiddleware", "WSGITimingMiddleware"]
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+_METHODS: Final = frozenset(
+    {"GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH"}
+)
+_REQUEST_ID: Final = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+_MAX_ATTRIBUTE_SETS: Final = 4096
+
+
+class _Timing:
+    """What both middlewares share: options, instruments, the log line."""
+
+    def __init__(
+        self,
+        *,
+        server_timing: bool,
+        log: bool,
+        metrics: bool,
+        exclude: Iterable[str],
+        query_warning: int | None,
+        request_id_header: str,
+        logger: logging.Logger | None,
+        meter_provider: MeterProvider | None,
+    ) -> None:
+        self.server_timing = server_timing
+        self.log = log
+        self.exclude = frozenset(exclude)
+        self.query_warning = query_warning
+        self.request_id_header = request_id_header.lower()
+        self.request_id_bytes = self.request_id_header.encode("latin-1")
+        self.logger = logger or logging.getLogger("perfkit.request")
+        self.record: Any = None
+        if metrics:
+            self.record = histogram(
+                meter(meter_provider), HTTP_DURATION, "Duration of HTTP server requests",
+                HTTP_DURATION_BUCKETS,
+            ).record  # fmt: skip
+        self._attributes: dict[tuple[str, str | None, int, str | None], dict[str, Any]] = {}
+
+    def request_id(self, given: str | None) -> str:
+        if given and _REQUEST_ID.fullmatch(given):
+            return given
+        return uuid.uuid4().hex
+
+    def server_timing_value(self, timing: RequestTiming, elapsed: float) -> bytes:
+        value = (
+            f"app;dur={elapsed * 1000:.2f}, db;dur={timing.db_seconds * 1000:.2f};"
+            f'desc="{timing.db_queries} queries", '
+            f'cache;desc="{timing.cache_hits} hits/{timing.cache_misses} misses"'
+        )
+        return value.encode("latin-1")
+
+    def finish(
+        self,
+        *,
+        method: str,
+        route: str | None,
+        status: int,
+        error: str | None,
+        scheme: str,
+        timing: RequestTiming,
+        elapsed: float,
+    ) -> None:
+        method = method if method in _METHODS else "_OTHER"
+        if self.record is not None:
+            error_type = error or (str(status) if status >= 500 else None)
+            key = (method, route, status, error_type)
+            attributes = self._attributes.get(key)
+            if attributes is None:
+                attributes = {
+                    "http.request.method": method,
+                    "http.response.status_code": status,
+                    "url.scheme": scheme,
+                }
+                if route is not None:
+                    attributes["http.route"] = route
+                if error_type is not None:
+                    attributes["error.type"] = error_type
+                if len(self._attributes) < _MAX_ATTRIBUTE_SETS:
+                    self._attributes[key] = attributes
+            self.record(elapsed, attributes)
+        logger = self.logger
+        if self.log and logger.isEnabledFor(logging.INFO):
+            line = {
+                "event": "request",
+                "method": method,
+                "route": route,
+                "status": status,
+                "duration_ms": round(elapsed * 1000, 3),
+                "db_ms": round(timing.db_seconds * 1000, 3),
+                "db_queries": timing.db_queries,
+                "cache_hits": timing.cache_hits,
+                "cache_misses": timing.cache_misses,
+                "request_id": timing.request_id,
+            }
+            if error is not None:
+                line["error"] = error
+            logger.info(json.dumps(line, separators=(",", ":")))
+        if self.query_warning is not None and timing.db_queries > self.query_warning:
+            logger.warning(
+                json.dumps(
+                    {
+                        "event": "too_many_queries",
+                        "route": route,
+                        "db_queries": timing.db_queries,
+                        "threshold": self.query_warning,
+                        "request_id": timing.request_id,
+                    },
+                    separators=(",", ":"),
+                )
+            )
+
+
+class TimingMiddleware:
+    """
+    Pure ASGI middleware: times each HTTP request and reports it three ways.
+
+    * a ``Server-Timing`` header on every response —
+      ``app;dur=…, db;dur=…;desc="N queries", cache;desc="H hits/M misses"``
+      (``app`` is the time until the response headers are sent);
+    * one JSON log line per request on the ``perfkit.request`` logger, at
+      INFO: method, route template, status, duration, database time and
+      queries, cache hits/misses, request id — never headers, cookies,
+      query strings or bodies;
+    * the ``http.server.request.duration`` histogram (seconds, semconv
+      buckets and attributes; ``http.route`` is the matched route's
+      **template**, read after routing, so 10,000 different paths are still
+      one series per route; unmatched requests carry no ``http.route``).
+
+    The request id comes from a valid ``X-Request-ID`` header or is made up,
+    and is echoed in the response. Paths in *exclude* (e.g. ``/healthz``) get
+    neither log lines nor metrics. With *query_warning*, a request running
+    more statements than that logs a ``too_many_queries`` warning (N+1).
+
+    Database time needs :func:`perfkit.instrument_engine` on the engine.
+
+    Args:
+        app: The ASGI app to wrap.
+        server_timing: Add the ``Server-Timing`` header.
+        log: Write the per-request log line.
+        metrics: Record the OpenTelemetry histogram (opentelemetry-api only;
+            without an SDK configured it is a no-op).
+        exclude: Exact paths to leave out of logs and metrics.
+        query_warning: Queries per request above which to warn (``None``: off).
+        request_id_header: The header carrying the request id.
+        logger: Where log lines go (default: ``perfkit.request``).
+        meter_provider: The OpenTelemetry meter provider (default: global).
+
+    .. versionadded:: 0.1.0
+    """
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        server_timing: bool = True,
+        log: bool = True,
+        metrics: bool = True,
+        exclude: Iterable[str] = ("/healthz",),
+        query_warning: int | None = 20,
+        request_id_header: str = "x-request-id",
+        logger: logging.Logger | None = None,
+        meter_provider: MeterProvider | None = None,
+    ) -> None:
+        self.app = app
+        self._timing = _Timing(
+            server_timing=server_timing,
+            log=log,
+            metrics=metrics,
+            exclude=exclude,
+            query_warning=query_warning,
+            request_id_header=request_id_header,
+            logger=logger,
+            meter_provider=meter_provider,
+        )
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        shared = self._timing
+        started = time.perf_counter()
+        given = None
+        header_name = shared.request_id_bytes
+        for name, value in scope.get("headers", ()):
+            if name == header_name:
+                given = value.decode("latin-1")
+                break
+        timing = RequestTiming(shared.request_id(given))
+        token = CURRENT.set(timing)
+        status = 500
+        error: str | None = None
+
+        async def send_with_headers(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                headers = list(message.get("headers", ()))
+                headers.append((header_name, timing.request_id.encode("latin-1")))
+                if shared.server_timing:
+                    elapsed = time.perf_counter() - started
+                    headers.append((b"server-timing", shared.server_timing_value(timing, elapsed)))
+                message = {**message, "headers": headers}
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_headers)
+        except Exception as exc:
+            error = type(exc).__qualname__
+            raise
+        finally:
+            elapsed = time.perf_counter() - started
+            CURRENT.reset(token)
+            if scope["path"] not in shared.exclude:
+                route = scope.get("route")
+                shared.finish(
+                    method=scope["method"],
+                    route=getattr(route, "path", None) if route is not None else None,
+                    status=status,
+                    error=error,
+                    scheme=scope.get("scheme", "http"),
+                    timing=timing,
+                    elapsed=elapsed,
+                )
+
+
+WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
+
+
+class WSGITimingMiddleware:
+    """
+    The WSGI twin of :class:`TimingMiddleware` (same header, log line and metrics).
+
+    WSGI has no standard place for the matched route: pass *route* — a
+    function of the environ returning the route template, or ``None`` — to
+    fill ``http.route``. Timing ends when the response body is closed, so
+    streamed bodies are timed whole.
+
+    .. versionadded:: 0.1.0
+    """
+
+    def __init__(
+        self,
+        app: WSGIApp,
+        *,
+        route: Callable[[dict[str, Any]], str | None] | None = None,
+        server_timing: bool = True,
+        log: bool = True,
+        metrics: bool = True,
+        exclude: Iterable[str] = ("/healthz",),
+        query_warning: int | None = 20,
+        request_id_header: str = "x-request-id",
+        logger: logging.Logger | None = None,
+        meter_provider: MeterProvider | None = None,
+    ) -> None:
+        self.app = app
+        self.route = route
+        self._timing = _Timing(
+            server_timing=server_timing,
+            log=log,
+            metrics=metrics,
+            exclude=exclude,
+            query_warning=query_warning,
+            request_id_header=request_id_header,
+            logger=logger,
+            meter_provider=meter_provider,
+        )
+        self._environ_key = "HTTP_" + request_id_header.upper().replace("-", "_")
+
+    def __call__(
+        self, environ: dict[str, Any], start_response: Callable[..., Any]
+    ) -> Iterable[bytes]:
+        shared = self._timing
+        started = time.perf_counter()
+        timing = RequestTiming(shared.request_id(environ.get(self._environ_key)))
+        token = CURRENT.set(timing)
+        state: dict[str, Any] = {"status": 500, "error": None}
+
+        def start(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
+            state["status"] = int(status.split(" ", 1)[0])
+            headers = [*headers, (shared.request_id_header, timing.request_id)]
+            if shared.server_timing:
+                value = shared.server_timing_value(timing, time.perf_counter() - started)
+                headers.append(("server-timing", value.decode("latin-1")))
+            return start_response(status, headers, exc_info)
+
+        def finish() -> None:
+            if environ.get("PATH_INFO", "") in shared.exclude:
+                return
+            shared.finish(
+                method=environ.get("REQUEST_METHOD", "GET"),
+                route=self.route(environ) if self.route is not None else None,
+                status=state["status"],
+                error=state["error"],
+                scheme=environ.get("wsgi.url_scheme", "http"),
+                timing=timing,
+                elapsed=time.perf_counter() - started,
+            )
+
+        try:
+            body = self.app(environ, start)
+        except Exception as exc:
+            state["error"] = type(exc).__qualname__
+            CURRENT.reset(token)
+            finish()
+            raise
+        CURRENT.reset(token)
+        return _TimedBody(body, timing, state, finish)
+
+
+class _TimedBody:
+    """A WSGI response body that reports the request when the server closes it."""
+
+    def __init__(
+        self,
+        body: Iterable[bytes],
+        timing: RequestTiming,
+        state: dict[str, Any],
+        finish: Callable[[], None],
+    ) -> None:
+        self._body = body
+        self._timing = timing
+        self._state = state
+        self._finish = finish
+
+    def __iter__(self) -> Iterator[bytes]:
+        token = CURRENT.set(self._timing)  # a lazy body may query the database
+        try:
+            yield from self._body
+        except Exception as exc:
+            self._state["error"] = type(exc).__qualname__
+            raise
+        finally:
+            CURRENT.reset(token)
+
+    def close(self) -> None:
+        try:
+            close = getattr(self._body, "close", None)
+            if close is not None:
+                close()
+        finally:
+            self._finish()

@@ -1,0 +1,84 @@
+"""
+Query timing for SQLAlchemy engines: into the request context and ``db.client.operation.duration``.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING, Any, Final
+
+from sqlalchemy import event
+from sqlalchemy.engine import Engine
+
+from perfkit._context import CURRENT
+
+from ._metrics import DB_DURATION, DB_DURATION_BUCKETS, histogram, meter
+
+if TYPE_CHECKING:
+    from opentelemetry.metrics import MeterProvider
+    from sqlalchemy.ext.asyncio import AsyncEngine
+
+__all__ = ["instrument_engine"]
+
+_STARTED: Final = "_perfkit_query_started"
+_OPERATIONS: Final = frozenset(
+    {"SELECT", "INSERT", "UPDATE", "DELETE", "WITH", "BEGIN", "COMMIT", "ROLLBACK", "SAVEPOINT"}
+)
+
+
+def instrument_engine(
+    engine: Engine | AsyncEngine,
+    *,
+    meter_provider: MeterProvider | None = None,
+    metrics: bool = True,
+) -> None:
+    """
+    Time every statement *engine* runs.
+
+    Each statement's duration is added to the current request's
+    :class:`~perfkit.observability.RequestTiming` (``db`` in ``Server-Timing``
+    and the request log line) and, with *metrics*, recorded in the
+    ``db.client.operation.duration`` histogram with ``db.system.name`` and
+    ``db.operation.name`` (the statement's first keyword; never its text).
+
+    .. versionadded:: 0.1.0
+    """
+    sync_engine: Engine = engine if isinstance(engine, Engine) else engine.sync_engine
+    system = sync_engine.dialect.name
+    record: Any = None
+    if metrics:
+        record = histogram(
+            meter(meter_provider), DB_DURATION, "Duration of database statements",
+            DB_DURATION_BUCKETS,
+        ).record  # fmt: skip
+    attributes: dict[str, dict[str, str]] = {}
+
+    def before(
+        _conn: Any, _cursor: Any, _stmt: str, _params: Any, context: Any, _many: bool
+    ) -> None:
+        setattr(context, _STARTED, time.perf_counter())
+
+    def after(_conn: Any, _cursor: Any, stmt: str, _params: Any, context: Any, _many: bool) -> None:
+        started = getattr(context, _STARTED, None)
+        if started is None:
+            return
+        elapsed = time.perf_counter() - started
+        timing = CURRENT.get()
+        if timing is not None:
+            timing.db_seconds += elapsed
+            timing.db_queries += 1
+        if record is not None:
+            head = stmt.lstrip()[:10].split(None, 1)
+            operation = head[0].upper() if head else ""
+            if operation not in _OPERATIONS:
+                operation = "OTHER"
+            attrs = attributes.get(operation)
+            if attrs is None:
+                attrs = attributes[operation] = {
+                    "db.system.name": system,
+                    "db.operation.name": operation,
+                }
+            record(elapsed, attrs)
+
+    event.listen(sync_engine, "before_cursor_execute", before)
+    event.listen(sync_engine, "after_cursor_execute", after)
