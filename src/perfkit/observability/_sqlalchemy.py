@@ -21,8 +21,20 @@ if TYPE_CHECKING:
 __all__ = ["instrument_engine"]
 
 _STARTED: Final = "_perfkit_query_started"
+_CONTROL: Final = frozenset({"BEGIN", "COMMIT", "ROLLBACK", "SAVEPOINT", "RELEASE"})
 _OPERATIONS: Final = frozenset(
-    {"SELECT", "INSERT", "UPDATE", "DELETE", "WITH", "BEGIN", "COMMIT", "ROLLBACK", "SAVEPOINT"}
+    {
+        "SELECT",
+        "INSERT",
+        "UPDATE",
+        "DELETE",
+        "WITH",
+        "BEGIN",
+        "COMMIT",
+        "ROLLBACK",
+        "SAVEPOINT",
+        "RELEASE",
+    }
 )
 
 
@@ -37,7 +49,8 @@ def instrument_engine(
 
     Each statement's duration is added to the current request's
     :class:`~perfkit.observability.RequestTiming` (``db`` in ``Server-Timing``
-    and the request log line) and, with *metrics*, recorded in the
+    and the request log line; transaction control such as ``BEGIN`` adds
+    time but is not counted as a query) and, with *metrics*, recorded in the
     ``db.client.operation.duration`` histogram with ``db.system.name`` and
     ``db.operation.name`` (the statement's first keyword; never its text).
 
@@ -63,15 +76,16 @@ def instrument_engine(
         if started is None:
             return
         elapsed = time.perf_counter() - started
+        head = stmt.lstrip()[:10].split(None, 1)
+        operation = head[0].upper() if head else ""
+        if operation not in _OPERATIONS:
+            operation = "OTHER"
         timing = CURRENT.get()
         if timing is not None:
             timing.db_seconds += elapsed
-            timing.db_queries += 1
+            if operation not in _CONTROL:  # BEGIN/COMMIT are not queries
+                timing.db_queries += 1
         if record is not None:
-            head = stmt.lstrip()[:10].split(None, 1)
-            operation = head[0].upper() if head else ""
-            if operation not in _OPERATIONS:
-                operation = "OTHER"
             attrs = attributes.get(operation)
             if attrs is None:
                 attrs = attributes[operation] = {
