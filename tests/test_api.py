@@ -5,6 +5,7 @@ The example bill/vote API through its ASGI app, on SQLite and PostgreSQL.
 from __future__ import annotations
 
 import json
+import logging
 import threading
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
@@ -393,3 +394,25 @@ async def _summary(stores: Stores, bill_id: int) -> str:
     bill = stores.bills.get_by_id(bill_id)
     assert bill is not None
     return bill.summary
+
+
+async def test_api_reports_timing_logs_and_prometheus_metrics(
+    client: Client, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Every response has Server-Timing and a request id; /metrics exposes the histograms."""
+    with caplog.at_level(logging.INFO, logger="perfkit.request"):
+        response = await client.get("/bills/3", headers={"x-request-id": "api-1"})
+    metrics = await client.get("/metrics")
+
+    assert response.headers["x-request-id"] == "api-1"
+    assert "db;dur=" in response.headers["server-timing"]
+    lines = [json.loads(r.getMessage()) for r in caplog.records if r.name == "perfkit.request"]
+    assert [(line["route"], line["request_id"]) for line in lines] == [
+        ("/bills/{bill_id}", "api-1")
+    ]
+    assert metrics.status_code == 200
+    text = metrics.text
+    assert "http_server_request_duration_seconds_bucket{" in text
+    assert 'http_route="/bills/{bill_id}"' in text
+    assert "db_client_operation_duration_seconds_count" in text
+    assert "perfkit_cache_operations" in text

@@ -7,6 +7,7 @@ Honours ``PERFKIT_DATABASE_URL``, ``PERFKIT_HOST`` (127.0.0.1) and ``PERFKIT_POR
 
 from __future__ import annotations
 
+import logging
 import os
 
 import sqlalchemy as sa
@@ -50,14 +51,23 @@ def main() -> None:
     if os.environ.get("PERFKIT_CACHE") == "off":
         cache = "off"
     print(f"\nperfkit bill/vote API on {base}  (database: {url}; cache: {cache})")
-    print(f"interactive docs: {base}/docs\ntry:")
+    print(f"interactive docs: {base}/docs   metrics: {base}/metrics\ntry:")
     for example in EXAMPLES:
         method, _, rest = example.partition(" ")
         path, _, body = rest.strip().partition(" ")
         data = f" -H 'content-type: application/json' -d '{body.strip()}'" if body else ""
         print(f"  curl -s{' -X POST' if method == 'POST' else ''} '{base}{path}'{data}")
     print(flush=True)
-    uvicorn.run(create_app(database_url=url), host=host, port=port, log_level="info")
+    # One JSON line per request from perfkit's middleware replaces uvicorn's access log.
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    request_log = logging.getLogger("perfkit.request")
+    request_log.addHandler(handler)
+    request_log.setLevel(logging.INFO)
+    request_log.propagate = False
+    uvicorn.run(
+        create_app(database_url=url), host=host, port=port, log_level="info", access_log=False
+    )
 
 
 if __name__ == "__main__":

@@ -12,6 +12,9 @@ Configuration comes from the environment:
     per worker).
 ``PERFKIT_CACHE``
     ``off`` serves every read from the database (for baselines).
+``PERFKIT_TIMING``
+    ``off`` leaves out the timing middleware, query timing and ``/metrics``
+    (for before/after benchmarks).
 ``PERFKIT_TEXT_URL``
     The bill-text service behind ``GET /bills/{id}/text``, called through a
     circuit breaker (default: none, the stored summary is served).
@@ -34,10 +37,11 @@ from typing import Annotated, Any, Final
 import sqlalchemy as sa
 from fastapi import Body, FastAPI, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from bill_api import telemetry
 from bill_api.text import BillText
 from perfkit import (
     CircuitBreaker,
@@ -47,6 +51,8 @@ from perfkit import (
     NotFound,
     Page,
     PerfkitError,
+    TimingMiddleware,
+    instrument_engine,
 )
 from perfkit.cache import Cache, MemoryBackend, RedisBackend, TieredBackend
 from perfkit.pagination import MAX_PAGE
@@ -192,6 +198,8 @@ def create_app(
             else make_cache(os.environ.get("PERFKIT_REDIS_URL"))
         )
         opened = open_stores(url, cache=cache)
+        if provider is not None:
+            instrument_engine(opened.engine, meter_provider=provider)
         app.state.stores = opened
         try:
             yield
@@ -201,12 +209,22 @@ def create_app(
             if close is not None:
                 close()  # the tiered listener thread and the Redis connections
 
+    timing = os.environ.get("PERFKIT_TIMING") != "off"
+    provider = telemetry.meter_provider() if timing else None
     app = FastAPI(title="perfkit bill/vote API", version="0.1.0", lifespan=lifespan)
+    app.state.meter_provider = provider
     app.state.text = text or BillText(os.environ.get("PERFKIT_TEXT_URL") or None)
     if stores is not None:
         app.state.stores = stores
+        if provider is not None:
+            instrument_engine(stores.engine, meter_provider=provider)
     _install_error_handlers(app)
     app.add_middleware(BodyLimit, max_bytes=MAX_BODY_BYTES)
+    if provider is not None:
+        # Outermost, so it times everything and sees the route after routing.
+        app.add_middleware(
+            TimingMiddleware, meter_provider=provider, exclude=("/healthz", "/metrics")
+        )
     _install_routes(app)
     return app
 
@@ -217,15 +235,7 @@ def _stores(request: Request) -> Stores:
 
 
 def _install_routes(app: FastAPI) -> None:
-    @app.get("/healthz")
-    def healthz(request: Request) -> JSONResponse:
-        try:
-            with _stores(request).engine.connect() as conn:
-                conn.execute(sa.text("SELECT 1"))
-        except sa.exc.SQLAlchemyError:
-            log.exception("health check failed")
-            return JSONResponse({"status": "unavailable", "database": "down"}, status_code=503)
-        return JSONResponse({"status": "ok", "database": "ok"})
+    _install_operations_routes(app)
 
     @app.get("/users/{user_id}")
     def get_user(request: Request, user_id: Id) -> dict[str, Any]:
@@ -346,6 +356,24 @@ def _install_routes(app: FastAPI) -> None:
                 votes.get_by_user_id_keyset(user_id, limit=limit, cursor=keyset or None)
             )
         return page_body(votes.get_by_user_id(user_id, page=page or 1, limit=limit))
+
+
+def _install_operations_routes(app: FastAPI) -> None:
+    @app.get("/healthz")
+    def healthz(request: Request) -> JSONResponse:
+        try:
+            with _stores(request).engine.connect() as conn:
+                conn.execute(sa.text("SELECT 1"))
+        except sa.exc.SQLAlchemyError:
+            log.exception("health check failed")
+            return JSONResponse({"status": "unavailable", "database": "down"}, status_code=503)
+        return JSONResponse({"status": "ok", "database": "ok"})
+
+    @app.get("/metrics", include_in_schema=False)
+    def prometheus_metrics() -> Response:
+        if app.state.meter_provider is None:
+            raise NotFound("route", "/metrics", field="path")
+        return Response(telemetry.prometheus_text(), media_type=telemetry.CONTENT_TYPE_LATEST)
 
 
 def _install_error_handlers(app: FastAPI) -> None:

@@ -5,6 +5,7 @@ Query timing for SQLAlchemy engines: into the request context and ``db.client.op
 from __future__ import annotations
 
 import time
+import weakref
 from typing import TYPE_CHECKING, Any, Final
 
 from sqlalchemy import event
@@ -21,6 +22,7 @@ if TYPE_CHECKING:
 __all__ = ["instrument_engine"]
 
 _STARTED: Final = "_perfkit_query_started"
+_INSTRUMENTED: Final[weakref.WeakSet[Engine]] = weakref.WeakSet()
 _CONTROL: Final = frozenset({"BEGIN", "COMMIT", "ROLLBACK", "SAVEPOINT", "RELEASE"})
 _OPERATIONS: Final = frozenset(
     {
@@ -47,7 +49,8 @@ def instrument_engine(
     """
     Time every statement *engine* runs.
 
-    Each statement's duration is added to the current request's
+    Instrumenting the same engine again does nothing. Each statement's
+    duration is added to the current request's
     :class:`~perfkit.observability.RequestTiming` (``db`` in ``Server-Timing``
     and the request log line; transaction control such as ``BEGIN`` adds
     time but is not counted as a query) and, with *metrics*, recorded in the
@@ -57,6 +60,9 @@ def instrument_engine(
     .. versionadded:: 0.1.0
     """
     sync_engine: Engine = engine if isinstance(engine, Engine) else engine.sync_engine
+    if sync_engine in _INSTRUMENTED:
+        return  # twice would count every statement twice
+    _INSTRUMENTED.add(sync_engine)
     system = sync_engine.dialect.name
     record: Any = None
     if metrics:

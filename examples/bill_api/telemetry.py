@@ -1,0 +1,47 @@
+"""
+The example API's OpenTelemetry setup: a Prometheus endpoint, and OTLP when configured.
+
+perfkit itself only uses ``opentelemetry-api``; choosing an SDK, readers and
+exporters is the application's job — this module is that job for the demo.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+
+from opentelemetry import metrics
+from opentelemetry.exporter.prometheus import PrometheusMetricReader
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import MetricReader, PeriodicExportingMetricReader
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
+
+from perfkit.observability import instrument
+
+__all__ = ["CONTENT_TYPE_LATEST", "meter_provider", "prometheus_text"]
+
+
+@functools.cache
+def meter_provider() -> MeterProvider:
+    """
+    The process's meter provider (made once): Prometheus always, OTLP over HTTP
+    when ``OTEL_EXPORTER_OTLP_ENDPOINT`` (or its metrics variant) is set.
+    """
+    readers: list[MetricReader] = [PrometheusMetricReader()]
+    if os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT") or os.environ.get(
+        "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT"
+    ):
+        from opentelemetry.exporter.otlp.proto.http.metric_exporter import (  # noqa: PLC0415
+            OTLPMetricExporter,
+        )
+
+        readers.append(PeriodicExportingMetricReader(OTLPMetricExporter()))
+    provider = MeterProvider(metric_readers=readers)
+    metrics.set_meter_provider(provider)
+    instrument(provider)  # cache, breaker and retry counters
+    return provider
+
+
+def prometheus_text() -> bytes:
+    """The Prometheus exposition of every metric."""
+    return generate_latest(REGISTRY)
