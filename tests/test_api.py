@@ -415,4 +415,5 @@ async def test_api_reports_timing_logs_and_prometheus_metrics(
     assert "http_server_request_duration_seconds_bucket{" in text
     assert 'http_route="/bills/{bill_id}"' in text
     assert "db_client_operation_duration_seconds_count" in text
-    assert "perfkit_cache_operations" in text
+    assert "perfkit_retry_attempts" in text
+    assert 'perfkit_breaker_name="bill-text"' in text

@@ -228,7 +228,7 @@ async def test_request_ids_are_echoed_or_made_up(
         made = await client.get("/items/1")
 
     assert kept.headers["x-request-id"] == "abc-123"
-    assert re.fullmatch(r"[0-9a-f]{32}", replaced.headers["x-request-id"])
+    assert re.fullmatch(r"[0-9a-f]{24,}", replaced.headers["x-request-id"])
     assert made.headers["x-request-id"] != replaced.headers["x-request-id"]
 
 

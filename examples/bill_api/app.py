@@ -27,6 +27,7 @@ field or query parameter.
 
 from __future__ import annotations
 
+import inspect
 import logging
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
@@ -211,7 +212,12 @@ def create_app(
 
     timing = os.environ.get("PERFKIT_TIMING") != "off"
     provider = telemetry.meter_provider() if timing else None
-    app = FastAPI(title="perfkit bill/vote API", version="0.1.0", lifespan=lifespan)
+    options: dict[str, Any] = {}
+    if provider is not None and "telemetry" in inspect.signature(FastAPI).parameters:
+        # Recent FastAPI records http.server.request.duration itself: perfkit's
+        # middleware does that (with the route template), so turn FastAPI's off.
+        options["telemetry"] = {"metrics": False}
+    app = FastAPI(title="perfkit bill/vote API", version="0.1.0", lifespan=lifespan, **options)
     app.state.meter_provider = provider
     app.state.text = text or BillText(os.environ.get("PERFKIT_TEXT_URL") or None)
     if stores is not None:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import functools
 import os
 
-from opentelemetry import metrics
 from opentelemetry.exporter.prometheus import PrometheusMetricReader
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import MetricReader, PeriodicExportingMetricReader
@@ -36,8 +35,9 @@ def meter_provider() -> MeterProvider:
         )
 
         readers.append(PeriodicExportingMetricReader(OTLPMetricExporter()))
+    # Not installed as the global provider: libraries that instrument themselves
+    # through the global one (FastAPI, redis-py) would then record twice.
     provider = MeterProvider(metric_readers=readers)
-    metrics.set_meter_provider(provider)
     instrument(provider)  # cache, breaker and retry counters
     return provider
 

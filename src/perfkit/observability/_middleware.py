@@ -4,11 +4,12 @@ Per-request timing for ASGI and WSGI apps: Server-Timing, one JSON log line, OTe
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import re
+import secrets
 import time
-import uuid
 from collections.abc import Awaitable, Callable, Iterable, Iterator, MutableMapping
 from typing import TYPE_CHECKING, Any, Final
 
@@ -32,6 +33,8 @@ _METHODS: Final = frozenset(
 )
 _REQUEST_ID: Final = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 _MAX_ATTRIBUTE_SETS: Final = 4096
+_ID_PREFIX: Final = secrets.token_hex(8)
+_ID_COUNTER: Final = itertools.count(1)
 
 
 class _Timing:
@@ -63,11 +66,21 @@ class _Timing:
                 HTTP_DURATION_BUCKETS,
             ).record  # fmt: skip
         self._attributes: dict[tuple[str, str | None, int, str | None], dict[str, Any]] = {}
+        self._quoted: dict[str | None, str] = {}
+
+    def _json(self, text: str | None) -> str:
+        found = self._quoted.get(text)
+        if found is None:
+            found = json.dumps(text)
+            if len(self._quoted) < _MAX_ATTRIBUTE_SETS:
+                self._quoted[text] = found
+        return found
 
     def request_id(self, given: str | None) -> str:
         if given and _REQUEST_ID.fullmatch(given):
             return given
-        return uuid.uuid4().hex
+        # A random per-process prefix and a counter: unique, and ~10x cheaper than uuid4.
+        return f"{_ID_PREFIX}{next(_ID_COUNTER):08x}"
 
     def server_timing_value(self, timing: RequestTiming, elapsed: float) -> bytes:
         value = (
@@ -108,21 +121,17 @@ class _Timing:
             self.record(elapsed, attributes)
         logger = self.logger
         if self.log and logger.isEnabledFor(logging.INFO):
-            line = {
-                "event": "request",
-                "method": method,
-                "route": route,
-                "status": status,
-                "duration_ms": round(elapsed * 1000, 3),
-                "db_ms": round(timing.db_seconds * 1000, 3),
-                "db_queries": timing.db_queries,
-                "cache_hits": timing.cache_hits,
-                "cache_misses": timing.cache_misses,
-                "request_id": timing.request_id,
-            }
-            if error is not None:
-                line["error"] = error
-            logger.info(json.dumps(line, separators=(",", ":")))
+            # Hand-built JSON (every value is a number or escaped once) and a record
+            # made directly: Logger.info's caller lookup walks the whole stack.
+            line = (
+                f'{{"event":"request","method":"{method}","route":{self._json(route)},'
+                f'"status":{status},"duration_ms":{elapsed * 1000:.3f},'
+                f'"db_ms":{timing.db_seconds * 1000:.3f},"db_queries":{timing.db_queries},'
+                f'"cache_hits":{timing.cache_hits},"cache_misses":{timing.cache_misses},'
+                f'"request_id":"{timing.request_id}"'
+                + (f',"error":{json.dumps(error)}}}' if error is not None else "}")
+            )
+            logger.handle(logger.makeRecord(logger.name, logging.INFO, "", 0, line, (), None))
         if self.query_warning is not None and timing.db_queries > self.query_warning:
             logger.warning(
                 json.dumps(
