@@ -120,9 +120,9 @@ def main() -> None:
                     {**env, "BENCH_VARIANT": "perfkit", "BENCH_LOG": log},
                     "/hello",
                 ),
-                "perfkit, blocking log handler": (
+                "perfkit, unbuffered log file": (
                     "middleware_app:app",
-                    {**env, "BENCH_VARIANT": "perfkit", "BENCH_LOG": log, "BENCH_QUEUE": "0"},
+                    {**env, "BENCH_VARIANT": "perfkit", "BENCH_LOG": log, "BENCH_BUFFER": "0"},
                     "/hello",
                 ),
                 "otel asgi": ("middleware_app:app", {**env, "BENCH_VARIANT": "otel"}, "/hello"),

@@ -139,6 +139,12 @@ BENCHMARKS: Final[tuple[Benchmark, ...]] = (
         databases=False,
     ),
     Benchmark(
+        name="middleware",
+        title="Timing middleware under wrk",
+        run=_script("middleware.py"),
+        databases=False,
+    ),
+    Benchmark(
         name="store_sync_vs_async",
         title="Reference store reads: sync vs async engine",
         run=_script("store_sync_vs_async.py"),

@@ -231,12 +231,13 @@ class TimingMiddleware:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
-                headers = list(message.get("headers", ()))
-                headers.append((header_name, timing.request_id.encode("latin-1")))
+                extra = [(header_name, timing.request_id.encode("latin-1"))]
                 if shared.server_timing:
                     elapsed = time.perf_counter() - started
-                    headers.append((b"server-timing", shared.server_timing_value(timing, elapsed)))
-                message = {**message, "headers": headers}
+                    extra.append((b"server-timing", shared.server_timing_value(timing, elapsed)))
+                # The message is ours to change on its way out (as Starlette's own
+                # middlewares do), which spares copying it.
+                message["headers"] = [*message.get("headers", ()), *extra]
             await send(message)
 
         try:
