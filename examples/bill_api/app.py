@@ -140,11 +140,23 @@ def cursor_body(page: CursorPage[Any]) -> dict[str, Any]:
     }
 
 
-def _mode(page: int | None, cursor: str | None) -> str | None:
-    """The keyset cursor to use (``""`` -> first page), or None for page mode."""
-    if cursor is not None and page is not None:
+def listing(
+    page: int | None,
+    cursor: str | None,
+    by_page: Callable[[int], Page[Any]],
+    by_cursor: Callable[[str | None], CursorPage[Any]],
+) -> dict[str, Any]:
+    """
+    Answer a listing in page mode or, when ``cursor`` is given, keyset mode.
+
+    An empty ``cursor`` asks for the first keyset page; ``page`` and
+    ``cursor`` together are refused.
+    """
+    if cursor is None:
+        return page_body(by_page(page or 1))
+    if page is not None:
         raise InvalidInput("query", "use either page or cursor, not both")
-    return cursor
+    return cursor_body(by_cursor(cursor or None))
 
 
 def page_body(page: Page[Any]) -> dict[str, Any]:
@@ -283,11 +295,12 @@ def _install_routes(app: FastAPI) -> None:
         cursor: CursorParam = None,
     ) -> dict[str, Any]:
         bills = _stores(request).bills
-        if (keyset := _mode(page, cursor)) is not None:
-            return cursor_body(
-                bills.get_all_keyset(limit=limit, cursor=keyset or None, status=status)
-            )
-        return page_body(bills.get_all(page=page or 1, limit=limit, status=status))
+        return listing(
+            page,
+            cursor,
+            lambda n: bills.get_all(page=n, limit=limit, status=status),
+            lambda after: bills.get_all_keyset(limit=limit, cursor=after, status=status),
+        )
 
     @app.get("/bills/{bill_id}")
     def get_bill(request: Request, bill_id: Id) -> dict[str, Any]:
@@ -329,11 +342,12 @@ def _install_routes(app: FastAPI) -> None:
         cursor: CursorParam = None,
     ) -> dict[str, Any]:
         votes = _stores(request).votes
-        if (keyset := _mode(page, cursor)) is not None:
-            return cursor_body(
-                votes.get_by_bill_id_keyset(bill_id, limit=limit, cursor=keyset or None)
-            )
-        return page_body(votes.get_by_bill_id(bill_id, page=page or 1, limit=limit))
+        return listing(
+            page,
+            cursor,
+            lambda n: votes.get_by_bill_id(bill_id, page=n, limit=limit),
+            lambda after: votes.get_by_bill_id_keyset(bill_id, limit=limit, cursor=after),
+        )
 
     @app.get("/bills/{bill_id}/votes/counts")
     def bill_vote_counts(request: Request, bill_id: Id) -> dict[str, Any]:
@@ -357,11 +371,12 @@ def _install_routes(app: FastAPI) -> None:
         cursor: CursorParam = None,
     ) -> dict[str, Any]:
         votes = _stores(request).votes
-        if (keyset := _mode(page, cursor)) is not None:
-            return cursor_body(
-                votes.get_by_user_id_keyset(user_id, limit=limit, cursor=keyset or None)
-            )
-        return page_body(votes.get_by_user_id(user_id, page=page or 1, limit=limit))
+        return listing(
+            page,
+            cursor,
+            lambda n: votes.get_by_user_id(user_id, page=n, limit=limit),
+            lambda after: votes.get_by_user_id_keyset(user_id, limit=limit, cursor=after),
+        )
 
 
 def _install_operations_routes(app: FastAPI) -> None:
