@@ -417,3 +417,20 @@ async def test_api_reports_timing_logs_and_prometheus_metrics(
     assert "db_client_operation_duration_seconds_count" in text
     assert "perfkit_retry_attempts" in text
     assert 'perfkit_breaker_name="bill-text"' in text
+
+
+async def test_a_circuit_open_error_escaping_a_route_is_a_503(stores: Stores) -> None:
+    """Server-side failures perfkit raises map to 5xx, not to client errors."""
+    from perfkit import CircuitOpenError  # noqa: PLC0415
+
+    app = create_app(stores=stores)
+
+    @app.get("/down")
+    def down() -> None:
+        raise CircuitOpenError("payments", retry_after=3.0)
+
+    transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+    async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+        response = await client.get("/down")
+
+    _error(response, 503, "circuit_open")

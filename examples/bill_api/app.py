@@ -46,6 +46,8 @@ from bill_api import telemetry
 from bill_api.text import BillText
 from perfkit import (
     CircuitBreaker,
+    CircuitOpenError,
+    CommitOutcomeUnknown,
     Conflict,
     CursorPage,
     InvalidInput,
@@ -81,6 +83,8 @@ _STATUS_OF: Final[dict[type[PerfkitError], int]] = {
     NotFound: 404,
     Conflict: 409,
     InvalidInput: 422,
+    CircuitOpenError: 503,  # a dependency is down: come back later
+    CommitOutcomeUnknown: 500,
 }
 _HTTP_CODES: Final = {
     400: "bad_request",
@@ -239,7 +243,8 @@ def create_app(
     _install_error_handlers(app)
     app.add_middleware(BodyLimit, max_bytes=MAX_BODY_BYTES)
     if provider is not None:
-        # Outermost, so it times everything and sees the route after routing.
+        # Outside perfkit's and the routes' code, so it times them and sees the route after
+        # routing (Starlette's own error middleware still sits outside it).
         app.add_middleware(
             TimingMiddleware, meter_provider=provider, exclude=("/healthz", "/metrics")
         )
@@ -401,7 +406,7 @@ def _install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(PerfkitError)
     async def perfkit_error(_request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, PerfkitError)
-        status = next((code for cls, code in _STATUS_OF.items() if isinstance(exc, cls)), 400)
+        status = next((code for cls, code in _STATUS_OF.items() if isinstance(exc, cls)), 500)
         return JSONResponse(error_body(exc.code, exc.message), status_code=status)
 
     @app.exception_handler(RequestValidationError)
