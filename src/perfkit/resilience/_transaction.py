@@ -15,7 +15,7 @@ from perfkit._clock import SYSTEM_CLOCK, Clock
 from perfkit.errors import CommitOutcomeUnknown
 
 from ._budget import RetryBudget
-from ._retry import Predicate, RetryHook, _Policy, _Run
+from ._retry import Predicate, RetryHook, _Policy, _retrying_kwargs, _Run
 from ._transient import is_transient
 
 __all__ = ["arun_in_transaction", "run_in_transaction"]
@@ -76,14 +76,7 @@ def run_in_transaction(
         hooks=hooks,
         clock=clock,
     )
-    retrying = _t.Retrying(
-        sleep=clock.sleep,
-        stop=run.stop,
-        wait=run.wait,
-        retry=_t.retry_if_exception(on),
-        before_sleep=run.before_sleep,
-        reraise=True,
-    )
+    retrying = _t.Retrying(sleep=clock.sleep, **_retrying_kwargs(run))
 
     def attempt() -> R:
         with factory() as handle:  # type: ignore[attr-defined]
@@ -137,14 +130,7 @@ async def arun_in_transaction(
         hooks=hooks,
         clock=clock,
     )
-    retrying = _t.AsyncRetrying(
-        sleep=clock.asleep,
-        stop=run.stop,
-        wait=run.wait,
-        retry=_t.retry_if_exception(on),
-        before_sleep=run.before_sleep,
-        reraise=True,
-    )
+    retrying = _t.AsyncRetrying(sleep=clock.asleep, **_retrying_kwargs(run))
 
     async def attempt() -> R:
         async with factory() as handle:  # type: ignore[attr-defined]
