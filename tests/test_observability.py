@@ -34,7 +34,7 @@ from perfkit import (
     db,
     instrument_engine,
 )
-from perfkit.observability import HTTP_DURATION_BUCKETS, current_timing, instrument
+from perfkit.observability import HTTP_DURATION_BUCKETS, _metrics, current_timing, instrument
 from perfkit.testing import FakeClock
 
 pytestmark = pytest.mark.anyio
@@ -343,6 +343,49 @@ async def test_db_histogram_and_observable_counters(
     assert {
         p.attributes["perfkit.retry.outcome"] for p in _points(reader, "perfkit.retry.attempts")
     } == {"retried", "gave_up", "denied"}
+
+
+async def test_queued_measurements_keep_their_trace_context_for_exemplars(
+    engine: sa.Engine,
+) -> None:
+    """A duration recorded in a batch later still carries its own request's span as exemplar."""
+    from opentelemetry.sdk.trace import TracerProvider  # noqa: PLC0415
+
+    reader = InMemoryMetricReader()
+    provider = MeterProvider(metric_readers=[reader])  # default: trace-based exemplars
+    tracer = TracerProvider().get_tracer("test")
+    app = TimingMiddleware(_app(engine), meter_provider=provider, log=False)
+    trace_ids = set()
+    try:
+        async with _client(app) as client:
+            for _ in range(3):
+                with tracer.start_as_current_span("request") as span:
+                    trace_ids.add(span.get_span_context().trace_id)
+                    await client.get("/items/1")
+        # Collected outside any span: the exemplars must still name the requests' traces.
+        (point,) = _points(reader, "http.server.request.duration")
+    finally:
+        provider.shutdown()
+
+    assert point.count == 3
+    assert {exemplar.trace_id for exemplar in point.exemplars} <= trace_ids
+    assert point.exemplars
+
+
+async def test_measurement_queue_stays_bounded_and_loses_nothing(
+    engine: sa.Engine, provider: MeterProvider, reader: InMemoryMetricReader
+) -> None:
+    """Without a collection the queue is handed over in batches; a collection gets every one."""
+    app = TimingMiddleware(_app(engine), meter_provider=provider, log=False)
+    async with _client(app) as client:
+        for _ in range(_metrics.BATCH * 3 + 5):
+            await client.get("/items/1")
+            assert len(_metrics._PENDING) < _metrics.BATCH
+
+    (point,) = _points(reader, "http.server.request.duration")
+    assert point.count == _metrics.BATCH * 3 + 5
+    assert not _metrics._PENDING
+    assert _points(reader, _metrics.FLUSH_GAUGE) == []  # the flushing gauge exports nothing
 
 
 async def test_async_engines_report_into_the_request(

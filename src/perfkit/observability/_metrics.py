@@ -9,12 +9,14 @@ component and exported through observable instruments read at collection.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections import deque
+from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any, Final
 
 from perfkit._context import REGISTRY
 
 if TYPE_CHECKING:
+    from opentelemetry.context import Context
     from opentelemetry.metrics import CallbackOptions, Meter, MeterProvider, Observation
 
 __all__ = [
@@ -119,8 +121,54 @@ def instrument(meter_provider: MeterProvider | None = None) -> None:
     )  # fmt: skip
 
 
-def histogram(the_meter: Meter, name: str, description: str, buckets: tuple[float, ...]) -> Any:
-    """A seconds histogram with advised bucket boundaries."""
-    return the_meter.create_histogram(
+Recorder = Callable[[float, Mapping[str, Any]], None]
+"""Records one duration (seconds) with its attributes."""
+
+# Measurements waiting to reach their histograms: (record, value, attributes, context).
+_PENDING: Final[deque[tuple[Callable[..., None], float, Mapping[str, Any], Context]]] = deque()
+BATCH: Final = 64
+FLUSH_GAUGE: Final = "perfkit.metrics.flush"
+
+
+def flush(_options: CallbackOptions | None = None) -> Iterable[Observation]:
+    """Hand every pending measurement to its histogram (any thread; observes nothing)."""
+    pop = _PENDING.popleft
+    while True:
+        try:
+            record, value, attributes, context = pop()
+        except IndexError:
+            return ()
+        record(value, attributes, context)
+
+
+def histogram(
+    the_meter: Meter, name: str, description: str, buckets: tuple[float, ...]
+) -> Recorder:
+    """
+    A seconds histogram with advised bucket boundaries, recorded in batches.
+
+    The OpenTelemetry SDK spends ~6 us on a ``record()`` when its code is
+    warm and about twice that inside a request, where it is not. So
+    measurements wait in a queue (with the context they were taken in, for
+    exemplars) and reach the SDK up to :data:`BATCH` at a time, in one loop.
+    A reader never sees a partial picture: every collection first calls
+    :func:`flush` through an observable gauge that observes nothing (the SDK
+    runs instrument callbacks before it reads the histograms).
+    """
+    from opentelemetry.context import get_current  # noqa: PLC0415 - keep `import perfkit` light
+
+    record = the_meter.create_histogram(
         name, unit="s", description=description, explicit_bucket_boundaries_advisory=list(buckets)
+    ).record
+    # Registered once per meter: the SDK returns the existing gauge for the same name.
+    the_meter.create_observable_gauge(
+        FLUSH_GAUGE, [flush], unit="1", description="Hands perfkit's queued measurements to the SDK"
     )
+    append = _PENDING.append
+
+    def queued(value: float, attributes: Mapping[str, Any]) -> None:
+        append((record, value, attributes, get_current()))
+        if len(_PENDING) >= BATCH:
+            flush()
+
+    return queued

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 from perfkit._context import CURRENT, RequestTiming
 
-from ._metrics import HTTP_DURATION, HTTP_DURATION_BUCKETS, histogram, meter
+from ._metrics import HTTP_DURATION, HTTP_DURATION_BUCKETS, Recorder, histogram, meter
 
 if TYPE_CHECKING:
     from opentelemetry.metrics import MeterProvider
@@ -59,12 +59,12 @@ class _Timing:
         self.request_id_header = request_id_header.lower()
         self.request_id_bytes = self.request_id_header.encode("latin-1")
         self.logger = logger or logging.getLogger("perfkit.request")
-        self.record: Any = None
+        self.record: Recorder | None = None
         if metrics:
             self.record = histogram(
                 meter(meter_provider), HTTP_DURATION, "Duration of HTTP server requests",
                 HTTP_DURATION_BUCKETS,
-            ).record  # fmt: skip
+            )  # fmt: skip
         self._attributes: dict[tuple[str, str | None, int, str | None], dict[str, Any]] = {}
         self._quoted: dict[str | None, str] = {}
 
@@ -90,9 +90,8 @@ class _Timing:
         )
         return value.encode("latin-1")
 
-    def finish(
+    def finish(  # noqa: PLR0917 - positional: this runs once per request
         self,
-        *,
         method: str,
         route: str | None,
         status: int,
@@ -251,13 +250,13 @@ class TimingMiddleware:
             if scope["path"] not in shared.exclude:
                 route = scope.get("route")
                 shared.finish(
-                    method=scope["method"],
-                    route=getattr(route, "path", None) if route is not None else None,
-                    status=status,
-                    error=error,
-                    scheme=scope.get("scheme", "http"),
-                    timing=timing,
-                    elapsed=elapsed,
+                    scope["method"],
+                    getattr(route, "path", None) if route is not None else None,
+                    status,
+                    error,
+                    scope.get("scheme", "http"),
+                    timing,
+                    elapsed,
                 )
 
 
@@ -325,13 +324,13 @@ class WSGITimingMiddleware:
             if environ.get("PATH_INFO", "") in shared.exclude:
                 return
             shared.finish(
-                method=environ.get("REQUEST_METHOD", "GET"),
-                route=self.route(environ) if self.route is not None else None,
-                status=state["status"],
-                error=state["error"],
-                scheme=environ.get("wsgi.url_scheme", "http"),
-                timing=timing,
-                elapsed=time.perf_counter() - started,
+                environ.get("REQUEST_METHOD", "GET"),
+                self.route(environ) if self.route is not None else None,
+                state["status"],
+                state["error"],
+                environ.get("wsgi.url_scheme", "http"),
+                timing,
+                time.perf_counter() - started,
             )
 
         try:

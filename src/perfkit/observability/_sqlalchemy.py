@@ -13,7 +13,7 @@ from sqlalchemy.engine import Engine
 
 from perfkit._context import CURRENT
 
-from ._metrics import DB_DURATION, DB_DURATION_BUCKETS, histogram, meter
+from ._metrics import DB_DURATION, DB_DURATION_BUCKETS, Recorder, histogram, meter
 
 if TYPE_CHECKING:
     from opentelemetry.metrics import MeterProvider
@@ -64,12 +64,12 @@ def instrument_engine(
         return  # twice would count every statement twice
     _INSTRUMENTED.add(sync_engine)
     system = sync_engine.dialect.name
-    record: Any = None
+    record: Recorder | None = None
     if metrics:
         record = histogram(
             meter(meter_provider), DB_DURATION, "Duration of database statements",
             DB_DURATION_BUCKETS,
-        ).record  # fmt: skip
+        )  # fmt: skip
     attributes: dict[str, dict[str, str]] = {}
 
     def before(
