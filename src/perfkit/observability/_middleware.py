@@ -214,50 +214,77 @@ class TimingMiddleware:
             await self.app(scope, receive, send)
             return
         shared = self._timing
-        started = time.perf_counter()
         given = None
         header_name = shared.request_id_bytes
         for name, value in scope.get("headers", ()):
             if name == header_name:
                 given = value.decode("latin-1")
                 break
-        timing = RequestTiming(shared.request_id(given))
-        token = CURRENT.set(timing)
-        status = 500
+        exchange = _Exchange(shared.request_id(given), send, shared)
+        token = CURRENT.set(exchange)
         error: str | None = None
-
-        async def send_with_headers(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-                extra = [(header_name, timing.request_id.encode("latin-1"))]
-                if shared.server_timing:
-                    elapsed = time.perf_counter() - started
-                    extra.append((b"server-timing", shared.server_timing_value(timing, elapsed)))
-                # The message is ours to change on its way out (as Starlette's own
-                # middlewares do), which spares copying it.
-                message["headers"] = [*message.get("headers", ()), *extra]
-            await send(message)
-
         try:
-            await self.app(scope, receive, send_with_headers)
+            await self.app(scope, receive, exchange)
         except Exception as exc:
             error = type(exc).__qualname__
             raise
         finally:
-            elapsed = time.perf_counter() - started
+            elapsed = time.perf_counter() - exchange.started
             CURRENT.reset(token)
+            # Contexts copied during the request (the server's keep-alive timer, say)
+            # keep the exchange; they must not keep the server's send and all behind it.
+            exchange.send = _finished
             if scope["path"] not in shared.exclude:
                 route = scope.get("route")
                 shared.finish(
                     scope["method"],
                     getattr(route, "path", None) if route is not None else None,
-                    status,
+                    exchange.status,
                     error,
                     scope.get("scheme", "http"),
-                    timing,
+                    exchange,
                     elapsed,
                 )
+
+
+async def _finished(message: Message) -> None:
+    raise RuntimeError(f"ASGI message {message.get('type')!r} sent after the app returned")
+
+
+class _Exchange(RequestTiming):
+    """
+    One ASGI request in flight: its timing, and the ``send`` the app is given.
+
+    One object rather than a closure and its cells: objects alive during a
+    request are what the garbage collector's young generations keep
+    promoting under load, and a full collection in a FastAPI process costs
+    ~50 ms (docs/benchmarks.md).
+    """
+
+    __slots__ = ("send", "shared", "started", "status")
+
+    def __init__(self, request_id: str, send: Send, shared: _Timing) -> None:
+        super().__init__(request_id)
+        self.send = send
+        self.shared = shared
+        self.status = 500
+        self.started = time.perf_counter()
+
+    async def __call__(self, message: Message) -> None:
+        if message["type"] == "http.response.start":
+            self.status = message["status"]
+            shared = self.shared
+            # The message is ours to change on its way out (as Starlette's own
+            # middlewares do), which spares copying it.
+            headers = [
+                *message.get("headers", ()),
+                (shared.request_id_bytes, self.request_id.encode("latin-1")),
+            ]
+            if shared.server_timing:
+                elapsed = time.perf_counter() - self.started
+                headers.append((b"server-timing", shared.server_timing_value(self, elapsed)))
+            message["headers"] = headers
+        await self.send(message)
 
 
 WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
