@@ -4,8 +4,12 @@ Request throughput under wrk on loopback: bare vs perfkit middleware vs OTel ASG
 Each variant runs in its own uvicorn process (one worker, pure-Python HTTP)
 on 127.0.0.1 and is loaded with ``wrk -t1 -c16 -d<seconds>s``; variants are
 interleaved over several rounds and the median requests/s is reported with
-its ratio to bare. Then the example API's ``GET /bills/42`` with perfkit's
-instrumentation off and on (PERFKIT_TIMING).
+its ratio to bare, and the server's CPU time per request (from /proc). The
+hello route is measured as Python starts by default, then with
+``gc.freeze()`` after startup in every variant (see docs/benchmarks.md for
+why the garbage collector matters here), then with one part of perfkit's
+middleware on at a time. Last, the example API's ``GET /bills/42`` with
+perfkit's instrumentation off and on (PERFKIT_TIMING).
 
 Needs ``wrk`` (Debian: ``apt-get install wrk``).
 Usage: ``python benchmarks/middleware.py [--seconds N] [--rounds N]``
@@ -43,8 +47,17 @@ def free_port() -> int:
         return port
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of *pid* (Linux), or NaN where /proc is absent."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return float("nan")
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 @contextmanager
-def serve(app: str, env: dict[str, str], probe: str) -> Iterator[str]:
+def serve(app: str, env: dict[str, str], probe: str) -> Iterator[tuple[str, int]]:
     port = free_port()
     factory = ["--factory"] if app.endswith(":create_app") else []
     process = subprocess.Popen(
@@ -64,13 +77,13 @@ def serve(app: str, env: dict[str, str], probe: str) -> Iterator[str]:
             if process.poll() is not None or time.monotonic() > deadline:
                 raise SystemExit(f"{app} did not start")
             time.sleep(0.1)
-        yield url
+        yield url, process.pid
     finally:
         process.terminate()
         process.wait(timeout=10)
 
 
-def wrk(url: str, seconds: int) -> float:
+def wrk(url: str, seconds: int) -> tuple[float, int]:
     out = subprocess.run(
         [*PIN_LOAD, "wrk", "-t1", "-c16", f"-d{seconds}s", url],
         check=True,
@@ -78,28 +91,42 @@ def wrk(url: str, seconds: int) -> float:
         text=True,
     ).stdout
     match = re.search(r"Requests/sec:\s+([\d.]+)", out)
-    if match is None or "Non-2xx" in out or "errors" in out.lower().split("requests/sec")[0]:
+    count = re.search(r"(\d+) requests in", out)
+    if (
+        match is None
+        or count is None
+        or "Non-2xx" in out
+        or "errors" in out.lower().split("requests/sec")[0]
+    ):
         raise SystemExit(f"wrk reported errors:\n{out}")
-    return float(match.group(1))
+    return float(match.group(1)), int(count.group(1))
 
 
-def compare(
-    variants: dict[str, tuple[str, dict[str, str], str]], seconds: int, rounds: int
-) -> dict[str, float]:
+Variants = dict[str, tuple[str, dict[str, str], str]]
+
+
+def compare(variants: Variants, seconds: int, rounds: int) -> dict[str, tuple[float, float]]:
+    """Median requests/s and median server CPU microseconds per request, per variant."""
     rates: dict[str, list[float]] = {name: [] for name in variants}
+    costs: dict[str, list[float]] = {name: [] for name in variants}
     for _ in range(rounds):
         for name, (app, env, path) in variants.items():
-            with serve(app, env, path) as url:
+            with serve(app, env, path) as (url, pid):
                 wrk(url + path, 1)  # warm up
-                rates[name].append(wrk(url + path, seconds))
-    return {name: statistics.median(values) for name, values in rates.items()}
+                before = cpu_seconds(pid)
+                rate, count = wrk(url + path, seconds)
+                rates[name].append(rate)
+                costs[name].append((cpu_seconds(pid) - before) / count * 1e6)
+    return {
+        name: (statistics.median(rates[name]), statistics.median(costs[name])) for name in variants
+    }
 
 
-def table(results: dict[str, float], base: str) -> None:
-    print("| variant | requests/s (median) | / " + base + " |")
-    print("|---|--:|--:|")
-    for name, rate in results.items():
-        print(f"| {name} | {rate:,.0f} | {rate / results[base]:.2f} |")
+def table(results: dict[str, tuple[float, float]], base: str) -> None:
+    print(f"| variant | requests/s (median) | / {base} | server CPU per request |")
+    print("|---|--:|--:|--:|")
+    for name, (rate, cost) in results.items():
+        print(f"| {name} | {rate:,.0f} | {rate / results[base][0]:.2f} | {cost:.0f} µs |")
 
 
 def main() -> None:
@@ -113,26 +140,38 @@ def main() -> None:
     env = {"PYTHONPATH": os.pathsep.join([str(ROOT / "benchmarks"), str(ROOT / "examples")])}
     with tempfile.TemporaryDirectory() as tmp:
         log = str(Path(tmp) / "requests.log")
-        hello = compare(
-            {
-                "bare": ("middleware_app:app", {**env, "BENCH_VARIANT": "bare"}, "/hello"),
-                "perfkit": (
+
+        def hello_variants(**extra: str) -> Variants:
+            def variant(name: str, **more: str) -> tuple[str, dict[str, str], str]:
+                return (
                     "middleware_app:app",
-                    {**env, "BENCH_VARIANT": "perfkit", "BENCH_LOG": log},
+                    {**env, **extra, "BENCH_VARIANT": name, **more},
                     "/hello",
-                ),
-                "perfkit, unbuffered log file": (
-                    "middleware_app:app",
-                    {**env, "BENCH_VARIANT": "perfkit", "BENCH_LOG": log, "BENCH_BUFFER": "0"},
-                    "/hello",
-                ),
-                "otel asgi": ("middleware_app:app", {**env, "BENCH_VARIANT": "otel"}, "/hello"),
-            },
-            args.seconds,
-            args.rounds,
-        )
+                )
+
+            return {
+                "bare": variant("bare"),
+                "perfkit": variant("perfkit", BENCH_LOG=log),
+                "otel asgi": variant("otel"),
+            }
+
         print(f"\n### Hello route, wrk -t1 -c16 -d{args.seconds}s, {args.rounds} rounds\n")
-        table(hello, "bare")
+        table(compare(hello_variants(), args.seconds, args.rounds), "bare")
+        print("\n### The same, with gc.freeze() after startup in every variant\n")
+        table(compare(hello_variants(BENCH_FREEZE="1"), args.seconds, args.rounds), "bare")
+        parts = {
+            "bare": hello_variants()["bare"],
+            **{
+                f"perfkit, {part} only": (
+                    "middleware_app:app",
+                    {**env, "BENCH_VARIANT": "perfkit", "BENCH_LOG": log, "BENCH_PARTS": part},
+                    "/hello",
+                )
+                for part in ("server_timing", "metrics", "log")
+            },
+        }
+        print("\n### What each part costs (default GC)\n")
+        table(compare(parts, args.seconds, args.rounds), "bare")
         logged = sum(1 for _ in open(log)) if os.path.exists(log) else 0  # noqa: SIM115
         print(f"\n(perfkit wrote {logged:,} JSON log lines to a file during its runs)")
 

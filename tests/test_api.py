@@ -289,6 +289,9 @@ async def test_unexpected_errors_are_a_generic_500_without_details(stores: Store
     _error(response, 500, "internal_error")
     assert "hunter2" not in response.text
     json.loads(response.text)
+    # Timed like any other response, though Starlette's outermost middleware answered it.
+    assert response.headers["x-request-id"]
+    assert response.headers["server-timing"].startswith("app;dur=")
 
 
 @pytest.mark.parametrize("tier", ["memory", "tiered"])

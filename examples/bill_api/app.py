@@ -233,7 +233,7 @@ def create_app(
         # Recent FastAPI records http.server.request.duration itself: perfkit's
         # middleware does that (with the route template), so turn FastAPI's off.
         options["telemetry"] = {"metrics": False}
-    app = FastAPI(title="perfkit bill/vote API", version="0.1.0", lifespan=lifespan, **options)
+    app = _API(title="perfkit bill/vote API", version="0.1.0", lifespan=lifespan, **options)
     app.state.meter_provider = provider
     app.state.text = text or BillText(os.environ.get("PERFKIT_TEXT_URL") or None)
     if stores is not None:
@@ -242,14 +242,23 @@ def create_app(
             instrument_engine(stores.engine, meter_provider=provider)
     _install_error_handlers(app)
     app.add_middleware(BodyLimit, max_bytes=MAX_BODY_BYTES)
-    if provider is not None:
-        # Outside perfkit's and the routes' code, so it times them and sees the route after
-        # routing (Starlette's own error middleware still sits outside it).
-        app.add_middleware(
-            TimingMiddleware, meter_provider=provider, exclude=("/healthz", "/metrics")
-        )
     _install_routes(app)
     return app
+
+
+class _API(FastAPI):
+    """FastAPI with perfkit's TimingMiddleware around its whole middleware stack."""
+
+    def build_middleware_stack(self) -> Any:
+        # add_middleware() would put the timing inside Starlette's ServerErrorMiddleware,
+        # and the 500s it answers for unhandled errors would go out without X-Request-ID
+        # and Server-Timing. Outermost, it times those too, and still reads the route
+        # template after routing (the scope is shared).
+        stack = super().build_middleware_stack()
+        provider = self.state.meter_provider
+        if provider is None:
+            return stack
+        return TimingMiddleware(stack, meter_provider=provider, exclude=("/healthz", "/metrics"))
 
 
 def _stores(request: Request) -> Stores:
