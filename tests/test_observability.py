@@ -390,6 +390,23 @@ async def test_measurement_queue_stays_bounded_and_loses_nothing(
     assert _points(reader, _metrics.FLUSH_GAUGE) == []  # the flushing gauge exports nothing
 
 
+async def test_send_after_the_app_returned_is_refused(provider: MeterProvider) -> None:
+    """The wrapped send lets go of the server's once the app is done, and says so if used."""
+    kept: list[Any] = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 204, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+        kept.append(send)
+
+    async with _client(TimingMiddleware(app, meter_provider=provider, log=False)) as client:
+        response = await client.get("/")
+
+    assert response.status_code == 204
+    with pytest.raises(RuntimeError, match="after the app returned"):
+        await kept[0]({"type": "http.response.body", "body": b"late"})
+
+
 def test_measurements_from_many_threads_all_arrive(
     provider: MeterProvider, reader: InMemoryMetricReader
 ) -> None:
