@@ -35,6 +35,14 @@ _REQUEST_ID: Final = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 _MAX_ATTRIBUTE_SETS: Final = 4096
 _ID_PREFIX: Final = secrets.token_hex(8)
 _ID_COUNTER: Final = itertools.count(1)
+_SERVER_TIMING: Final = (
+    b'app;dur=%.2f, db;dur=%.2f;desc="%d queries", cache;desc="%d hits/%d misses"'
+)
+# Every value is a number, a known method, a request id of safe characters, or JSON-escaped.
+_LOG_LINE: Final = (
+    '{"event":"request","method":"%s","route":%s,"status":%d,"duration_ms":%.3f,'
+    '"db_ms":%.3f,"db_queries":%d,"cache_hits":%d,"cache_misses":%d,"request_id":"%s"%s'
+)
 
 
 class _Timing:
@@ -83,12 +91,14 @@ class _Timing:
         return f"{_ID_PREFIX}{next(_ID_COUNTER):08x}"
 
     def server_timing_value(self, timing: RequestTiming, elapsed: float) -> bytes:
-        value = (
-            f"app;dur={elapsed * 1000:.2f}, db;dur={timing.db_seconds * 1000:.2f};"
-            f'desc="{timing.db_queries} queries", '
-            f'cache;desc="{timing.cache_hits} hits/{timing.cache_misses} misses"'
+        # A bytes template: about half the time of an f-string and its encoding.
+        return _SERVER_TIMING % (
+            elapsed * 1000,
+            timing.db_seconds * 1000,
+            timing.db_queries,
+            timing.cache_hits,
+            timing.cache_misses,
         )
-        return value.encode("latin-1")
 
     def finish(  # noqa: PLR0917 - positional: this runs once per request
         self,
@@ -122,13 +132,17 @@ class _Timing:
         if self.log and logger.isEnabledFor(logging.INFO):
             # Hand-built JSON (every value is a number or escaped once) and a record
             # made directly: Logger.info's caller lookup walks the whole stack.
-            line = (
-                f'{{"event":"request","method":"{method}","route":{self._json(route)},'
-                f'"status":{status},"duration_ms":{elapsed * 1000:.3f},'
-                f'"db_ms":{timing.db_seconds * 1000:.3f},"db_queries":{timing.db_queries},'
-                f'"cache_hits":{timing.cache_hits},"cache_misses":{timing.cache_misses},'
-                f'"request_id":"{timing.request_id}"'
-                + (f',"error":{json.dumps(error)}}}' if error is not None else "}")
+            line = _LOG_LINE % (
+                method,
+                self._json(route),
+                status,
+                elapsed * 1000,
+                timing.db_seconds * 1000,
+                timing.db_queries,
+                timing.cache_hits,
+                timing.cache_misses,
+                timing.request_id,
+                "}" if error is None else f',"error":{json.dumps(error)}}}',
             )
             logger.handle(logger.makeRecord(logger.name, logging.INFO, "", 0, line, (), None))
         if self.query_warning is not None and timing.db_queries > self.query_warning:
@@ -270,7 +284,9 @@ class _Exchange(RequestTiming):
         self.status = 500
         self.started = time.perf_counter()
 
-    async def __call__(self, message: Message) -> None:
+    def __call__(self, message: Message) -> Awaitable[None]:
+        # Not a coroutine itself: it hands back the server's send for the app to await,
+        # which spares a coroutine object and a frame per message.
         if message["type"] == "http.response.start":
             self.status = message["status"]
             shared = self.shared
@@ -284,7 +300,7 @@ class _Exchange(RequestTiming):
                 elapsed = time.perf_counter() - self.started
                 headers.append((b"server-timing", shared.server_timing_value(self, elapsed)))
             message["headers"] = headers
-        await self.send(message)
+        return self.send(message)
 
 
 WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
