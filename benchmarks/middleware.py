@@ -8,8 +8,10 @@ its ratio to bare, and the server's CPU time per request (from /proc). The
 hello route is measured as Python starts by default, then with
 ``gc.freeze()`` after startup in every variant (see docs/benchmarks.md for
 why the garbage collector matters here), then with one part of perfkit's
-middleware on at a time. Last, the example API's ``GET /bills/42`` with
-perfkit's instrumentation off and on (PERFKIT_TIMING).
+middleware on at a time. "perfkit, no-op sinks" has everything on but hands
+its measurements to the API's no-op meter and its records to a
+``NullHandler``: perfkit's own share of the cost. Last, the example API's
+``GET /bills/42`` with perfkit's instrumentation off and on (PERFKIT_TIMING).
 
 Needs ``wrk`` (Debian: ``apt-get install wrk``).
 Usage: ``python benchmarks/middleware.py [--seconds N] [--rounds N]``
@@ -152,6 +154,7 @@ def main() -> None:
             return {
                 "bare": variant("bare"),
                 "perfkit": variant("perfkit", BENCH_LOG=log),
+                "perfkit, no-op sinks": variant("perfkit", BENCH_SINKS="null"),
                 "otel asgi": variant("otel"),
             }
 

@@ -5,8 +5,11 @@ The hello app the middleware benchmark serves, in the variant named by ``BENCH_V
 metrics (an OTel SDK MeterProvider with a Prometheus reader), the JSON log
 line (a FileHandler; a MemoryHandler in front with BENCH_BUFFER=1) and
 Server-Timing all on; ``BENCH_PARTS`` (e.g. ``metrics,log``) keeps only the
-parts named. ``otel``: OpenTelemetry's ASGI instrumentation with the same
-meter provider, tracing off (metrics only). Exemplars are off in both.
+parts named; ``BENCH_SINKS=null`` keeps everything on but hands the
+measurements to the API's no-op meter and the records to a ``NullHandler``
+(what perfkit's own code costs, without the SDK's and the handler's work).
+``otel``: OpenTelemetry's ASGI instrumentation with the same meter provider,
+tracing off (metrics only). Exemplars are off in both.
 """
 
 from __future__ import annotations
@@ -17,6 +20,8 @@ from logging.handlers import MemoryHandler
 
 from fastapi import FastAPI
 from opentelemetry.exporter.prometheus import PrometheusMetricReader
+from opentelemetry.metrics import MeterProvider as APIMeterProvider
+from opentelemetry.metrics import NoOpMeterProvider
 from opentelemetry.sdk.metrics import AlwaysOffExemplarFilter, MeterProvider
 
 from perfkit import TimingMiddleware
@@ -33,14 +38,18 @@ def say_hello() -> dict[str, str]:
 app: object = hello
 if variant in ("perfkit", "otel"):
     # Exemplars tie measurements to traces; with tracing off they are pure cost.
-    provider = MeterProvider(
+    provider: APIMeterProvider = MeterProvider(
         metric_readers=[PrometheusMetricReader()], exemplar_filter=AlwaysOffExemplarFilter()
     )
     if variant == "perfkit":
         target = logging.FileHandler(os.environ.get("BENCH_LOG", os.devnull))
         target.setFormatter(logging.Formatter("%(message)s"))
         handler: logging.Handler = target
-        if os.environ.get("BENCH_BUFFER") == "1":
+        if os.environ.get("BENCH_SINKS") == "null":
+            # perfkit's own code alone: the API's no-op meter, and records dropped unread.
+            provider = NoOpMeterProvider()
+            handler = logging.NullHandler()
+        elif os.environ.get("BENCH_BUFFER") == "1":
             # Batches of 256 writes: fewer syscalls, but the buffered records live long
             # enough for the garbage collector to promote them (slower overall, measured).
             handler = MemoryHandler(256, flushLevel=logging.ERROR, target=target)
