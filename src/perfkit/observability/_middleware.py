@@ -33,7 +33,8 @@ _METHODS: Final = frozenset(
 )
 _REQUEST_ID: Final = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 _MAX_ATTRIBUTE_SETS: Final = 4096
-_ID_PREFIX: Final = secrets.token_hex(8)
+# A random per-process prefix and a counter: unique, and ~10x cheaper than uuid4.
+_ID_TEMPLATE: Final = secrets.token_hex(8) + "%08x"
 _ID_COUNTER: Final = itertools.count(1)
 _SERVER_TIMING: Final = (
     b'app;dur=%.2f, db;dur=%.2f;desc="%d queries", cache;desc="%d hits/%d misses"'
@@ -87,8 +88,7 @@ class _Timing:
     def request_id(self, given: str | None) -> str:
         if given and _REQUEST_ID.fullmatch(given):
             return given
-        # A random per-process prefix and a counter: unique, and ~10x cheaper than uuid4.
-        return f"{_ID_PREFIX}{next(_ID_COUNTER):08x}"
+        return _ID_TEMPLATE % next(_ID_COUNTER)
 
     def server_timing_value(self, timing: RequestTiming, elapsed: float) -> bytes:
         # A bytes template: about half the time of an f-string and its encoding.
