@@ -145,6 +145,12 @@ BENCHMARKS: Final[tuple[Benchmark, ...]] = (
         databases=False,
     ),
     Benchmark(
+        name="middleware_instructions",
+        title="Timing middleware in instructions (callgrind)",
+        run=_script("middleware_instructions.py", "--server"),
+        databases=False,
+    ),
+    Benchmark(
         name="store_sync_vs_async",
         title="Reference store reads: sync vs async engine",
         run=_script("store_sync_vs_async.py"),
