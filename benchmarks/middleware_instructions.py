@@ -234,8 +234,8 @@ def httpx_get_fails(url: str) -> bool:
 
 def count_server(variant: str, seconds: int) -> float:
     """Instructions per request of uvicorn serving middleware_app.py's *variant* under wrk."""
-    sys.path.insert(0, str(Path(__file__).parent))
-    from middleware import PIN_LOAD, PIN_SERVER, free_port  # noqa: PLC0415
+    # The script's own directory is on sys.path: share middleware.py's pinning and wrk run.
+    from middleware import PIN_SERVER, free_port, wrk  # noqa: PLC0415
 
     port = free_port()
     with tempfile.TemporaryDirectory() as tmp:
@@ -259,20 +259,10 @@ def count_server(variant: str, seconds: int) -> float:
                     raise SystemExit(f"uvicorn under valgrind did not start for {variant}")
                 time.sleep(1)
 
-            def load(duration: int) -> int:
-                out = subprocess.run(
-                    [*PIN_LOAD, "wrk", "-t1", "-c16", f"-d{duration}s", url],
-                    capture_output=True, text=True, check=True,
-                ).stdout  # fmt: skip
-                found = re.search(r"(\d+) requests in", out)
-                if found is None:
-                    raise SystemExit(f"wrk printed no count:\n{out}")
-                return int(found.group(1))
-
-            load(5)  # warm-up: imports, caches, the first collections
+            wrk(url, 5)  # warm-up: imports, caches, the first collections
             pid = str(process.pid)
             subprocess.run(["callgrind_control", "--zero", pid], check=True, capture_output=True)
-            requests = load(seconds)
+            _, requests = wrk(url, seconds)
             subprocess.run(["callgrind_control", "--dump", pid], check=True, capture_output=True)
             # callgrind_control -d writes "<dump>.1": the counts since the zeroing.
             dumped = Path(f"{dump}.1")
