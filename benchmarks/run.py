@@ -127,6 +127,12 @@ BENCHMARKS: Final[tuple[Benchmark, ...]] = (
         databases=False,
     ),
     Benchmark(
+        name="tiered_staleness",
+        title="Tiered cache: staleness across processes under load",
+        run=_script("tiered_staleness.py", "--redis", REDIS_URL),
+        databases=False,
+    ),
+    Benchmark(
         name="pagination",
         title="Pagination at depth (1,000,000 bills)",
         run=_script("pagination.py", "--postgres", POSTGRES_URL),
@@ -154,6 +160,12 @@ BENCHMARKS: Final[tuple[Benchmark, ...]] = (
         name="store_sync_vs_async",
         title="Reference store reads: sync vs async engine",
         run=_script("store_sync_vs_async.py"),
+        databases=False,
+    ),
+    Benchmark(
+        name="import_time",
+        title="Import time against stamina",
+        run=_script("import_time.py"),
         databases=False,
     ),
 )

@@ -479,5 +479,5 @@ def test_invalidation_lost_while_down_is_replayed_before_serving(clock: FakeCloc
     clock.advance(1.1)
     assert read() == "new"  # replayed; served through the cache again
     assert read() == "new"
-    assert not cache._pending
+    assert cache.pending_invalidations == 0
     assert (cache.stats.bypassed, cache.stats.hits) == (2, 1)

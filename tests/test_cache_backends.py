@@ -8,9 +8,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from contract.backend_contract import BackendContract
 from perfkit.cache import MISSING, MemoryBackend, RedisBackend
-from perfkit.testing import FakeClock
+from perfkit.testing import BackendContract, FakeClock
 
 
 class TestMemoryBackend(BackendContract):

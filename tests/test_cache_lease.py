@@ -61,11 +61,11 @@ def test_a_dead_holder_blocks_nobody_past_its_lease(backends: list[RedisBackend]
         return n
 
     key = load.key_for(9)
-    assert backends[1].acquire_lease(key, 0.3) is not None  # taken, never given back
+    assert backends[1].leases.acquire(key, 0.3) is not None  # taken, never given back
 
     assert load(9) == 9  # waited for the dead holder's lease to expire, then loaded
     assert cache.stats.loads == 1
-    assert not backends[0].lease_held(key)
+    assert not backends[0].leases.held(key)
 
 
 def test_a_released_lease_without_a_value_lets_the_waiter_load(
@@ -79,9 +79,9 @@ def test_a_released_lease_without_a_value_lets_the_waiter_load(
         return n + 1
 
     key = load.key_for(1)
-    holder = backends[1].acquire_lease(key, 30)
+    holder = backends[1].leases.acquire(key, 30)
     assert holder is not None
-    threading.Timer(0.1, backends[1].release_lease, args=(key, holder)).start()
+    threading.Timer(0.1, backends[1].leases.release, args=(key, holder)).start()
 
     assert load(1) == 2  # loaded by the waiter once the lease was given back
     assert cache.stats.loads == 1

@@ -19,11 +19,10 @@ from pathlib import Path
 import pytest
 import redis
 
-from contract.backend_contract import BackendContract
 from perfkit import CircuitBreaker, db
 from perfkit.cache import MISSING, Cache, RedisBackend, TieredBackend
 from perfkit.reference import codec, open_stores
-from perfkit.testing import FakeClock
+from perfkit.testing import BackendContract, FakeClock
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -229,7 +228,7 @@ def test_frozen_redis_fails_open_and_replays_the_lost_invalidation(
     clock.advance(1.1)  # let the replay run
     after = [stores.bills.get_by_id(bill.id).title for _ in range(3)]  # type: ignore[union-attr]
     assert after == ["New", "New", "New"]  # the old entry in Redis was never served
-    assert not cache._pending
+    assert cache.pending_invalidations == 0
     backend.close()
     engine.dispose()
 

@@ -10,6 +10,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 import perfkit
 import perfkit.reference
 
@@ -90,20 +92,96 @@ def test_version_matches_distribution() -> None:
     assert importlib.metadata.version("perfkit") == perfkit.__version__
 
 
-def test_import_stays_light() -> None:
-    """import perfkit (and perfkit.reference) loads no optional integration."""
-    code = (
-        "import json, sys, perfkit, perfkit.reference; "
-        "print(json.dumps(sorted(m for m in sys.modules)))"
-    )
+def _modules_after(code: str) -> set[str]:
+    """The names in sys.modules after running *code* in a fresh interpreter."""
+    code += "; import json, sys; print(json.dumps(sorted(sys.modules)))"
     out = subprocess.run(
         [sys.executable, "-c", code], check=True, capture_output=True, text=True
     ).stdout
-    loaded = set(json.loads(out))
+    return set(json.loads(out))
 
-    heavy = {"redis", "fastapi", "starlette", "uvicorn", "opentelemetry.sdk", "greenlet",
-             "aiosqlite", "psycopg", "sqlalchemy.ext.asyncio", "pydantic"}  # fmt: skip
-    assert set() == heavy & loaded
+
+# Optional integrations: never loaded by importing perfkit or perfkit.reference.
+OPTIONAL = {"redis", "fastapi", "starlette", "uvicorn", "opentelemetry.sdk", "greenlet",
+            "aiosqlite", "psycopg", "sqlalchemy.ext.asyncio", "pydantic"}  # fmt: skip
+# Loaded only by the parts that use them: not by `import perfkit` nor `import perfkit.cache`.
+HEAVY = OPTIONAL | {"sqlalchemy", "tenacity", "opentelemetry", "pybreaker"}
+
+# Where each lazy public name of perfkit is documented to come from.
+HOMES = {
+    "perfkit.cache": ["Cache", "CacheStats", "JSONCodec", "MemoryBackend", "RedisBackend",
+                      "TieredBackend"],
+    "perfkit.errors": ["CircuitOpenError", "CommitOutcomeUnknown", "Conflict", "InvalidCursor",
+                       "InvalidInput", "InvalidPage", "NotFound", "PerfkitError"],
+    "perfkit.observability": ["RequestTiming", "TimingMiddleware", "WSGITimingMiddleware",
+                              "instrument_engine"],
+    "perfkit.pagination": ["CursorPage", "Page", "apaginate", "apaginate_keyset", "paginate",
+                           "paginate_keyset"],
+    "perfkit.resilience": ["CircuitBreaker", "RetryBudget", "arun_in_transaction",
+                           "is_transient", "retry_with_backoff", "run_in_transaction"],
+}  # fmt: skip
+
+
+def test_import_stays_light() -> None:
+    """import perfkit.reference loads no optional integration."""
+    loaded = _modules_after("import perfkit, perfkit.reference")
+
+    assert set() == OPTIONAL & loaded
+
+
+@pytest.mark.parametrize("module", ["perfkit", "perfkit.cache"])
+def test_import_loads_no_heavy_dependency(module: str) -> None:
+    """import perfkit and import perfkit.cache load no SQLAlchemy, tenacity or OpenTelemetry."""
+    loaded = _modules_after(f"import {module}")
+
+    assert set() == HEAVY & loaded
+
+
+def test_lazy_names_resolve() -> None:
+    """Every lazy public name is its submodule's object, kept in perfkit once resolved."""
+    homed = sorted(name for names in HOMES.values() for name in names)
+    assert sorted(set(PUBLIC) - {"__version__", "db"}) == homed
+
+    for module, names in HOMES.items():
+        for name in names:
+            expected = getattr(importlib.import_module(module), name)
+            assert expected is getattr(perfkit, name)
+            assert expected is vars(perfkit)[name]
+    assert importlib.import_module("perfkit.db") is perfkit.db
+
+
+def test_lazy_names_are_listed() -> None:
+    """dir(perfkit) lists every public name, resolved or not."""
+    assert set() == set(PUBLIC) - set(dir(perfkit))
+
+
+def test_unknown_name_raises_attribute_error() -> None:
+    """An unknown attribute raises the usual AttributeError."""
+    with pytest.raises(AttributeError, match=r"^module 'perfkit' has no attribute 'nope'$"):
+        perfkit.nope  # type: ignore[attr-defined]  # noqa: B018
+
+
+def test_from_import_of_submodule() -> None:
+    """from perfkit import db gives the submodule, in a fresh interpreter too."""
+    loaded = _modules_after("from perfkit import db; assert db.create_engine")
+
+    assert "perfkit.db" in loaded
+    assert "sqlalchemy" in loaded
+
+
+def test_tenacity_loads_on_first_use() -> None:
+    """tenacity is loaded by resolving perfkit.retry_with_backoff, not before."""
+    code = (
+        "import sys, perfkit; "
+        "assert 'tenacity' not in sys.modules; "
+        "assert 'retry_with_backoff' not in vars(perfkit); "
+        "perfkit.retry_with_backoff; "
+        "assert 'tenacity' in sys.modules; "
+        "assert 'retry_with_backoff' in vars(perfkit)"
+    )
+    loaded = _modules_after(code)
+
+    assert "tenacity" in loaded
 
 
 def test_package_is_typed() -> None:

@@ -4,44 +4,48 @@ perfkit: fast, resilient data-backed Python APIs.
 The public API is what this module exports; everything in a module whose name
 starts with an underscore is private. Optional integrations (Redis, FastAPI,
 the OpenTelemetry SDK) are never imported by ``import perfkit``.
+
+``import perfkit`` is light: each public name is imported from its submodule on
+first use (:pep:`562`), so SQLAlchemy, tenacity and the OpenTelemetry API load
+only when a part that needs them is used.
 """
 
 from __future__ import annotations
 
-from . import db
-from .cache import Cache, CacheStats, JSONCodec, MemoryBackend, RedisBackend, TieredBackend
-from .errors import (
-    CircuitOpenError,
-    CommitOutcomeUnknown,
-    Conflict,
-    InvalidCursor,
-    InvalidInput,
-    InvalidPage,
-    NotFound,
-    PerfkitError,
-)
-from .observability import (
-    RequestTiming,
-    TimingMiddleware,
-    WSGITimingMiddleware,
-    instrument_engine,
-)
-from .pagination import (
-    CursorPage,
-    Page,
-    apaginate,
-    apaginate_keyset,
-    paginate,
-    paginate_keyset,
-)
-from .resilience import (
-    CircuitBreaker,
-    RetryBudget,
-    arun_in_transaction,
-    is_transient,
-    retry_with_backoff,
-    run_in_transaction,
-)
+import importlib
+from typing import TYPE_CHECKING, Any, Final
+
+if TYPE_CHECKING:
+    from . import db
+    from ._context import RequestTiming
+    from .cache import Cache, CacheStats, JSONCodec, MemoryBackend, RedisBackend, TieredBackend
+    from .errors import (
+        CircuitOpenError,
+        CommitOutcomeUnknown,
+        Conflict,
+        InvalidCursor,
+        InvalidInput,
+        InvalidPage,
+        NotFound,
+        PerfkitError,
+    )
+    from .observability import TimingMiddleware, WSGITimingMiddleware, instrument_engine
+    from .pagination import (
+        CursorPage,
+        Page,
+        apaginate,
+        apaginate_keyset,
+        paginate,
+        paginate_keyset,
+    )
+    from .resilience import (
+        CircuitBreaker,
+        RetryBudget,
+        arun_in_transaction,
+        is_transient,
+        retry_with_backoff,
+        run_in_transaction,
+    )
 
 __version__ = "0.1.0"
 
@@ -79,3 +83,65 @@ __all__ = [
     "retry_with_backoff",
     "run_in_transaction",
 ]
+
+# Public name -> the module it is imported from, relative to this package.
+_LAZY: Final[dict[str, str]] = {
+    "Cache": ".cache",
+    "CacheStats": ".cache",
+    "CircuitBreaker": ".resilience",
+    "CircuitOpenError": ".errors",
+    "CommitOutcomeUnknown": ".errors",
+    "Conflict": ".errors",
+    "CursorPage": ".pagination",
+    "InvalidCursor": ".errors",
+    "InvalidInput": ".errors",
+    "InvalidPage": ".errors",
+    "JSONCodec": ".cache",
+    "MemoryBackend": ".cache",
+    "NotFound": ".errors",
+    "Page": ".pagination",
+    "PerfkitError": ".errors",
+    "RedisBackend": ".cache",
+    "RequestTiming": "._context",
+    "RetryBudget": ".resilience",
+    "TieredBackend": ".cache",
+    "TimingMiddleware": ".observability",
+    "WSGITimingMiddleware": ".observability",
+    "apaginate": ".pagination",
+    "apaginate_keyset": ".pagination",
+    "arun_in_transaction": ".resilience",
+    "db": ".db",
+    "instrument_engine": ".observability",
+    "is_transient": ".resilience",
+    "paginate": ".pagination",
+    "paginate_keyset": ".pagination",
+    "retry_with_backoff": ".resilience",
+    "run_in_transaction": ".resilience",
+}
+# Public names that are submodules themselves rather than names in one.
+_SUBMODULES: Final = frozenset({"db"})
+
+
+# Under ``if not TYPE_CHECKING`` so type checkers see only the imports above and
+# still flag a misspelt ``perfkit.<name>`` (a module ``__getattr__`` would make it ``Any``).
+if not TYPE_CHECKING:
+
+    def __getattr__(name: str) -> Any:
+        """
+        Import a public name from its submodule on first access and keep it here.
+        """
+        try:
+            module_name = _LAZY[name]
+        except KeyError:
+            raise AttributeError(f"module {__name__!r} has no attribute {name!r}") from None
+        module = importlib.import_module(module_name, __name__)
+        value = module if name in _SUBMODULES else getattr(module, name)
+        globals()[name] = value
+        return value
+
+
+def __dir__() -> list[str]:
+    """
+    The module's names, the public ones not yet imported included.
+    """
+    return sorted(set(globals()) | set(__all__))

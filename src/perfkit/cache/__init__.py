@@ -7,9 +7,16 @@ freshness protocol every backend follows.
 
 from __future__ import annotations
 
-from ._backend import MISSING, Backend
+from ._backend import MISSING, Backend, Leases
+from ._cache import Cache, CacheStats
 from ._codec import Codec, JSONCodec
-from ._core import AsyncCachedFunction, Cache, CachedFunction, CacheStats
+from ._decorator import (
+    AsyncCachedFunction,
+    AsyncCachedMethod,
+    CachedFunction,
+    CachedMethod,
+    cached_method,
+)
 from ._memory import MemoryBackend
 from ._redis import RedisBackend
 from ._tiered import TieredBackend
@@ -17,13 +24,17 @@ from ._tiered import TieredBackend
 __all__ = [
     "MISSING",
     "AsyncCachedFunction",
+    "AsyncCachedMethod",
     "Backend",
     "Cache",
     "CacheStats",
     "CachedFunction",
+    "CachedMethod",
     "Codec",
     "JSONCodec",
+    "Leases",
     "MemoryBackend",
     "RedisBackend",
     "TieredBackend",
+    "cached_method",
 ]

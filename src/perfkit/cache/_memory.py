@@ -12,19 +12,25 @@ from cachetools import TLRUCache
 
 from perfkit._clock import SYSTEM_CLOCK, Clock
 
-from ._backend import MISSING
+from ._backend import MISSING, Leases
+from ._values import copier_for
 
 __all__ = ["MemoryBackend"]
 
 _SWEEP_EVERY: Final = 1024
+
+_Entry = tuple[float, Any, Any, tuple[str, ...]]
+"""Expiry time, the value, how to copy it on read (``None``: shared), its tags."""
 
 
 class MemoryBackend:
     """
     A bounded, per-entry-TTL cache in this process, built on cachetools.
 
-    Values are kept as the objects themselves (no copy, no serialisation):
-    cache immutable values, such as frozen dataclasses and tuples.
+    Values that cannot change (frozen dataclasses, tuples, strings, numbers,
+    ...) are kept and handed out as they are; any other value is copied when
+    stored and on every read (a flat dict or list: a shallow copy), so no two
+    callers share a mutable value, as with Redis.
 
     A hit is one dict lookup and a clock read, without a lock. Writes and
     invalidations take one lock. The bound is kept by a cachetools
@@ -60,8 +66,8 @@ class MemoryBackend:
             raise ValueError(msg)
         self._clock = clock
         self._now = clock.monotonic
-        # key -> (expires at, value): what hits read, lock-free.
-        self._live: dict[str, tuple[float, Any]] = {}
+        # key -> (expires at, value, copier, tags): what hits read, lock-free.
+        self._live: dict[str, _Entry] = {}
         self._data = _Bounded(maxsize, ttu=_expiry, timer=clock.monotonic, live=self._live)
         self._tags: dict[str, set[str]] = {}
         # key or tag -> (sequence, monotonic time) of its last invalidation
@@ -71,14 +77,27 @@ class MemoryBackend:
         self._sets = 0
         self.max_load = max_load
 
+    leases: Leases | None = None
+    """An in-process backend has no cross-process leases."""
+
     def __repr__(self) -> str:
         return f"MemoryBackend(maxsize={self._data.maxsize}, entries={len(self._data)})"
 
     def get(self, key: str) -> Any:
         entry = self._live.get(key)
         if entry is not None and entry[0] > self._now():
-            return entry[1]
+            copier = entry[2]
+            return entry[1] if copier is None else copier(entry[1])
         return MISSING
+
+    peek = get
+
+    def get_entry(self, key: str) -> tuple[Any, tuple[str, ...]]:
+        entry = self._live.get(key)
+        if entry is not None and entry[0] > self._now():
+            copier = entry[2]
+            return (entry[1] if copier is None else copier(entry[1])), entry[3]
+        return MISSING, ()
 
     def fill_token(self) -> int:
         return self._seq
@@ -88,7 +107,9 @@ class MemoryBackend:
         with self._lock:
             if self._fenced(key, tags, token):
                 return False
-            entry = (now + ttl, value)
+            copier = copier_for(value)
+            stored = value if copier is None else copier(value)
+            entry = (now + ttl, stored, copier, tuple(tags))
             self._data[key] = entry
             self._live[key] = entry
             for tag in tags:
@@ -120,8 +141,14 @@ class MemoryBackend:
             # Any fill that began before now is fenced by the "*" fence.
             self._fences = {"*": (self._seq, self._clock.monotonic())}
 
+    def close(self) -> None:
+        """Nothing to release."""
+
     async def aget(self, key: str) -> Any:
         return self.get(key)
+
+    async def aget_entry(self, key: str) -> tuple[Any, tuple[str, ...]]:
+        return self.get_entry(key)
 
     async def afill_token(self) -> int:
         return self._seq
@@ -133,6 +160,12 @@ class MemoryBackend:
 
     async def ainvalidate(self, *, keys: Collection[str] = (), tags: Collection[str] = ()) -> None:
         self.invalidate(keys=keys, tags=tags)
+
+    async def aclear(self) -> None:
+        self.clear()
+
+    async def aclose(self) -> None:
+        """Nothing to release."""
 
     def __len__(self) -> int:
         return len(self._data)
@@ -164,11 +197,11 @@ class MemoryBackend:
                 del self._tags[tag]
 
 
-def _expiry(_key: str, value: tuple[float, Any], _now: float) -> float:
+def _expiry(_key: str, value: _Entry, _now: float) -> float:
     return value[0]
 
 
-class _Bounded(TLRUCache[str, tuple[float, Any]]):
+class _Bounded(TLRUCache[str, _Entry]):
     """The size bound: evictions also leave the lock-free lookup dict."""
 
     def __init__(
@@ -177,12 +210,12 @@ class _Bounded(TLRUCache[str, tuple[float, Any]]):
         *,
         ttu: Any,
         timer: Any,
-        live: dict[str, tuple[float, Any]],
+        live: dict[str, _Entry],
     ) -> None:
         super().__init__(maxsize, ttu=ttu, timer=timer)
         self._live_ref = live
 
-    def popitem(self) -> tuple[str, tuple[float, Any]]:
+    def popitem(self) -> tuple[str, _Entry]:
         key, value = super().popitem()
         self._live_ref.pop(key, None)
         return key, value

@@ -9,7 +9,7 @@ import secrets
 from collections.abc import Callable, Collection
 from typing import TYPE_CHECKING, Any, Final
 
-from ._backend import MISSING
+from ._backend import MISSING, Leases
 from ._codec import Codec, JSONCodec
 
 if TYPE_CHECKING:
@@ -69,6 +69,9 @@ _RELEASE: Final = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
 """
+
+_SCRIPTS: Final = {"set": _SET_IF_FRESH, "invalidate": _INVALIDATE, "release": _RELEASE}
+_SCAN_BATCH: Final = 500
 
 DEFAULT_TIMEOUT: Final = 0.25
 """Socket timeout (seconds) of clients perfkit creates: a dead Redis must fail fast."""
@@ -135,14 +138,27 @@ class RedisBackend:
         self._set_script = self.client.register_script(_SET_IF_FRESH)
         self._invalidate_script = self.client.register_script(_INVALIDATE)
         self._release_script = self.client.register_script(_RELEASE)
-        self._aset_script: Any = None
-        self._ainvalidate_script: Any = None
-        self._arelease_script: Any = None
+        self._ascripts: dict[str, Any] = {}
+        self.leases: Leases | None = _RedisLeases(
+            run=self._run,
+            arun=self._arun,
+            client=self.client,
+            async_client=lambda: self.async_client,
+            name=self._lease,
+            release=self._release_script,
+            ascript=self._ascript,
+        )
+        """Cross-process single-flight leases (``SET NX PX`` keys), through the breaker."""
 
     def __repr__(self) -> str:
         kwargs = self.client.connection_pool.connection_kwargs
         where = f"{kwargs.get('host', '?')}:{kwargs.get('port', '?')}/{kwargs.get('db', 0)}"
         return f"RedisBackend({where!r}, prefix={self.prefix!r})"
+
+    @property
+    def db(self) -> int:
+        """The number of the Redis database the sync client works on."""
+        return int(self.client.connection_pool.connection_kwargs.get("db", 0))
 
     @property
     def async_client(self) -> redis.asyncio.Redis:
@@ -165,7 +181,7 @@ class RedisBackend:
         """Close the asyncio client's connections (in the loop that used them)."""
         if self._async_client is not None:
             client, self._async_client = self._async_client, None
-            self._aset_script = self._ainvalidate_script = self._arelease_script = None
+            self._ascripts.clear()
             await client.aclose()
 
     # -- naming --------------------------------------------------------------------
@@ -215,6 +231,10 @@ class RedisBackend:
 
     # -- sync ----------------------------------------------------------------------
 
+    def peek(self, key: str) -> Any:
+        """Always :data:`MISSING`: nothing is held in this process."""
+        return MISSING
+
     def get(self, key: str) -> Any:
         return self._decode(self._run(self.client.get, self._entry(key)))
 
@@ -236,58 +256,19 @@ class RedisBackend:
 
     def clear(self) -> None:
         """Drop every entry under this backend's prefix and fence running fills."""
-        seq = self.client.incr(self._seq)
-        self.client.set(self._fence("*"), seq, px=int(self._fence_ttl_ms))
+        run, client = self._run, self.client
+        seq = run(client.incr, self._seq)
+        run(client.set, self._fence("*"), seq, px=int(self._fence_ttl_ms))
         for pattern in (f"{self.prefix}:e:*", f"{self.prefix}:t:*"):
-            batch: list[Any] = []
-            for name in self.client.scan_iter(match=pattern, count=500):
-                batch.append(name)
-                if len(batch) == 500:
-                    self.client.delete(*batch)
-                    batch.clear()
-            if batch:
-                self.client.delete(*batch)
+            cursor = 0
+            while True:
+                cursor, names = run(client.scan, cursor, match=pattern, count=_SCAN_BATCH)
+                if names:
+                    run(client.delete, *names)
+                if not cursor:
+                    break
         if self.channel:
-            self.client.publish(self.channel, _message((), ("*",)))
-
-    # -- cross-process single-flight leases ------------------------------------------
-
-    def acquire_lease(self, key: str, seconds: float) -> str | None:
-        """
-        Try to become the one process loading *key*, for at most *seconds*.
-
-        Returns a holder token, or ``None`` if another process holds the
-        lease. The lease expires by itself, so a killed holder blocks nobody
-        for longer than *seconds*.
-        """
-        holder = secrets.token_hex(8)
-        taken = self.client.set(self._lease(key), holder, nx=True, px=max(1, int(seconds * 1000)))
-        return holder if taken else None
-
-    def lease_held(self, key: str) -> bool:
-        """Whether some process holds the lease on *key*."""
-        return bool(self.client.exists(self._lease(key)))
-
-    def release_lease(self, key: str, holder: str) -> None:
-        """Give the lease back, if *holder* still has it."""
-        self._release_script(keys=[self._lease(key)], args=[holder])
-
-    async def aacquire_lease(self, key: str, seconds: float) -> str | None:
-        """Async :meth:`acquire_lease`."""
-        holder = secrets.token_hex(8)
-        px = max(1, int(seconds * 1000))
-        taken = await self.async_client.set(self._lease(key), holder, nx=True, px=px)
-        return holder if taken else None
-
-    async def alease_held(self, key: str) -> bool:
-        """Async :meth:`lease_held`."""
-        return bool(await self.async_client.exists(self._lease(key)))
-
-    async def arelease_lease(self, key: str, holder: str) -> None:
-        """Async :meth:`release_lease`."""
-        if self._arelease_script is None:
-            self._arelease_script = self.async_client.register_script(_RELEASE)
-        await self._arelease_script(keys=[self._lease(key)], args=[holder])
+            run(client.publish, self.channel, _message((), ("*",)))
 
     # -- async ---------------------------------------------------------------------
 
@@ -304,18 +285,84 @@ class RedisBackend:
     async def aset(
         self, key: str, value: Any, *, ttl: float, tags: Collection[str], token: int
     ) -> bool:
-        if self._aset_script is None:
-            self._aset_script = self.async_client.register_script(_SET_IF_FRESH)
         keys, args = self._set_args(key, value, ttl, tags, token)
-        return bool(await self._arun(self._aset_script, keys=keys, args=args))
+        return bool(await self._arun(self._ascript("set"), keys=keys, args=args))
 
     async def ainvalidate(self, *, keys: Collection[str] = (), tags: Collection[str] = ()) -> None:
-        if not (keys or tags):
-            return
-        if self._ainvalidate_script is None:
-            self._ainvalidate_script = self.async_client.register_script(_INVALIDATE)
-        script_keys, args = self._invalidate_args(keys, tags)
-        await self._arun(self._ainvalidate_script, keys=script_keys, args=args)
+        if keys or tags:
+            script_keys, args = self._invalidate_args(keys, tags)
+            await self._arun(self._ascript("invalidate"), keys=script_keys, args=args)
+
+    async def aclear(self) -> None:
+        """Async :meth:`clear`."""
+        arun, client = self._arun, self.async_client
+        seq = await arun(client.incr, self._seq)
+        await arun(client.set, self._fence("*"), seq, px=int(self._fence_ttl_ms))
+        for pattern in (f"{self.prefix}:e:*", f"{self.prefix}:t:*"):
+            cursor = 0
+            while True:
+                cursor, names = await arun(client.scan, cursor, match=pattern, count=_SCAN_BATCH)
+                if names:
+                    await arun(client.delete, *names)
+                if not cursor:
+                    break
+        if self.channel:
+            await arun(client.publish, self.channel, _message((), ("*",)))
+
+    def _ascript(self, name: str) -> Any:
+        """The asyncio client's registered script *name* (registered on first use)."""
+        script = self._ascripts.get(name)
+        if script is None:
+            script = self._ascripts[name] = self.async_client.register_script(_SCRIPTS[name])
+        return script
+
+
+class _RedisLeases:
+    """
+    Leases as Redis keys (``SET NX PX``), every command through the backend's breaker.
+    """
+
+    __slots__ = ("_arun", "_ascript", "_async_client", "_client", "_name", "_release", "_run")
+
+    def __init__(
+        self,
+        *,
+        run: Callable[..., Any],
+        arun: Callable[..., Any],
+        client: redis.Redis,
+        async_client: Callable[[], redis.asyncio.Redis],
+        name: Callable[[str], str],
+        release: Any,
+        ascript: Callable[[str], Any],
+    ) -> None:
+        self._run, self._arun = run, arun
+        self._client, self._async_client = client, async_client
+        self._name, self._release, self._ascript = name, release, ascript
+
+    def acquire(self, key: str, seconds: float) -> str | None:
+        holder = secrets.token_hex(8)
+        px = max(1, int(seconds * 1000))
+        taken = self._run(self._client.set, self._name(key), holder, nx=True, px=px)
+        return holder if taken else None
+
+    def held(self, key: str) -> bool:
+        return bool(self._run(self._client.exists, self._name(key)))
+
+    def release(self, key: str, holder: str) -> None:
+        self._run(self._release, keys=[self._name(key)], args=[holder])
+
+    async def aacquire(self, key: str, seconds: float) -> str | None:
+        holder = secrets.token_hex(8)
+        px = max(1, int(seconds * 1000))
+        client = self._async_client()
+        taken = await self._arun(client.set, self._name(key), holder, nx=True, px=px)
+        return holder if taken else None
+
+    async def aheld(self, key: str) -> bool:
+        return bool(await self._arun(self._async_client().exists, self._name(key)))
+
+    async def arelease(self, key: str, holder: str) -> None:
+        await self._arun(self._ascript("release"), keys=[self._name(key)], args=[holder])
 
 
 def _direct(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:

@@ -10,7 +10,7 @@ import threading
 from collections.abc import Callable, Collection
 from typing import Any, Final
 
-from ._backend import MISSING
+from ._backend import MISSING, Leases
 from ._memory import MemoryBackend
 from ._redis import RedisBackend, parse_message
 
@@ -28,9 +28,11 @@ class TieredBackend:
 
     Reads try L1, then L2 (copying a hit into L1 for at most *l1_ttl*
     seconds), then load. Writes fence and store in both levels. An
-    invalidation drops L1 in this process at once, and the L2 script
-    publishes it on a Redis channel; a listener thread in every process drops
-    the same keys and tags from its own L1 when the message arrives.
+    invalidation fences and drops L2 (whose script publishes it on a Redis
+    channel), then fences and drops L1 in this process, so a read that
+    begins after ``invalidate()`` returned cannot find the old value in
+    either level. A listener thread in every process drops the same keys and
+    tags from its own L1 when the message arrives.
 
     L1 is used only while the listener is subscribed. When the subscription
     is lost (Redis restarted, connection dropped) L1 is flushed and bypassed —
@@ -43,12 +45,18 @@ class TieredBackend:
         l2: The shared level; its ``channel`` is set to *channel*.
         l1_ttl: The longest an entry lives in L1, bounding staleness should a
             message ever be lost without the subscription dropping.
-        channel: The pub/sub channel (default: ``"<l2 prefix>:invalidations"``).
+        channel: The pub/sub channel (default:
+            ``"<l2 prefix>:db<l2 db>:invalidations"``: Redis pub/sub ignores
+            database numbers, so the default names the database, and two apps
+            on different databases never see each other's invalidations).
         on_message: Called in the listener thread after each message has been
             applied (for metrics, and for measuring delivery latency).
         reconnect_delay: Seconds between two subscription attempts.
 
     .. versionadded:: 0.1.0
+    .. versionchanged:: 0.2.0
+       The default channel names the Redis database; invalidations go to L2
+       before L1.
     """
 
     def __init__(
@@ -64,9 +72,12 @@ class TieredBackend:
         self.l1 = l1 if l1 is not None else MemoryBackend()
         self.l2 = l2
         self.l1_ttl = l1_ttl
-        self.channel = channel or f"{l2.prefix}:invalidations"
+        self.channel = channel or f"{l2.prefix}:db{l2.db}:invalidations"
         l2.channel = self.channel
         self.max_load = l2.max_load
+        self.leases: Leases | None = l2.leases
+        self._l1_get = self.l1.get
+        self._use_l1 = False  # mirrors _subscribed for the hit path (a plain attribute read)
         self._on_message = on_message
         self._reconnect_delay = reconnect_delay
         self._subscribed = threading.Event()
@@ -95,6 +106,10 @@ class TieredBackend:
         self.l2.close()  # drops the listener's connection too, which wakes it
         self._listener.join(timeout=5)
 
+    async def aclose(self) -> None:
+        """Close the asyncio Redis client (in the loop that used it)."""
+        await self.l2.aclose()
+
     # -- tokens --------------------------------------------------------------------
 
     def _token(self, l2_token: int) -> int:
@@ -104,19 +119,32 @@ class TieredBackend:
     def _split(token: int) -> tuple[int, int]:
         return token >> _L1_BITS, token & _L1_MASK
 
+    def _keep(self, key: str, value: Any, tags: tuple[str, ...], l1_token: int) -> None:
+        """Copy an L2 hit into L1, fenced by the L1 token taken before the L2 read."""
+        if value is not MISSING and self._use_l1:
+            self.l1.set(key, value, ttl=self.l1_ttl, tags=tags, token=l1_token)
+
     # -- sync ----------------------------------------------------------------------
 
+    def peek(self, key: str) -> Any:
+        return self._l1_get(key) if self._use_l1 else MISSING
+
     def get(self, key: str) -> Any:
-        use_l1 = self._subscribed.is_set()
-        if use_l1:
-            value = self.l1.get(key)
+        if self._use_l1:
+            value = self._l1_get(key)
             if value is not MISSING:
                 return value
-        l1_token = self.l1.fill_token()
+        return self.get_entry(key)[0]
+
+    def get_entry(self, key: str) -> tuple[Any, tuple[str, ...]]:
+        if self._use_l1:
+            found = self.l1.get_entry(key)
+            if found[0] is not MISSING:
+                return found
+        l1_token = self.l1.fill_token()  # before the L2 read: fences what L2 had then
         value, tags = self.l2.get_entry(key)
-        if value is not MISSING and use_l1:
-            self.l1.set(key, value, ttl=self.l1_ttl, tags=tags, token=l1_token)
-        return value
+        self._keep(key, value, tags, l1_token)
+        return value, tags
 
     def fill_token(self) -> int:
         return self._token(self.l2.fill_token())
@@ -125,31 +153,38 @@ class TieredBackend:
         l2_token, l1_token = self._split(token)
         if not self.l2.set(key, value, ttl=ttl, tags=tags, token=l2_token):
             return False
-        if self._subscribed.is_set():
+        if self._use_l1:
             self.l1.set(key, value, ttl=min(ttl, self.l1_ttl), tags=tags, token=l1_token)
         return True
 
     def invalidate(self, *, keys: Collection[str] = (), tags: Collection[str] = ()) -> None:
-        self.l1.invalidate(keys=keys, tags=tags)  # this process: at once
+        # L2 first: a reader that misses L1 meanwhile and copies the old L2 entry into L1
+        # took its L1 token before the L1 invalidation below, which then fences that copy.
         self.l2.invalidate(keys=keys, tags=tags)  # everyone: fenced, then published
+        self.l1.invalidate(keys=keys, tags=tags)  # this process: before returning
 
     def clear(self) -> None:
-        self.l1.clear()
         self.l2.clear()
+        self.l1.clear()
 
     # -- async ---------------------------------------------------------------------
 
     async def aget(self, key: str) -> Any:
-        use_l1 = self._subscribed.is_set()
-        if use_l1:
-            value = self.l1.get(key)
+        if self._use_l1:
+            value = self._l1_get(key)
             if value is not MISSING:
                 return value
+        return (await self.aget_entry(key))[0]
+
+    async def aget_entry(self, key: str) -> tuple[Any, tuple[str, ...]]:
+        if self._use_l1:
+            found = self.l1.get_entry(key)
+            if found[0] is not MISSING:
+                return found
         l1_token = self.l1.fill_token()
         value, tags = await self.l2.aget_entry(key)
-        if value is not MISSING and use_l1:
-            self.l1.set(key, value, ttl=self.l1_ttl, tags=tags, token=l1_token)
-        return value
+        self._keep(key, value, tags, l1_token)
+        return value, tags
 
     async def afill_token(self) -> int:
         return self._token(await self.l2.afill_token())
@@ -160,43 +195,17 @@ class TieredBackend:
         l2_token, l1_token = self._split(token)
         if not await self.l2.aset(key, value, ttl=ttl, tags=tags, token=l2_token):
             return False
-        if self._subscribed.is_set():
+        if self._use_l1:
             self.l1.set(key, value, ttl=min(ttl, self.l1_ttl), tags=tags, token=l1_token)
         return True
 
     async def ainvalidate(self, *, keys: Collection[str] = (), tags: Collection[str] = ()) -> None:
-        self.l1.invalidate(keys=keys, tags=tags)
         await self.l2.ainvalidate(keys=keys, tags=tags)
+        self.l1.invalidate(keys=keys, tags=tags)
 
-    async def aclose(self) -> None:
-        """Close the asyncio Redis client (in the loop that used it)."""
-        await self.l2.aclose()
-
-    # -- leases (delegated to L2) -------------------------------------------------
-
-    def acquire_lease(self, key: str, seconds: float) -> str | None:
-        """See :meth:`RedisBackend.acquire_lease`."""
-        return self.l2.acquire_lease(key, seconds)
-
-    def lease_held(self, key: str) -> bool:
-        """See :meth:`RedisBackend.lease_held`."""
-        return self.l2.lease_held(key)
-
-    def release_lease(self, key: str, holder: str) -> None:
-        """See :meth:`RedisBackend.release_lease`."""
-        self.l2.release_lease(key, holder)
-
-    async def aacquire_lease(self, key: str, seconds: float) -> str | None:
-        """See :meth:`RedisBackend.aacquire_lease`."""
-        return await self.l2.aacquire_lease(key, seconds)
-
-    async def alease_held(self, key: str) -> bool:
-        """See :meth:`RedisBackend.alease_held`."""
-        return await self.l2.alease_held(key)
-
-    async def arelease_lease(self, key: str, holder: str) -> None:
-        """See :meth:`RedisBackend.arelease_lease`."""
-        await self.l2.arelease_lease(key, holder)
+    async def aclear(self) -> None:
+        await self.l2.aclear()
+        self.l1.clear()
 
     # -- the listener --------------------------------------------------------------
 
@@ -205,6 +214,7 @@ class TieredBackend:
             log.warning(
                 "cache invalidation channel %r lost (%s); L1 bypassed", self.channel, reason
             )
+        self._use_l1 = False
         self._subscribed.clear()
         self.l1.clear()
 
@@ -227,6 +237,7 @@ class TieredBackend:
                 if pubsub is not None:
                     with contextlib.suppress(Exception):  # closing a dead connection
                         pubsub.close()
+        self._use_l1 = False
         self._subscribed.clear()
 
     def _handle(self, message: dict[str, Any]) -> None:
@@ -234,6 +245,7 @@ class TieredBackend:
         if kind == "subscribe":
             # Whatever was published while we were not listening is lost: start clean.
             self.l1.clear()
+            self._use_l1 = True
             self._subscribed.set()
             log.info("cache invalidation channel %r subscribed; L1 in use", self.channel)
         elif kind == "message":

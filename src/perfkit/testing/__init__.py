@@ -1,6 +1,9 @@
 """
-Helpers for testing code that uses perfkit: a clock you move by hand, and
-retries that do not sleep.
+Helpers for testing code that uses perfkit: a clock you move by hand,
+retries that do not sleep, and the cache backend contract as a pytest suite.
+
+:class:`BackendContract` needs pytest and is imported on first use, so
+``perfkit.testing`` itself does not.
 
 .. versionadded:: 0.1.0
 """
@@ -10,10 +13,24 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any
 
 from perfkit.resilience._retry import TESTING
 
-__all__ = ["FakeClock", "retries_without_sleep", "set_retry_testing"]
+if TYPE_CHECKING:
+    from ._backend_contract import BackendContract
+
+__all__ = ["BackendContract", "FakeClock", "retries_without_sleep", "set_retry_testing"]
+
+
+def __getattr__(name: str) -> Any:
+    if name == "BackendContract":
+        from ._backend_contract import BackendContract  # noqa: PLC0415 - needs pytest
+
+        globals()[name] = BackendContract
+        return BackendContract
+    msg = f"module {__name__!r} has no attribute {name!r}"
+    raise AttributeError(msg)
 
 
 def set_retry_testing(enabled: bool, *, attempts: int | None = None) -> None:
