@@ -13,6 +13,7 @@ behaviour.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import inspect
 import keyword
@@ -211,7 +212,7 @@ def {name}({params}):
     if _pk_pending:
         return _pk_slow(_pk_key, {args}, {kwargs})
     try:
-        _pk_value = _pk_get(_pk_key)
+        _pk_value = {lookup}
     except Exception as _pk_exc:
         return _pk_down(_pk_exc, {args}, {kwargs})
     if _pk_value is not _pk_MISSING:
@@ -240,6 +241,14 @@ async def {name}({params}):
     return await _pk_slow(_pk_key, {args}, {kwargs})
 """
 
+_PEEK_THEN_GET: Final = "\n".join(
+    [
+        "_pk_peek(_pk_key)",
+        "        if _pk_value is _pk_MISSING:",
+        "            _pk_value = _pk_get(_pk_key)",
+    ]
+)
+
 _KEY_BODY: Final = """
 def _pk_key_for({params}):
 {key}
@@ -259,7 +268,12 @@ def _compile(fn: Callable[..., Any], keys: KeyMaker, body: str, names: dict[str,
         params, args, kwargs = spelled[0], spelled[1], spelled[3]
         names.update(spelled[4])
     key = "\n".join("    " + line for line in lines)
-    source = body.format(name="_pk_wrapper", params=params, key=key, args=args, kwargs=kwargs)
+    backend = names["_pk_rt"].backend
+    # One call when peek() is get() (memory); else this process's level first (tiered L1).
+    lookup = "_pk_get(_pk_key)" if backend.peek == backend.get else _PEEK_THEN_GET
+    source = body.format(
+        name="_pk_wrapper", params=params, key=key, args=args, kwargs=kwargs, lookup=lookup
+    )
     source += _KEY_BODY.format(params=params, key=key)
     code = compile(source, f"<perfkit.cache wrapper of {keys.prefix}>", "exec")
     exec(code, names)  # noqa: S102 - source built from parameter names and repr()s only
@@ -384,13 +398,23 @@ async def _anever() -> Any:  # pragma: no cover
 
 
 class _CachedMethod:
-    """A cached method: binds the wrapper, ``invalidate`` and ``key_for`` to the instance."""
+    """
+    A cached method: binds the wrapper, ``invalidate`` and ``key_for`` to the instance.
 
-    __slots__ = ("__dict__", "_fn")
+    The bound form is kept in the instance's ``__dict__`` (as
+    :func:`functools.cached_property` does), so later reads of the attribute
+    are a dict lookup and a call costs one C-level partial on top of a function's.
+    """
+
+    __slots__ = ("__dict__", "_fn", "_name")
 
     def __init__(self, fn: Any) -> None:
         self._fn = fn
+        self._name: str | None = None
         functools.update_wrapper(self, fn)
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self._name = name
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         return self._fn(*args, **kwargs)
@@ -407,7 +431,11 @@ class _CachedMethod:
     def __get__(self, instance: object, owner: type | None = None) -> Any:
         if instance is None:
             return self
-        return _BoundMethod(self._fn, instance)
+        bound = _BoundMethod(self._fn, instance)
+        if self._name is not None:
+            with contextlib.suppress(AttributeError, TypeError):  # no __dict__: bind each time
+                vars(instance)[self._name] = bound
+        return bound
 
 
 class _BoundMethod(functools.partial[Any]):

@@ -77,6 +77,9 @@ class TieredBackend:
         self.max_load = l2.max_load
         self.leases: Leases | None = l2.leases
         self._l1_get = self.l1.get
+        # L1 holds entries only while subscribed: losing the channel clears it, and fills
+        # that began before are fenced by that clear. So peek() reads L1 without a check.
+        self.peek: Callable[[str], Any] = self.l1.get
         self._use_l1 = False  # mirrors _subscribed for the hit path (a plain attribute read)
         self._on_message = on_message
         self._reconnect_delay = reconnect_delay
@@ -125,9 +128,6 @@ class TieredBackend:
             self.l1.set(key, value, ttl=self.l1_ttl, tags=tags, token=l1_token)
 
     # -- sync ----------------------------------------------------------------------
-
-    def peek(self, key: str) -> Any:
-        return self._l1_get(key) if self._use_l1 else MISSING
 
     def get(self, key: str) -> Any:
         if self._use_l1:
