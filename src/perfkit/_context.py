@@ -8,7 +8,7 @@ import contextvars
 import weakref
 from typing import Any, Final
 
-__all__ = ["CURRENT", "REGISTRY", "RequestTiming", "current_timing"]
+__all__ = ["CURRENT", "FILLING", "REGISTRY", "FillProbe", "RequestTiming", "current_timing"]
 
 
 class RequestTiming:
@@ -59,6 +59,28 @@ def current_timing() -> RequestTiming | None:
     .. versionadded:: 0.1.0
     """
     return CURRENT.get()
+
+
+class FillProbe:
+    """
+    One cache fill in progress, for the database hooks that check its loader.
+
+    It is in context while the loader runs, which is after the fill token
+    was taken. A database hook that sees the loader read in a transaction
+    that did not begin during this fill (so began before the token, on a
+    database where a transaction reads one snapshot) sets ``old_snapshot``,
+    and the fill is not stored.
+    """
+
+    __slots__ = ("old_snapshot",)
+
+    def __init__(self) -> None:
+        self.old_snapshot = False
+
+
+FILLING: Final[contextvars.ContextVar[FillProbe | None]] = contextvars.ContextVar(
+    "perfkit_cache_fill", default=None
+)
 
 
 class _Registry:

@@ -39,15 +39,25 @@ import sqlalchemy as sa
 from sqlalchemy import event
 from sqlalchemy.engine import URL, Connection, Engine, make_url
 
+from perfkit._context import FILLING
+
 if TYPE_CHECKING:
     # Imported lazily: sqlalchemy.ext.asyncio needs greenlet (the "async" extra).
     from sqlalchemy.ext.asyncio import AsyncEngine
 
-__all__ = ["create_async_engine", "create_engine", "for_writes", "normalize_url"]
+__all__ = [
+    "create_async_engine",
+    "create_engine",
+    "detect_stale_loads",
+    "for_writes",
+    "normalize_url",
+]
 
 BeginMode = Literal["DEFERRED", "IMMEDIATE", "EXCLUSIVE"]
 
 _BEGIN_OPTION: Final = "perfkit_sqlite_begin"
+_BEGAN_IN: Final = "perfkit_transaction_began_in_fill"
+_PER_STATEMENT_LEVELS: Final = frozenset({"READ COMMITTED", "READ UNCOMMITTED", "AUTOCOMMIT"})
 _BEGIN_SQL: Final = {
     "DEFERRED": "BEGIN DEFERRED",
     "IMMEDIATE": "BEGIN IMMEDIATE",
@@ -119,6 +129,7 @@ def create_engine(
     engine = sa.create_engine(parsed, **_engine_kwargs(parsed, overrides))
     if parsed.get_backend_name() == "sqlite":
         _install_sqlite_hooks(engine, parsed, busy_timeout)
+    detect_stale_loads(engine)
     return engine
 
 
@@ -144,6 +155,7 @@ def create_async_engine(
     engine = _sa_create_async_engine(parsed, **_engine_kwargs(parsed, overrides))
     if parsed.get_backend_name() == "sqlite":
         _install_sqlite_hooks(engine.sync_engine, parsed, busy_timeout)
+    detect_stale_loads(engine)
     return engine
 
 
@@ -171,6 +183,54 @@ def for_writes(engine: _E, *, mode: BeginMode = "IMMEDIATE") -> _E:
         msg = f"mode must be one of {sorted(_BEGIN_SQL)}, not {mode!r}"
         raise ValueError(msg)
     return engine.execution_options(**{_BEGIN_OPTION: mode})
+
+
+def detect_stale_loads(engine: Engine | AsyncEngine) -> None:
+    """
+    Make cache fills refuse values read in a snapshot older than the fill.
+
+    A cached loader must read in a transaction that begins after the fill
+    started: a transaction reads one snapshot on SQLite and under
+    PostgreSQL's REPEATABLE READ and SERIALIZABLE, so a connection or session
+    that had already read before the miss (a per-request session, say) can
+    return a row older than a write that committed and invalidated
+    meanwhile, and the cache's fences cannot tell. With these hooks, such a
+    fill is not stored (counted in ``cache.stats.stale`` and logged by the
+    ``perfkit.cache`` logger); the caller still gets the value it loaded.
+    READ COMMITTED reads a fresh snapshot per statement and is never flagged.
+
+    :func:`create_engine` and :func:`create_async_engine` install the hooks;
+    call this for an engine made otherwise. Outside a cache fill they cost a
+    context-variable read per transaction and per statement.
+
+    .. versionadded:: 0.2.0
+    """
+    sync_engine = engine if isinstance(engine, Engine) else engine.sync_engine
+    if not event.contains(sync_engine, "begin", _transaction_began):
+        event.listen(sync_engine, "begin", _transaction_began)
+        event.listen(sync_engine, "before_cursor_execute", _check_fill_snapshot)
+
+
+def _transaction_began(conn: Connection) -> None:
+    probe = FILLING.get()
+    if probe is not None:  # began inside this fill: its snapshot is newer than the token
+        conn.info[_BEGAN_IN] = probe
+
+
+def _check_fill_snapshot(conn: Connection, _cursor: Any, statement: str, *_args: Any) -> None:
+    probe = FILLING.get()
+    if probe is None or probe.old_snapshot or statement.startswith("BEGIN"):
+        return  # (SQLite's BEGIN is emitted by perfkit's own "begin" hook, before the mark)
+    if conn.info.get(_BEGAN_IN) is not probe and _reads_one_snapshot(conn):
+        probe.old_snapshot = True
+
+
+def _reads_one_snapshot(conn: Connection) -> bool:
+    """Whether a transaction on *conn* reads one snapshot throughout."""
+    if conn.dialect.name == "sqlite":
+        return True
+    level = conn.get_execution_options().get("isolation_level") or conn.default_isolation_level
+    return str(level).upper() not in _PER_STATEMENT_LEVELS
 
 
 def _engine_kwargs(url: URL, overrides: dict[str, Any]) -> dict[str, Any]:

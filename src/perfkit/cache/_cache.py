@@ -74,6 +74,7 @@ class Runtime:
 
     __slots__ = (
         "_last_log",
+        "_last_snapshot_log",
         "_lock",
         "_next_replay",
         "backend",
@@ -101,6 +102,7 @@ class Runtime:
         self._lock = threading.Lock()
         self._next_replay = 0.0
         self._last_log = float("-inf")
+        self._last_snapshot_log = float("-inf")
 
     def hit(self) -> None:
         """Count a hit, here and in the request being served."""
@@ -129,6 +131,19 @@ class Runtime:
                 type(exc).__name__,
                 exc,
                 self.errors,
+            )
+
+    def old_snapshot(self, function: str) -> None:
+        """Log (at most once per ``log_interval``) a fill not stored for reading an old snapshot."""
+        now = self.clock.monotonic()
+        if now - self._last_snapshot_log >= self.log_interval:
+            self._last_snapshot_log = now
+            log.warning(
+                "%s loaded in a database transaction that began before the cache fill (a "
+                "connection or session that had already read, or REPEATABLE READ): its value "
+                "may predate a write invalidated meanwhile, so it was not cached. Read in a "
+                "new transaction inside the loader, e.g. `with engine.connect() as conn:`",
+                function,
             )
 
     def defer(self, keys: tuple[str, ...], tags: tuple[str, ...]) -> None:

@@ -16,6 +16,8 @@ import random
 from collections.abc import Awaitable, Callable, Generator
 from typing import TYPE_CHECKING, Any, Final
 
+from perfkit._context import FILLING, FillProbe
+
 from ._backend import MISSING, Backend, Leases
 from ._flights import Abandoned, Flight, TaskFlights, ThreadFlights
 from ._values import share
@@ -34,7 +36,7 @@ _JOIN: Final = 2
 _SLEEP: Final = 3
 
 _NO_KWARGS: Final[dict[str, Any]] = {}
-LOAD: Final = (_LOAD,)
+LOAD: Final = (_LOAD, None)
 
 Op = tuple[Any, ...]
 Steps = Generator[Op, Any, Any]
@@ -164,6 +166,7 @@ def fill_steps(  # noqa: PLR0912 - the protocol, in the order it runs
     value: Any = None
     error: BaseException | None = None
     holder: str | None = None
+    probe = FillProbe()
     try:
         if ctx.leases is not None:
             holder, value = yield from _lease_steps(ctx, ctx.leases, key)
@@ -171,13 +174,16 @@ def fill_steps(  # noqa: PLR0912 - the protocol, in the order it runs
                 return value  # another process loaded it meanwhile
         started = clock.monotonic()
         runtime.loads += 1
-        value = yield LOAD
+        value = yield (_LOAD, probe)
     except BaseException as exc:
         error = exc
         raise
     else:
         fresh_enough = clock.monotonic() - started <= backend.max_load
-        if fresh_enough and (value is not None or ctx.cache_none):
+        if probe.old_snapshot:
+            runtime.stale += 1
+            runtime.old_snapshot(ctx.keys.prefix)
+        elif fresh_enough and (value is not None or ctx.cache_none):
             try:
                 tags = ctx.keys.tags(args, kwargs, value)
                 ttl = ctx.entry_ttl(value)
@@ -287,7 +293,7 @@ def run(steps: Steps, load: Callable[[], Any], clock: Clock) -> Any:
             if kind == _CALL:
                 result = getattr(op[1], op[2])(*op[3], **op[4])
             elif kind == _LOAD:
-                result = load()
+                result = _load(load, op)
             elif kind == _JOIN:
                 flight: Flight = op[1]
                 result = flight.wait()
@@ -295,6 +301,15 @@ def run(steps: Steps, load: Callable[[], Any], clock: Clock) -> Any:
                 clock.sleep(op[1])
         except BaseException as exc:
             error = exc
+
+
+def _load(load: Callable[[], Any], op: Op) -> Any:
+    """Run the loader with its fill's probe in context (``perfkit.db`` hooks report to it)."""
+    probe = FILLING.set(op[1])
+    try:
+        return load()
+    finally:
+        FILLING.reset(probe)
 
 
 async def arun(steps: Steps, load: Callable[[], Awaitable[Any]], clock: Clock) -> Any:
@@ -312,7 +327,11 @@ async def arun(steps: Steps, load: Callable[[], Awaitable[Any]], clock: Clock) -
             if kind == _CALL:
                 result = await getattr(op[1], "a" + op[2])(*op[3], **op[4])
             elif kind == _LOAD:
-                result = await load()
+                probe = FILLING.set(op[1])
+                try:
+                    result = await load()
+                finally:
+                    FILLING.reset(probe)
             elif kind == _JOIN:
                 flight: Flight = op[1]
                 result = await flight.await_()

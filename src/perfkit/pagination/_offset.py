@@ -146,17 +146,20 @@ def paginate(
     if count == "none":
         rows = bind.execute(stmt.limit(limit + 1).offset(offset)).all()
         return _uncounted(rows, page, limit)
-    rows = bind.execute(stmt.limit(limit).offset(offset)).all()
-    if page == 1 and len(rows) < limit:
-        return _counted(rows, page, limit, len(rows))  # it all fits: no count needed
-    counted = _count_stmt(stmt)
     if count == "cached":
+        # The count first: on a miss its COUNT is the first statement of the transaction,
+        # which therefore begins after the fill token was taken (a count run after the page
+        # query would read the page's older snapshot on SQLite and could be cached stale).
         assert cache is not None
+        counted = _count_stmt(stmt)
         total = _count_cache(cache).sync(
             *_count_key(counted), lambda: int(bind.execute(counted).scalar_one())
         )
-    else:
-        total = int(bind.execute(counted).scalar_one())
+        return _counted(bind.execute(stmt.limit(limit).offset(offset)).all(), page, limit, total)
+    rows = bind.execute(stmt.limit(limit).offset(offset)).all()
+    if page == 1 and len(rows) < limit:
+        return _counted(rows, page, limit, len(rows))  # it all fits: no count needed
+    total = int(bind.execute(_count_stmt(stmt)).scalar_one())
     return _counted(rows, page, limit, total)
 
 
@@ -179,20 +182,20 @@ async def apaginate(
     if count == "none":
         rows = (await bind.execute(stmt.limit(limit + 1).offset(offset))).all()
         return _uncounted(rows, page, limit)
-    rows = (await bind.execute(stmt.limit(limit).offset(offset))).all()
-    if page == 1 and len(rows) < limit:
-        return _counted(rows, page, limit, len(rows))
     counted = _count_stmt(stmt)
 
     async def run() -> int:
         return int((await bind.execute(counted)).scalar_one())
 
-    if count == "cached":
+    if count == "cached":  # the count first, as in paginate()
         assert cache is not None
         total = await _count_cache(cache).asynchronous(*_count_key(counted), run)
-    else:
-        total = await run()
-    return _counted(rows, page, limit, total)
+        rows = (await bind.execute(stmt.limit(limit).offset(offset))).all()
+        return _counted(rows, page, limit, total)
+    rows = (await bind.execute(stmt.limit(limit).offset(offset))).all()
+    if page == 1 and len(rows) < limit:
+        return _counted(rows, page, limit, len(rows))
+    return _counted(rows, page, limit, await run())
 
 
 def count_tag(table: str) -> str:
