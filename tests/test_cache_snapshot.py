@@ -58,7 +58,6 @@ def sqlite_file(tmp_path: Path) -> str:
 def test_without_the_hooks_an_old_snapshot_is_cached(sqlite_file: str) -> None:
     """Without the hooks the loader reads the old row after the write and it is cached."""
     engine = db.create_engine(sqlite_file)  # a real BEGIN: one snapshot per transaction
-    event.remove(engine, "begin", db._transaction_began)
     event.remove(engine, "before_cursor_execute", db._check_fill_snapshot)
     _setup(engine)
     with engine.connect() as reader:

@@ -33,6 +33,7 @@ SQLAlchemy unchanged; passing ``poolclass`` drops the pool sizing defaults.
 
 from __future__ import annotations
 
+import weakref
 from typing import TYPE_CHECKING, Any, Final, Literal, TypeVar, overload
 
 import sqlalchemy as sa
@@ -57,6 +58,8 @@ BeginMode = Literal["DEFERRED", "IMMEDIATE", "EXCLUSIVE"]
 
 _BEGIN_OPTION: Final = "perfkit_sqlite_begin"
 _BEGAN_IN: Final = "perfkit_transaction_began_in_fill"
+_MARKS_BEGIN: Final[weakref.WeakSet[Engine]] = weakref.WeakSet()
+"""Engines whose own "begin" hook marks transactions begun in a fill (perfkit's SQLite)."""
 _PER_STATEMENT_LEVELS: Final = frozenset({"READ COMMITTED", "READ UNCOMMITTED", "AUTOCOMMIT"})
 _BEGIN_SQL: Final = {
     "DEFERRED": "BEGIN DEFERRED",
@@ -206,9 +209,11 @@ def detect_stale_loads(engine: Engine | AsyncEngine) -> None:
     .. versionadded:: 0.2.0
     """
     sync_engine = engine if isinstance(engine, Engine) else engine.sync_engine
-    if not event.contains(sync_engine, "begin", _transaction_began):
+    if event.contains(sync_engine, "before_cursor_execute", _check_fill_snapshot):
+        return
+    if sync_engine not in _MARKS_BEGIN:  # perfkit's SQLite "begin" hook marks already
         event.listen(sync_engine, "begin", _transaction_began)
-        event.listen(sync_engine, "before_cursor_execute", _check_fill_snapshot)
+    event.listen(sync_engine, "before_cursor_execute", _check_fill_snapshot, retval=True)
 
 
 def _transaction_began(conn: Connection) -> None:
@@ -217,12 +222,18 @@ def _transaction_began(conn: Connection) -> None:
         conn.info[_BEGAN_IN] = probe
 
 
-def _check_fill_snapshot(conn: Connection, _cursor: Any, statement: str, *_args: Any) -> None:
+def _check_fill_snapshot(
+    conn: Connection, _cursor: Any, statement: str, parameters: Any, *_args: Any
+) -> tuple[str, Any]:
     probe = FILLING.get()
-    if probe is None or probe.old_snapshot or statement.startswith("BEGIN"):
-        return  # (SQLite's BEGIN is emitted by perfkit's own "begin" hook, before the mark)
-    if conn.info.get(_BEGAN_IN) is not probe and _reads_one_snapshot(conn):
+    if (
+        probe is not None
+        and not probe.old_snapshot
+        and conn.info.get(_BEGAN_IN) is not probe
+        and _reads_one_snapshot(conn)
+    ):
         probe.old_snapshot = True
+    return statement, parameters
 
 
 def _reads_one_snapshot(conn: Connection) -> bool:
@@ -282,5 +293,8 @@ def _install_sqlite_hooks(engine: Engine, url: URL, busy_timeout: float) -> None
 
     @event.listens_for(engine, "begin")
     def _on_begin(conn: Connection) -> None:
+        _transaction_began(conn)  # before the BEGIN statement, which a fill's check sees
         mode = conn.get_execution_options().get(_BEGIN_OPTION, "DEFERRED")
         conn.exec_driver_sql(_BEGIN_SQL[mode])
+
+    _MARKS_BEGIN.add(engine)
