@@ -17,9 +17,10 @@ import contextlib
 import functools
 import inspect
 import keyword
+import threading
+import weakref
 from collections.abc import Callable, Coroutine, Iterable
 from dataclasses import dataclass
-from types import MethodType
 from typing import (
     TYPE_CHECKING,
     Any,
@@ -180,6 +181,13 @@ class Decorator:
     @overload
     def __call__(self, fn: Callable[P, R]) -> CachedFunction[P, R]: ...
     def __call__(self, fn: Callable[..., Any]) -> Any:
+        wrapper, is_method = self.build(fn)
+        if is_method:  # bind invalidate and key_for to the instance too
+            return _CachedMethod(wrapper)
+        return wrapper
+
+    def build(self, fn: Callable[..., Any]) -> tuple[Any, bool]:
+        """The compiled wrapper of *fn*, and whether *fn* is a method (``self`` first)."""
         options = self._options
         keys = KeyMaker(
             fn,
@@ -199,9 +207,7 @@ class Decorator:
         )
         is_async = inspect.iscoroutinefunction(fn)
         wrapper = _async_wrapper(fn, ctx) if is_async else _sync_wrapper(fn, ctx)
-        if keys.skip:  # a method: bind invalidate and key_for to the instance too
-            return _CachedMethod(wrapper)
-        return wrapper
+        return wrapper, bool(keys.skip)
 
 
 # -- compiling the wrapper -------------------------------------------------------------
@@ -213,7 +219,7 @@ def {name}({params}):
         return _pk_slow(_pk_key, {args}, {kwargs})
     try:
         _pk_value = {lookup}
-    except Exception as _pk_exc:
+    except _pk_Exception as _pk_exc:
         return _pk_down(_pk_exc, {args}, {kwargs})
     if _pk_value is not _pk_MISSING:
         _pk_rt.hits += 1
@@ -230,7 +236,7 @@ async def {name}({params}):
     if not _pk_pending:
         try:
             _pk_value = _pk_peek(_pk_key)
-        except Exception:
+        except _pk_Exception:
             _pk_value = _pk_MISSING
         if _pk_value is not _pk_MISSING:
             _pk_rt.hits += 1
@@ -330,6 +336,7 @@ def _names(ctx: _fill.FillContext) -> dict[str, Any]:
         "_pk_MISSING": MISSING,
         "_pk_current": CURRENT.get,
         "_pk_nokw": _NO_KWARGS,
+        "_pk_Exception": Exception,
     }
 
 
@@ -412,6 +419,7 @@ class _CachedMethod:
         self._fn = fn
         self._name: str | None = None
         functools.update_wrapper(self, fn)
+        _look_like(self, fn)
 
     def __set_name__(self, owner: type, name: str) -> None:
         self._name = name
@@ -443,6 +451,13 @@ class _BoundMethod(functools.partial[Any]):
 
     __slots__ = ()
 
+    def __init__(self, func: Any, instance: object, /) -> None:
+        # Bound once per instance (kept in its __dict__): name it like the method it is.
+        names = vars(self)
+        for name in ("__name__", "__qualname__", "__doc__"):  # not __wrapped__: it has self
+            with contextlib.suppress(AttributeError):
+                names[name] = getattr(func, name)
+
     @property
     def invalidate(self) -> Callable[..., Any]:
         return functools.partial(self.func.invalidate, *self.args)  # type: ignore[attr-defined]
@@ -452,13 +467,45 @@ class _BoundMethod(functools.partial[Any]):
         return functools.partial(self.func.key_for, *self.args)  # type: ignore[attr-defined]
 
 
+def _look_like(wrapper: Any, fn: Any) -> None:
+    """
+    Give a wrapper object the attributes :func:`inspect.iscoroutinefunction` reads on 3.11.
+
+    So a cached coroutine method is a coroutine function on the class as on the instance.
+    """
+    wrapper.__code__ = fn.__code__
+    wrapper.__defaults__ = fn.__defaults__
+    wrapper.__kwdefaults__ = fn.__kwdefaults__
+
+
+class _UncachedBound(functools.partial[Any]):
+    """A :func:`cached_method` bound to an instance without a cache: every call loads."""
+
+    __slots__ = ()
+
+    def invalidate(self, *args: Any, **kwargs: Any) -> Any:
+        """Nothing is cached: nothing to drop (awaitable for a coroutine method)."""
+        if inspect.iscoroutinefunction(self.func):
+            return _nothing()
+        return None
+
+    def key_for(self, *args: Any, **kwargs: Any) -> str:
+        """There is no key without a cache."""
+        msg = f"{self.func.__qualname__} has no cache: its instance's cache attribute is None"
+        raise LookupError(msg)
+
+
+async def _nothing() -> None:
+    return None
+
+
 # -- a cache given at construction --------------------------------------------------------
 
 
 class _InjectedMethod:
     """The runtime of :class:`CachedMethod` and :class:`AsyncCachedMethod`."""
 
-    __slots__ = ("__dict__", "_attr", "_decorate", "_fn", "_name")
+    __slots__ = ("__dict__", "_attr", "_decorate", "_fn", "_lock", "_name", "_wrappers")
 
     def __init__(
         self, fn: Callable[..., Any], attr: str, decorate: Callable[[Cache], Decorator]
@@ -470,7 +517,12 @@ class _InjectedMethod:
         self._attr = attr
         self._decorate = decorate
         self._name = fn.__name__
+        # One compiled wrapper per cache, shared by every instance holding that cache, so
+        # instances built per request share single-flight and compile nothing.
+        self._wrappers: weakref.WeakKeyDictionary[Cache, Any] = weakref.WeakKeyDictionary()
+        self._lock = threading.Lock()
         functools.update_wrapper(cast("Callable[..., Any]", self), fn)
+        _look_like(self, fn)
 
     def __set_name__(self, owner: type, name: str) -> None:
         self._name = name
@@ -479,16 +531,22 @@ class _InjectedMethod:
         if instance is None:
             return self
         cache = getattr(instance, self._attr, None)
-        bound = MethodType(self._fn, instance)
         if cache is None:  # no cache given: every call loads
-            return bound
-        wrapper = self._decorate(cache)(bound)
+            bound: Any = _UncachedBound(self._fn, instance)
+        else:
+            wrapper = self._wrappers.get(cache)
+            if wrapper is None:
+                with self._lock:
+                    wrapper = self._wrappers.get(cache)
+                    if wrapper is None:
+                        wrapper = self._wrappers[cache] = self._decorate(cache).build(self._fn)[0]
+            bound = _BoundMethod(wrapper, instance)
         try:
-            vars(instance)[self._name] = wrapper  # later reads find it before this descriptor
+            vars(instance)[self._name] = bound  # later reads find it before this descriptor
         except TypeError:
             msg = f"cached_method() needs instances with a __dict__: {type(instance).__qualname__}"
             raise TypeError(msg) from None
-        return wrapper
+        return bound
 
 
 class CachedMethod(_InjectedMethod, Generic[S, P, R]):

@@ -199,7 +199,8 @@ def fill_steps(  # noqa: PLR0912 - the protocol, in the order it runs
                 yield call(ctx.leases, "release", key, holder)
             except Exception as exc:  # fail open: the lease expires by itself
                 runtime.failed(exc)
-        flights.finish(key, flight, value, error)
+        # Followers get a value of their own: the leader's caller may change the loaded one.
+        flights.finish(key, flight, None if error is not None else share(value), error)
 
 
 def _lease_steps(ctx: FillContext, leases: Leases, key: str) -> Steps:

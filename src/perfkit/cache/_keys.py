@@ -134,12 +134,14 @@ def key_source(keys: KeyMaker, call: str, constants: dict[str, Any]) -> list[str
         constants["_pk_head"] = keys.head
         constants["_pk_plain"] = PLAIN
         constants["_pk_part"] = key_part
+        constants["_pk_type"] = type  # parameters may be named like builtins
+        constants["_pk_map"] = map
         if not names:
             return ["_pk_key = _pk_head + ')'"]
-        checks = " and ".join(f"type({name}) in _pk_plain" for name in names)
+        checks = " and ".join(f"_pk_type({name}) in _pk_plain" for name in names)
         fast = "f'{_pk_head}" + ",".join(f"{{{name}!r}}" for name in names) + ")'"
         tuple_ = "(" + "".join(f"{name}, " for name in names) + ")"
-        slow = f"_pk_head + ','.join(map(_pk_part, {tuple_})) + ')'"
+        slow = f"_pk_head + ','.join(_pk_map(_pk_part, {tuple_})) + ')'"
         return [f"_pk_key = {fast} if {checks} else {slow}"]
     if callable(spec):
         constants["_pk_keyspec"] = spec
