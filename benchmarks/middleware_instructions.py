@@ -41,11 +41,12 @@ from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
-_REFS = re.compile(r"refs:\s+([\d,]+)")
+import callgrind
+
+ROOT = callgrind.ROOT
 # String hashing is salted per process, so dict and set layouts, and with them the
 # counts, would move a little from run to run: fix the salt.
-_FIXED_HASHES = {**os.environ, "PYTHONHASHSEED": "0"}
+_FIXED_HASHES = callgrind.FIXED_HASHES
 
 # name -> (child variant, the row it is compared with)
 ROWS: dict[str, tuple[str, str | None]] = {
@@ -200,15 +201,7 @@ def _child(variant: str) -> Callable[[int], None]:
 
 def count_program(variant: str, requests: int) -> int:
     """Instructions one child process runs serving *requests* requests of *variant*."""
-    out = subprocess.run(
-        ["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null",
-         sys.executable, __file__, "--child", variant, "--requests", str(requests)],
-        capture_output=True, text=True, check=True, cwd=ROOT, env=_FIXED_HASHES,
-    ).stderr  # fmt: skip
-    match = _REFS.search(out)
-    if match is None:
-        raise SystemExit(f"callgrind printed no count for {variant}:\n{out[-2000:]}")
-    return int(match.group(1).replace(",", ""))
+    return callgrind.count(__file__, "--child", variant, "--requests", str(requests))
 
 
 def count_all(variants: list[str], requests: int) -> dict[str, float]:

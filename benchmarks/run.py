@@ -121,6 +121,12 @@ BENCHMARKS: Final[tuple[Benchmark, ...]] = (
         databases=False,
     ),
     Benchmark(
+        name="cache_hit_instructions",
+        title="Cache hit against peers, in instructions (callgrind)",
+        run=_script("cache_hit.py", "--instructions"),
+        databases=False,
+    ),
+    Benchmark(
         name="tiered_delivery",
         title="Tiered cache: invalidation delivery latency",
         run=_script("tiered_delivery.py", "--redis", REDIS_URL),
