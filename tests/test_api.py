@@ -306,7 +306,7 @@ async def test_cached_api_serves_fresh_data_after_writes(
     cache = make_cache(redis_url)
     if redis_url is not None:
         cache.clear()  # the example's fixed prefix: start from nothing
-        request.addfinalizer(cache.backend.close)  # type: ignore[attr-defined]
+        request.addfinalizer(cache.backend.close)
     with open_stores(engine, cache=cache) as cached:
         async with _client(cached) as client:
             first = (await client.get("/bills/3/votes/counts")).json()

@@ -222,9 +222,8 @@ def create_app(
             yield
         finally:
             opened.close()
-            close = getattr(cache.backend if cache else None, "close", None)
-            if close is not None:
-                close()  # the tiered listener thread and the Redis connections
+            if cache is not None:
+                cache.backend.close()  # the tiered listener thread and the Redis connections
 
     timing = os.environ.get("PERFKIT_TIMING") != "off"
     provider = telemetry.meter_provider() if timing else None
