@@ -168,3 +168,53 @@ def test_async_loader_is_checked_too(tmp_path: Path) -> None:
     sync.dispose()
 
     assert result == ("old", MISSING, 1)
+
+
+def test_cached_count_through_a_session_that_already_read(sqlite_file: str) -> None:
+    """paginate(count="cached") on a busy per-request session counts on its own connection."""
+    from sqlalchemy.orm import Session  # noqa: PLC0415
+
+    from perfkit import paginate  # noqa: PLC0415
+
+    engine = db.create_engine(sqlite_file)
+    _setup(engine)
+    with engine.begin() as conn:
+        conn.execute(ITEMS.insert(), [{"id": n, "v": str(n)} for n in range(2, 8)])
+    cache = Cache(MemoryBackend(), namespace="snap")
+    stmt = sa.select(ITEMS.c.id).order_by(ITEMS.c.id)
+    with Session(engine) as session:
+        session.execute(sa.select(ITEMS.c.v)).all()  # the request read once
+        first = paginate(session, stmt, page=2, limit=2, count="cached", cache=cache)
+        again = paginate(session, stmt, page=3, limit=2, count="cached", cache=cache)
+    engine.dispose()
+
+    assert (first.total, again.total, cache.stats.hits, cache.stats.stale) == (7, 7, 1, 0)
+
+
+def test_nested_fill_marks_the_outer_one(sqlite_file: str) -> None:
+    """An outer fill whose loader used an inner fill's old-snapshot value is not stored either."""
+    engine = db.create_engine(sqlite_file)
+    _setup(engine)
+    cache = Cache(MemoryBackend(), namespace="snap")
+    with engine.connect() as reader:
+
+        @cache.cached(key="item:{item_id}")
+        def get(item_id: int) -> str | None:
+            return reader.execute(sa.select(ITEMS.c.v).where(ITEMS.c.id == item_id)).scalar()
+
+        @cache.cached(key="summary:{item_id}")
+        def summary(item_id: int) -> str:
+            return f"summary of {get(item_id)}"
+
+        reader.execute(sa.select(ITEMS.c.v)).all()
+        with engine.begin() as conn:
+            conn.execute(ITEMS.update().values(v="new"))
+        cache.invalidate_keys("item:1", "summary:1")
+        loaded = summary(1)
+    engine.dispose()
+
+    assert (
+        loaded,
+        cache.backend.get(cache.key("summary:1")),
+        cache.stats.stale,
+    ) == ("summary of old", MISSING, 2)

@@ -20,7 +20,7 @@ import pytest
 import redis
 
 from perfkit import CircuitBreaker, db
-from perfkit.cache import MISSING, Cache, RedisBackend, TieredBackend
+from perfkit.cache import MISSING, Cache, MemoryBackend, RedisBackend, TieredBackend
 from perfkit.reference import codec, open_stores
 from perfkit.testing import BackendContract, FakeClock
 
@@ -271,3 +271,20 @@ def test_redis_killed_under_load_every_request_still_succeeds(
     assert breaker.state == "open"
     assert breaker.stats.rejections > 0  # later calls never tried the dead server
     assert cache.stats.errors >= breaker.stats.rejections
+
+
+def test_an_l2_hit_lives_in_l1_no_longer_than_in_l2(redis_url: str, redis_prefix: str) -> None:
+    """A copy into L1 takes the entry's remaining TTL when that is shorter than l1_ttl."""
+    clock = FakeClock()
+    backend = _tiered(redis_url, redis_prefix, l1=MemoryBackend(clock=clock), l1_ttl=30)
+    writer = RedisBackend(redis_url, prefix=redis_prefix, codec=codec())
+    try:
+        writer.set("ns:short", "v", ttl=2, tags=(), token=writer.fill_token())
+
+        assert backend.get("ns:short") == "v"  # from L2, copied into L1
+        assert backend.l1.get("ns:short") == "v"
+        clock.advance(2.5)  # past the L2 entry's TTL on L1's clock, well within l1_ttl
+        assert backend.l1.get("ns:short") is MISSING
+    finally:
+        writer.close()
+        backend.close()

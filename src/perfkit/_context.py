@@ -72,10 +72,27 @@ class FillProbe:
     and the fill is not stored.
     """
 
-    __slots__ = ("old_snapshot",)
+    __slots__ = ("old_snapshot", "parent")
 
     def __init__(self) -> None:
         self.old_snapshot = False
+        self.parent: FillProbe | None = None
+        """The fill whose loader this fill runs in (a nested cached call), if any."""
+
+    def flag(self) -> None:
+        """Mark this fill and every enclosing one: their values rest on an old snapshot."""
+        probe: FillProbe | None = self
+        while probe is not None:
+            probe.old_snapshot = True
+            probe = probe.parent
+
+    def encloses(self, other: FillProbe | None) -> bool:
+        """Whether *other* is this fill or one nested in it."""
+        while other is not None:
+            if other is self:
+                return True
+            other = other.parent
+        return False
 
 
 FILLING: Final[contextvars.ContextVar[FillProbe | None]] = contextvars.ContextVar(

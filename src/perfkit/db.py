@@ -212,7 +212,8 @@ def detect_stale_loads(engine: Engine | AsyncEngine) -> None:
     if event.contains(sync_engine, "before_cursor_execute", _check_fill_snapshot):
         return
     if sync_engine not in _MARKS_BEGIN:  # perfkit's SQLite "begin" hook marks already
-        event.listen(sync_engine, "begin", _transaction_began)
+        # First: a user's own "begin" hook may emit BEGIN, which the check already sees.
+        event.listen(sync_engine, "begin", _transaction_began, insert=True)
     event.listen(sync_engine, "before_cursor_execute", _check_fill_snapshot, retval=True)
 
 
@@ -229,10 +230,10 @@ def _check_fill_snapshot(
     if (
         probe is not None
         and not probe.old_snapshot
-        and conn.info.get(_BEGAN_IN) is not probe
+        and not probe.encloses(conn.info.get(_BEGAN_IN))
         and _reads_one_snapshot(conn)
     ):
-        probe.old_snapshot = True
+        probe.flag()
     return statement, parameters
 
 

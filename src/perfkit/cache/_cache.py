@@ -77,6 +77,7 @@ class Runtime:
         "_last_snapshot_log",
         "_lock",
         "_next_replay",
+        "_replaying",
         "backend",
         "bypassed",
         "clock",
@@ -101,6 +102,7 @@ class Runtime:
         self.pending: Pending = []
         self._lock = threading.Lock()
         self._next_replay = 0.0
+        self._replaying = threading.Lock()
         self._last_log = float("-inf")
         self._last_snapshot_log = float("-inf")
 
@@ -156,20 +158,30 @@ class Runtime:
                 self.pending.append((keys, tags))
 
     def take_pending(self) -> Pending | None:
-        """The pending invalidations to replay now, or ``None`` if it is too soon."""
+        """
+        The pending invalidations to replay now, or ``None`` (too soon, or already replaying).
+
+        They stay in :attr:`pending` until :meth:`replayed` removes them, so reads keep
+        bypassing the cache until each one has gone through; one replay runs at a time.
+        """
+        if not self._replaying.acquire(blocking=False):
+            return None
         now = self.clock.monotonic()
         if now < self._next_replay:
+            self._replaying.release()
             return None
         self._next_replay = now + _REPLAY_EVERY
         with self._lock:
-            pending = self.pending[:]
-            self.pending.clear()
-        return pending
+            return self.pending[:]
 
-    def restore(self, pending: Pending) -> None:
-        """Put back invalidations that could not be replayed, before newer ones."""
-        with self._lock:
-            self.pending[:0] = pending
+    def replayed(self, done: Pending) -> None:
+        """Drop the invalidations of *done* that went through, and end the replay."""
+        try:
+            with self._lock:
+                gone = {id(item) for item in done}
+                self.pending[:] = [item for item in self.pending if id(item) not in gone]
+        finally:
+            self._replaying.release()
 
 
 class Cache:
@@ -353,7 +365,7 @@ class Cache:
             none_ttl=none_ttl,
             jitter=self.jitter if jitter is None else jitter,
         )
-        decorator = Decorator(self._runtime, self.key, self.tag, options)
+        decorator = Decorator(self._runtime, self.namespace, options)
         return decorator if fn is None else decorator(fn)
 
     # -- invalidation --------------------------------------------------------------
@@ -374,18 +386,24 @@ class Cache:
         """
         Drop cache keys and tags in one backend operation.
 
+        Raises:
+            TypeError: *keys* or *tags* is a single string (a collection of
+                characters to Python): pass ``["order:5"]``.
+
         Call it after the write's transaction commits. When it returns, no
         read that begins afterwards in this process returns an entry it
         dropped. If the backend is unreachable the invalidation is kept and
         retried, and reads bypass the cache until it goes through, so nothing
         stale is served when it is back.
         """
+        _not_a_string(keys, tags)
         self._invalidate(tuple(map(self.key, keys)), tuple(map(self.tag, tags)))
 
     async def ainvalidate(self, *, keys: Collection[str] = (), tags: Collection[str] = ()) -> None:
         """
         Async :meth:`invalidate`.
         """
+        _not_a_string(keys, tags)
         await self._ainvalidate(tuple(map(self.key, keys)), tuple(map(self.tag, tags)))
 
     async def ainvalidate_keys(self, *names: str) -> None:
@@ -421,6 +439,13 @@ class Cache:
     async def _ainvalidate(self, keys: tuple[str, ...], tags: tuple[str, ...]) -> None:
         rt = self._runtime
         await _fill.arun(_fill.invalidate_steps(rt, keys, tags), _no_aloader, rt.clock)
+
+
+def _not_a_string(keys: Collection[str], tags: Collection[str]) -> None:
+    for name, given in (("keys", keys), ("tags", tags)):
+        if isinstance(given, str):
+            msg = f"{name}= takes a collection of names, not the string {given!r}: pass [{given!r}]"
+            raise TypeError(msg)
 
 
 def _no_loader() -> Any:  # pragma: no cover - invalidation steps never load

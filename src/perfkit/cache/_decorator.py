@@ -153,15 +153,9 @@ class Options:
 class Decorator:
     """What ``cache.cached(...)`` returns: apply it to a function or method."""
 
-    __slots__ = ("_key", "_options", "_runtime", "_tag")
+    __slots__ = ("_namespace", "_options", "_runtime")
 
-    def __init__(
-        self,
-        runtime: Runtime,
-        key: Callable[[str], str],
-        tag: Callable[[str], str],
-        options: Options,
-    ) -> None:
+    def __init__(self, runtime: Runtime, namespace: str, options: Options) -> None:
         none_ttl = options.ttl if options.none_ttl is None else options.none_ttl
         if options.ttl <= 0 or none_ttl <= 0:
             msg = "ttl and none_ttl must be positive"
@@ -170,8 +164,7 @@ class Decorator:
             msg = f"jitter must be in [0, 1), not {options.jitter}"
             raise ValueError(msg)
         self._runtime = runtime
-        self._key = key
-        self._tag = tag
+        self._namespace = namespace
         self._options = options
 
     @overload
@@ -194,8 +187,7 @@ class Decorator:
             key=options.key,
             tags=options.tags,
             result_tags=options.result_tags,
-            namespace_key=self._key,
-            namespace_tag=self._tag,
+            namespace=self._namespace,
         )
         ctx = _fill.FillContext(
             runtime=self._runtime,

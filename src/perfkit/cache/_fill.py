@@ -119,7 +119,7 @@ def call_steps(
         value = yield call(backend, "get", key)
     except Exception as exc:  # fail open
         runtime.failed(exc)
-        runtime.misses += 1
+        runtime.miss()
         runtime.loads += 1
         return (yield LOAD)
     if value is not MISSING:
@@ -167,40 +167,62 @@ def fill_steps(  # noqa: PLR0912 - the protocol, in the order it runs
     error: BaseException | None = None
     holder: str | None = None
     probe = FillProbe()
+    started = clock.monotonic()  # before any lease wait: a fill's age counts from its token
     try:
         if ctx.leases is not None:
             holder, value = yield from _lease_steps(ctx, ctx.leases, key)
             if value is not MISSING:
                 return value  # another process loaded it meanwhile
-        started = clock.monotonic()
         runtime.loads += 1
         value = yield (_LOAD, probe)
     except BaseException as exc:
         error = exc
         raise
     else:
-        fresh_enough = clock.monotonic() - started <= backend.max_load
         if probe.old_snapshot:
             runtime.stale += 1
             runtime.old_snapshot(ctx.keys.prefix)
-        elif fresh_enough and (value is not None or ctx.cache_none):
-            try:
-                tags = ctx.keys.tags(args, kwargs, value)
-                ttl = ctx.entry_ttl(value)
-                if not (yield call(backend, "set", key, value, ttl=ttl, tags=tags, token=token)):
-                    runtime.stale += 1
-            except Exception as exc:  # fail open
-                runtime.failed(exc)
+        elif clock.monotonic() - started <= backend.max_load:
+            yield from _store_steps(ctx, key, args=args, kwargs=kwargs, value=value, token=token)
         return value
     finally:
+        # The flight is settled first and whatever happens: a flight left registered would
+        # make every later miss of the key with this token wait for ever.
+        shared: Any = None
+        if error is None:
+            try:  # followers get a value of their own: the leader's caller may change it
+                shared = share(value)
+            except Exception as exc:  # a value copy.deepcopy cannot copy: they get the error
+                error = exc
+        flights.finish(key, flight, shared, error)
         if holder is not None:
             assert ctx.leases is not None
             try:
                 yield call(ctx.leases, "release", key, holder)
             except Exception as exc:  # fail open: the lease expires by itself
                 runtime.failed(exc)
-        # Followers get a value of their own: the leader's caller may change the loaded one.
-        flights.finish(key, flight, None if error is not None else share(value), error)
+
+
+def _store_steps(
+    ctx: FillContext,
+    key: str,
+    *,
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    value: Any,
+    token: int,
+) -> Steps:
+    """Store a loaded value, fenced by *token*; a refused store counts as stale."""
+    if value is None and not ctx.cache_none:
+        return
+    runtime = ctx.runtime
+    try:
+        tags = ctx.keys.tags(args, kwargs, value)
+        ttl = ctx.entry_ttl(value)
+        if not (yield call(ctx.backend, "set", key, value, ttl=ttl, tags=tags, token=token)):
+            runtime.stale += 1
+    except Exception as exc:  # fail open
+        runtime.failed(exc)
 
 
 def _lease_steps(ctx: FillContext, leases: Leases, key: str) -> Steps:
@@ -237,21 +259,28 @@ def _lease_steps(ctx: FillContext, leases: Leases, key: str) -> Steps:
 
 
 def replay_steps(runtime: Runtime) -> Steps:
-    """Replay pending invalidations (at most once a second); True when none are left."""
+    """Replay pending invalidations (one replay at a time, at most once a second).
+
+    True when none are left.
+    """
     pending = runtime.take_pending()
     if pending is None:
         return not runtime.pending
     backend = runtime.backend
-    for index, (keys, tags) in enumerate(pending):
-        try:
+    done: list[tuple[tuple[str, ...], tuple[str, ...]]] = []
+    try:
+        for item in pending:
+            keys, tags = item
             if tags == CLEAR:
                 yield call(backend, "clear")
             else:
                 yield call(backend, "invalidate", keys=keys, tags=tags)
-        except Exception as exc:
-            runtime.failed(exc)
-            runtime.restore(pending[index:])
-            return False
+            done.append(item)
+    except Exception as exc:
+        runtime.failed(exc)
+        return False
+    finally:
+        runtime.replayed(done)
     return not runtime.pending
 
 
@@ -288,6 +317,8 @@ def run(steps: Steps, load: Callable[[], Any], clock: Clock) -> Any:
             op = steps.send(result) if error is None else steps.throw(error)
         except StopIteration as stop:
             return stop.value
+        except _Carried as carried:
+            raise carried.original from None
         result = error = None
         try:
             kind = op[0]
@@ -304,13 +335,35 @@ def run(steps: Steps, load: Callable[[], Any], clock: Clock) -> Any:
             error = exc
 
 
+def _enter(op: Op) -> Any:
+    """Put the fill's probe in context, chained to an enclosing fill's (nested cached calls)."""
+    probe: FillProbe | None = op[1]
+    if probe is None:
+        return None  # not a fill (fail-open or bypass): an enclosing fill's probe stays
+    probe.parent = FILLING.get()
+    return FILLING.set(probe)
+
+
 def _load(load: Callable[[], Any], op: Op) -> Any:
     """Run the loader with its fill's probe in context (``perfkit.db`` hooks report to it)."""
-    probe = FILLING.set(op[1])
+    token = _enter(op)
     try:
         return load()
     finally:
-        FILLING.reset(probe)
+        if token is not None:
+            FILLING.reset(token)
+
+
+class _Carried(Exception):
+    """A loader's StopIteration, carried through the steps (a generator cannot raise one)."""
+
+    def __init__(self, original: StopIteration) -> None:
+        super().__init__(original)
+        self.original = original
+
+
+def _carry(exc: BaseException) -> BaseException:
+    return _Carried(exc) if isinstance(exc, StopIteration) else exc
 
 
 async def arun(steps: Steps, load: Callable[[], Awaitable[Any]], clock: Clock) -> Any:
@@ -322,17 +375,20 @@ async def arun(steps: Steps, load: Callable[[], Awaitable[Any]], clock: Clock) -
             op = steps.send(result) if error is None else steps.throw(error)
         except StopIteration as stop:
             return stop.value
+        except _Carried as carried:
+            raise carried.original from None
         result = error = None
         try:
             kind = op[0]
             if kind == _CALL:
                 result = await getattr(op[1], "a" + op[2])(*op[3], **op[4])
             elif kind == _LOAD:
-                probe = FILLING.set(op[1])
+                token = _enter(op)
                 try:
                     result = await load()
                 finally:
-                    FILLING.reset(probe)
+                    if token is not None:
+                        FILLING.reset(token)
             elif kind == _JOIN:
                 flight: Flight = op[1]
                 result = await flight.await_()

@@ -11,6 +11,7 @@ wrapper with the function's exact signature, so a hit binds no arguments.
 
 from __future__ import annotations
 
+import enum
 import inspect
 import string
 from collections.abc import Callable, Iterable, Sequence
@@ -29,12 +30,10 @@ PLAIN: Final[frozenset[type]] = frozenset({int, str, float, bool, type(None)})
 
 def key_part(value: Any) -> str:
     """The part of a default key that argument *value* contributes."""
-    if value is None or isinstance(value, bool | int | float):
+    if isinstance(value, enum.Enum):  # before int and str: IntEnum and StrEnum members too
+        return f"{type(value).__qualname__}.{value.name}"
+    if value is None or isinstance(value, bool | int | float | str):
         return repr(value)
-    if isinstance(value, str):
-        return repr(value) if not hasattr(value, "value") else repr(value.value)
-    if hasattr(value, "value") and isinstance(value.value, str | int):  # enums
-        return repr(value.value)
     msg = (
         f"cannot build a cache key from a {type(value).__qualname__}; "
         "pass key= to cached() to name the entry yourself"
@@ -50,14 +49,14 @@ class KeyMaker:
     __slots__ = (
         "head",
         "names",
-        "namespace_key",
-        "namespace_tag",
+        "namespace",
         "prefix",
         "result_tags",
         "signature",
         "skip",
         "spec",
         "tag_spec",
+        "variadic",
     )
 
     def __init__(
@@ -67,8 +66,7 @@ class KeyMaker:
         key: KeySpec,
         tags: TagSpec,
         result_tags: Callable[[Any], Iterable[str]] | None,
-        namespace_key: Callable[[str], str],
-        namespace_tag: Callable[[str], str],
+        namespace: str,
     ) -> None:
         self.signature = inspect.signature(fn)
         params = list(self.signature.parameters.values())
@@ -77,18 +75,25 @@ class KeyMaker:
         self.spec = key
         self.tag_spec = tags
         self.result_tags = result_tags
-        self.namespace_key = namespace_key
-        self.namespace_tag = namespace_tag
+        self.namespace = namespace  # a string, not the Cache: wrappers must not keep it alive
         self.prefix = f"{fn.__module__}.{fn.__qualname__}"
-        self.head = namespace_key(self.prefix + "(")
-        variadic = any(p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD) for p in params)
-        if key is None and variadic:
+        self.head = self.namespace_key(self.prefix + "(")
+        self.variadic = any(p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD) for p in params)
+        if key is None and self.variadic:
             msg = f"{self.prefix} takes *args/**kwargs: pass key= to cached()"
             raise TypeError(msg)
 
+    def namespace_key(self, name: str) -> str:
+        """The backend key of the cache key *name* (as :meth:`Cache.key`)."""
+        return f"{self.namespace}:{name}"
+
+    def namespace_tag(self, name: str) -> str:
+        """The backend name of the tag *name* (as :meth:`Cache.tag`)."""
+        return f"{self.namespace}#{name}"
+
     def arguments(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
         """The call's arguments by parameter name, defaults applied."""
-        if not kwargs and len(args) == len(self.names):
+        if not kwargs and not self.variadic and len(args) == len(self.names):
             return dict(zip(self.names, args, strict=True))
         bound = self.signature.bind(*args, **kwargs)
         bound.apply_defaults()

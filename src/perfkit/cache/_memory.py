@@ -18,6 +18,8 @@ from ._values import copier_for
 __all__ = ["MemoryBackend"]
 
 _SWEEP_EVERY: Final = 1024
+_FENCE_MARGIN: Final = 5.0
+"""Seconds fences outlive max_load, as Redis fence keys do."""
 
 _Entry = tuple[float, Any, Any, tuple[str, ...]]
 """Expiry time, the value, how to copy it on read (``None``: shared), its tags."""
@@ -122,6 +124,8 @@ class MemoryBackend:
     def invalidate(self, *, keys: Collection[str] = (), tags: Collection[str] = ()) -> None:
         now = self._clock.monotonic()
         with self._lock:
+            if self._seq % _SWEEP_EVERY == 0:  # fences pile up where invalidations outnumber sets
+                self._forget_fences(now)
             self._seq += 1
             fence = (self._seq, now)
             for key in keys:
@@ -183,12 +187,15 @@ class MemoryBackend:
                     return True
         return False
 
+    def _forget_fences(self, now: float) -> None:
+        """Forget fences no running fill can be older than (fills past max_load are not stored)."""
+        horizon = now - self.max_load - _FENCE_MARGIN
+        self._fences = {n: f for n, f in self._fences.items() if f[1] >= horizon}
+
     def _sweep(self, now: float) -> None:
         # Forget fences no live fill can be older than, and tag members that expired.
-        horizon = now - self.max_load
-        self._fences = {n: f for n, f in self._fences.items() if f[1] >= horizon}
-        for key, _ in self._data.expire():
-            self._live.pop(key, None)
+        self._forget_fences(now)
+        self._data.expire()  # also leaves _live
         for tag in list(self._tags):
             live = {key for key in self._tags[tag] if key in self._data}
             if live:
@@ -217,5 +224,17 @@ class _Bounded(TLRUCache[str, _Entry]):
 
     def popitem(self) -> tuple[str, _Entry]:
         key, value = super().popitem()
-        self._live_ref.pop(key, None)
+        self._forget(key, value)
         return key, value
+
+    def expire(self, time: float | None = None) -> list[tuple[str, _Entry]]:
+        # TLRUCache expires entries on every write too, and drops what it expired:
+        # they must leave the lookup dict as well, or it grows past maxsize.
+        expired = super().expire(time)
+        for key, value in expired:
+            self._forget(key, value)
+        return expired
+
+    def _forget(self, key: str, value: _Entry) -> None:
+        if self._live_ref.get(key) is value:
+            del self._live_ref[key]

@@ -106,6 +106,8 @@ class TieredBackend:
     def close(self) -> None:
         """Stop the listener thread and close the Redis clients' sync connections."""
         self._stop.set()
+        self._use_l1 = False
+        self.l1.clear()  # nothing would drop its entries any more
         self.l2.close()  # drops the listener's connection too, which wakes it
         self._listener.join(timeout=5)
 
@@ -122,10 +124,12 @@ class TieredBackend:
     def _split(token: int) -> tuple[int, int]:
         return token >> _L1_BITS, token & _L1_MASK
 
-    def _keep(self, key: str, value: Any, tags: tuple[str, ...], l1_token: int) -> None:
-        """Copy an L2 hit into L1, fenced by the L1 token taken before the L2 read."""
-        if value is not MISSING and self._use_l1:
-            self.l1.set(key, value, ttl=self.l1_ttl, tags=tags, token=l1_token)
+    def _keep(
+        self, key: str, value: Any, tags: tuple[str, ...], left: float, l1_token: int
+    ) -> None:
+        """Copy an L2 hit into L1 for no longer than it has left, fenced by the L1 token."""
+        if value is not MISSING and self._use_l1 and left > 0:
+            self.l1.set(key, value, ttl=min(self.l1_ttl, left), tags=tags, token=l1_token)
 
     # -- sync ----------------------------------------------------------------------
 
@@ -142,8 +146,8 @@ class TieredBackend:
             if found[0] is not MISSING:
                 return found
         l1_token = self.l1.fill_token()  # before the L2 read: fences what L2 had then
-        value, tags = self.l2.get_entry(key)
-        self._keep(key, value, tags, l1_token)
+        value, tags, left = self.l2.get_entry_with_ttl(key)
+        self._keep(key, value, tags, left, l1_token)
         return value, tags
 
     def fill_token(self) -> int:
@@ -160,8 +164,10 @@ class TieredBackend:
     def invalidate(self, *, keys: Collection[str] = (), tags: Collection[str] = ()) -> None:
         # L2 first: a reader that misses L1 meanwhile and copies the old L2 entry into L1
         # took its L1 token before the L1 invalidation below, which then fences that copy.
-        self.l2.invalidate(keys=keys, tags=tags)  # everyone: fenced, then published
-        self.l1.invalidate(keys=keys, tags=tags)  # this process: before returning
+        try:
+            self.l2.invalidate(keys=keys, tags=tags)  # everyone: fenced, then published
+        finally:  # this process: before returning, even if L2 failed (and will be replayed)
+            self.l1.invalidate(keys=keys, tags=tags)
 
     def clear(self) -> None:
         self.l2.clear()
@@ -182,8 +188,8 @@ class TieredBackend:
             if found[0] is not MISSING:
                 return found
         l1_token = self.l1.fill_token()
-        value, tags = await self.l2.aget_entry(key)
-        self._keep(key, value, tags, l1_token)
+        value, tags, left = await self.l2.aget_entry_with_ttl(key)
+        self._keep(key, value, tags, left, l1_token)
         return value, tags
 
     async def afill_token(self) -> int:
@@ -200,8 +206,10 @@ class TieredBackend:
         return True
 
     async def ainvalidate(self, *, keys: Collection[str] = (), tags: Collection[str] = ()) -> None:
-        await self.l2.ainvalidate(keys=keys, tags=tags)
-        self.l1.invalidate(keys=keys, tags=tags)
+        try:
+            await self.l2.ainvalidate(keys=keys, tags=tags)
+        finally:
+            self.l1.invalidate(keys=keys, tags=tags)
 
     async def aclear(self) -> None:
         await self.l2.aclear()

@@ -41,7 +41,7 @@ def _immutable(value: Any, depth: int = 0) -> bool:
         return True
     if depth > _DEPTH:
         return False
-    if cls is tuple or cls is frozenset:
+    if cls is tuple or cls is frozenset or _is_record_tuple(cls):
         return all(_immutable(item, depth + 1) for item in value)
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         params = getattr(cls, "__dataclass_params__", None)
@@ -49,6 +49,13 @@ def _immutable(value: Any, depth: int = 0) -> bool:
             return False
         return all(_immutable(getattr(value, f.name), depth + 1) for f in dataclasses.fields(value))
     return False
+
+
+def _is_record_tuple(cls: type) -> bool:
+    """A namedtuple (a tuple subclass without instance attributes) or a SQLAlchemy ``Row``."""
+    if issubclass(cls, tuple):
+        return cls.__dictoffset__ == 0  # no per-instance __dict__ to change
+    return cls.__name__ == "Row" and cls.__module__.startswith("sqlalchemy.")
 
 
 def _flat_items(items: Any) -> bool:

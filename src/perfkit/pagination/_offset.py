@@ -152,9 +152,7 @@ def paginate(
         # query would read the page's older snapshot on SQLite and could be cached stale).
         assert cache is not None
         counted = _count_stmt(stmt)
-        total = _count_cache(cache).sync(
-            *_count_key(counted), lambda: int(bind.execute(counted).scalar_one())
-        )
+        total = _count_cache(cache).sync(*_count_key(counted), lambda: _fresh_count(bind, counted))
         return _counted(bind.execute(stmt.limit(limit).offset(offset)).all(), page, limit, total)
     rows = bind.execute(stmt.limit(limit).offset(offset)).all()
     if page == 1 and len(rows) < limit:
@@ -187,9 +185,16 @@ async def apaginate(
     async def run() -> int:
         return int((await bind.execute(counted)).scalar_one())
 
+    async def fresh() -> int:
+        engine = _own_engine(bind)
+        if engine is None:
+            return await run()
+        async with engine.connect() as conn:
+            return int((await conn.execute(counted)).scalar_one())
+
     if count == "cached":  # the count first, as in paginate()
         assert cache is not None
-        total = await _count_cache(cache).asynchronous(*_count_key(counted), run)
+        total = await _count_cache(cache).asynchronous(*_count_key(counted), fresh)
         rows = (await bind.execute(stmt.limit(limit).offset(offset))).all()
         return _counted(rows, page, limit, total)
     rows = (await bind.execute(stmt.limit(limit).offset(offset))).all()
@@ -216,6 +221,32 @@ def _check(page: int, limit: int, count: str, max_limit: int, cache: Cache | Non
         msg = "count='cached' needs cache="
         raise ValueError(msg)
     return (page - 1) * limit
+
+
+def _own_engine(bind: Any) -> Any:
+    """
+    The engine to count a cached total on when *bind* is already in a transaction.
+
+    That transaction's snapshot (SQLite, REPEATABLE READ) may predate the fill,
+    so the count would not be stored; a connection of its own begins after it.
+    ``None``: count on *bind* (not in a transaction, or a session bound to a
+    connection or to several engines).
+    """
+    if not bind.in_transaction():
+        return None
+    # Sessions (sync or async) have get_bind() and a .bind; connections an .engine.
+    bound = getattr(bind, "bind", None) if hasattr(bind, "get_bind") else bind.engine
+    if bound is None or hasattr(bound, "in_transaction"):  # none, or a connection
+        return None
+    return bound
+
+
+def _fresh_count(bind: Session | Connection, counted: Select[int]) -> int:
+    engine = _own_engine(bind)
+    if engine is None:
+        return int(bind.execute(counted).scalar_one())
+    with engine.connect() as conn:
+        return int(conn.execute(counted).scalar_one())
 
 
 def _count_stmt(stmt: AnySelect) -> Select[int]:
