@@ -201,6 +201,8 @@ def detect_stale_loads(engine: Engine | AsyncEngine) -> None:
     fill is not stored (counted in ``cache.stats.stale`` and logged by the
     ``perfkit.cache`` logger); the caller still gets the value it loaded.
     READ COMMITTED reads a fresh snapshot per statement and is never flagged.
+    An ORM session's identity map is not seen: it hands back objects it
+    already holds whatever the isolation, so create sessions inside loaders.
 
     :func:`create_engine` and :func:`create_async_engine` install the hooks;
     call this for an engine made otherwise. Outside a cache fill they cost a
