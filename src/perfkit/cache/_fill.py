@@ -34,6 +34,7 @@ _CALL: Final = 0
 _LOAD: Final = 1
 _JOIN: Final = 2
 _SLEEP: Final = 3
+_DONE: Final = 4
 
 _NO_KWARGS: Final[dict[str, Any]] = {}
 LOAD: Final = (_LOAD, None)
@@ -313,15 +314,12 @@ def run(steps: Steps, load: Callable[[], Any], clock: Clock) -> Any:
     result: Any = None
     error: BaseException | None = None
     while True:
-        try:
-            op = steps.send(result) if error is None else steps.throw(error)
-        except StopIteration as stop:
-            return stop.value
-        except _Carried as carried:
-            raise carried.original from None
+        op = _advance(steps, result, error)
+        kind = op[0]
+        if kind == _DONE:
+            return op[1]
         result = error = None
         try:
-            kind = op[0]
             if kind == _CALL:
                 result = getattr(op[1], op[2])(*op[3], **op[4])
             elif kind == _LOAD:
@@ -331,8 +329,18 @@ def run(steps: Steps, load: Callable[[], Any], clock: Clock) -> Any:
                 result = flight.wait()
             else:
                 clock.sleep(op[1])
-        except BaseException as exc:
-            error = exc
+        except BaseException as exc:  # handed to the steps, which decide
+            error = _carry(exc)
+
+
+def _advance(steps: Steps, result: Any, error: BaseException | None) -> Op:
+    """Hand the last operation's outcome to *steps*: the next operation, or ``(_DONE, value)``."""
+    try:
+        return steps.send(result) if error is None else steps.throw(error)
+    except StopIteration as stop:
+        return (_DONE, stop.value)
+    except _Carried as carried:
+        raise carried.original from None
 
 
 def _enter(op: Op) -> Any:
@@ -371,15 +379,12 @@ async def arun(steps: Steps, load: Callable[[], Awaitable[Any]], clock: Clock) -
     result: Any = None
     error: BaseException | None = None
     while True:
-        try:
-            op = steps.send(result) if error is None else steps.throw(error)
-        except StopIteration as stop:
-            return stop.value
-        except _Carried as carried:
-            raise carried.original from None
+        op = _advance(steps, result, error)
+        kind = op[0]
+        if kind == _DONE:
+            return op[1]
         result = error = None
         try:
-            kind = op[0]
             if kind == _CALL:
                 result = await getattr(op[1], "a" + op[2])(*op[3], **op[4])
             elif kind == _LOAD:
@@ -394,5 +399,5 @@ async def arun(steps: Steps, load: Callable[[], Awaitable[Any]], clock: Clock) -
                 result = await flight.await_()
             else:
                 await clock.asleep(op[1])
-        except BaseException as exc:
-            error = exc
+        except BaseException as exc:  # handed to the steps, which decide
+            error = _carry(exc)
