@@ -214,8 +214,7 @@ def detect_stale_loads(engine: Engine | AsyncEngine) -> None:
     if event.contains(sync_engine, "before_cursor_execute", _check_fill_snapshot):
         return
     if sync_engine not in _MARKS_BEGIN:  # perfkit's SQLite "begin" hook marks already
-        # First: a user's own "begin" hook may emit BEGIN, which the check already sees.
-        event.listen(sync_engine, "begin", _transaction_began, insert=True)
+        event.listen(sync_engine, "begin", _transaction_began)
     event.listen(sync_engine, "before_cursor_execute", _check_fill_snapshot, retval=True)
 
 
@@ -229,12 +228,13 @@ def _check_fill_snapshot(
     conn: Connection, _cursor: Any, statement: str, parameters: Any, *_args: Any
 ) -> tuple[str, Any]:
     probe = FILLING.get()
-    if (
-        probe is not None
-        and not probe.old_snapshot
-        and not probe.encloses(conn.info.get(_BEGAN_IN))
-        and _reads_one_snapshot(conn)
-    ):
+    if probe is None or probe.old_snapshot:
+        return statement, parameters
+    if statement[:5].upper() == "BEGIN":
+        # A "begin" hook of the user's that emits BEGIN may run before ours (SQLAlchemy
+        # ignores insert=True for engine events): the transaction begins here, in this fill.
+        conn.info[_BEGAN_IN] = probe
+    elif not probe.encloses(conn.info.get(_BEGAN_IN)) and _reads_one_snapshot(conn):
         probe.flag()
     return statement, parameters
 
