@@ -11,8 +11,9 @@ Cache hit cost against peers, in one process.
 * async: perfkit memory hit of a coroutine function vs aiocache's
   ``@cached`` on its ``SimpleMemoryCache``.
 
-Each figure is ns per call: the minimum and the median of several repeats;
-ratios are of the minima (the least disturbed runs), medians beside them.
+Each figure is ns per call: the minimum and the median of several repeats, the
+variants of a row interleaved round by round; ratios are of the minima (the least
+disturbed runs), medians beside them.
 ``--instructions`` counts instructions per hit with callgrind instead (the
 in-process rows), for when this machine's timings move more than the gap.
 Usage: ``python benchmarks/cache_hit.py [--redis URL] [--number N] [--instructions]``
@@ -52,28 +53,42 @@ class Record:
     name: str
 
 
-def per_call_ns(fn: Callable[[], object], number: int) -> tuple[float, float]:
-    """(min, median) ns per call over REPEATS runs of *number* calls."""
-    runs = [t / number * 1e9 for t in timeit.Timer(fn).repeat(REPEATS, number)]
-    return min(runs), statistics.median(runs)
+Timing = tuple[float, float]
 
 
-def per_await_ns(
-    make: Callable[[], Coroutine[Any, Any, object]], number: int
-) -> tuple[float, float]:
-    """(min, median) ns per ``await make()`` over REPEATS runs, in one event loop."""
+def interleaved(runs: dict[str, Callable[[], float]]) -> dict[str, Timing]:
+    """
+    (min, median) ns per call of each variant over REPEATS rounds.
 
-    async def runs() -> list[float]:
-        out = []
-        for _ in range(REPEATS):
-            start = time.perf_counter()
-            for _ in range(number):
-                await make()
-            out.append((time.perf_counter() - start) / number * 1e9)
-        return out
+    Each round runs every variant once, in a rotating order, so a slow stretch of
+    the machine hits all of them rather than whichever happened to run then.
+    """
+    samples: dict[str, list[float]] = {name: [] for name in runs}
+    names = list(runs)
+    for round_ in range(REPEATS):
+        for name in names[round_ % len(names) :] + names[: round_ % len(names)]:
+            samples[name].append(runs[name]())
+    return {name: (min(v), statistics.median(v)) for name, v in samples.items()}
 
-    measured = asyncio.run(runs())
-    return min(measured), statistics.median(measured)
+
+def calls(fn: Callable[[], object], number: int) -> Callable[[], float]:
+    """One run of *number* calls of *fn*: ns per call."""
+    timer = timeit.Timer(fn)
+    return lambda: timer.timeit(number) / number * 1e9
+
+
+def awaits(
+    loop: asyncio.AbstractEventLoop, make: Callable[[], Coroutine[Any, Any, object]], number: int
+) -> Callable[[], float]:
+    """One run of *number* ``await make()`` in *loop*: ns per await."""
+
+    async def run() -> float:
+        start = time.perf_counter()
+        for _ in range(number):
+            await make()
+        return (time.perf_counter() - start) / number * 1e9
+
+    return lambda: loop.run_until_complete(run())
 
 
 def _peer() -> Callable[[int], dict[str, int]]:
@@ -84,7 +99,7 @@ def _peer() -> Callable[[int], dict[str, int]]:
     return cachetools_get
 
 
-def memory_rows(number: int) -> list[tuple[str, tuple[float, float], tuple[float, float], str]]:
+def memory_rows(number: int) -> list[tuple[str, Timing, Timing, str]]:
     cache = Cache(MemoryBackend(maxsize=10_000), namespace="bench", ttl=3600)
 
     @cache.cached()
@@ -108,16 +123,24 @@ def memory_rows(number: int) -> list[tuple[str, tuple[float, float], tuple[float
     peer = _peer()
     for fn in (dict_get, record_get, template_get, store.get, peer):
         fn(7)
-    peer_ns = per_call_ns(lambda: peer(7), number)
+    t = interleaved(
+        {
+            "dict": calls(lambda: dict_get(7), number),
+            "record": calls(lambda: record_get(7), number),
+            "template": calls(lambda: template_get(7), number),
+            "method": calls(lambda: store.get(7), number),
+            "peer": calls(lambda: peer(7), number),
+        }
+    )
     return [
-        ("dict, default key", per_call_ns(lambda: dict_get(7), number), peer_ns, "memory"),
-        ("frozen record, default key", per_call_ns(lambda: record_get(7), number), peer_ns, ""),
-        ("frozen record, key template", per_call_ns(lambda: template_get(7), number), peer_ns, ""),
-        ("method, key template", per_call_ns(lambda: store.get(7), number), peer_ns, ""),
+        ("dict, default key", t["dict"], t["peer"], "memory"),
+        ("frozen record, default key", t["record"], t["peer"], ""),
+        ("frozen record, key template", t["template"], t["peer"], ""),
+        ("method, key template", t["method"], t["peer"], ""),
     ]
 
 
-def tiered_row(url: str, number: int) -> tuple[tuple[float, float], tuple[float, float]]:
+def tiered_row(url: str, number: int) -> tuple[Timing, Timing]:
     backend = TieredBackend(RedisBackend(url, prefix=f"bench-{uuid.uuid4().hex[:8]}"))
     assert backend.wait_subscribed(5)
     tiered = Cache(backend, namespace="bench", ttl=3600)
@@ -133,15 +156,19 @@ def tiered_row(url: str, number: int) -> tuple[tuple[float, float], tuple[float,
 
     tiered_get(7), memory_get(7)
     try:
-        return per_call_ns(lambda: tiered_get(7), number), per_call_ns(
-            lambda: memory_get(7), number
+        t = interleaved(
+            {
+                "tiered": calls(lambda: tiered_get(7), number),
+                "memory": calls(lambda: memory_get(7), number),
+            }
         )
+        return t["tiered"], t["memory"]
     finally:
         backend.clear()
         backend.close()
 
 
-def redis_row(url: str, number: int) -> tuple[tuple[float, float], tuple[float, float]]:
+def redis_row(url: str, number: int) -> tuple[Timing, Timing]:
     import redis  # noqa: PLC0415 - only this benchmark needs it
 
     backend = RedisBackend(url, prefix=f"bench-{uuid.uuid4().hex[:8]}")
@@ -159,7 +186,10 @@ def redis_row(url: str, number: int) -> tuple[tuple[float, float], tuple[float, 
 
     perfkit_get(7)
     try:
-        return per_call_ns(lambda: perfkit_get(7), number), per_call_ns(raw_get, number)
+        t = interleaved(
+            {"perfkit": calls(lambda: perfkit_get(7), number), "raw": calls(raw_get, number)}
+        )
+        return t["perfkit"], t["raw"]
     finally:
         backend.clear()
         client.delete("bench-raw:user:7")
@@ -167,7 +197,7 @@ def redis_row(url: str, number: int) -> tuple[tuple[float, float], tuple[float, 
         backend.close()
 
 
-def async_row(number: int) -> tuple[tuple[float, float], tuple[float, float]]:
+def async_row(number: int) -> tuple[Timing, Timing]:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # aiocache's own deprecation warnings
         import aiocache  # noqa: PLC0415
@@ -186,11 +216,18 @@ def async_row(number: int) -> tuple[tuple[float, float], tuple[float, float]]:
         await perfkit_get(7)
         await aiocache_get(7)
 
-    asyncio.run(warm())
-    return (
-        per_await_ns(lambda: perfkit_get(7), number),
-        per_await_ns(lambda: aiocache_get(7), max(1, number // 10)),
-    )
+    loop = asyncio.new_event_loop()
+    try:
+        loop.run_until_complete(warm())
+        t = interleaved(
+            {
+                "perfkit": awaits(loop, lambda: perfkit_get(7), number),
+                "aiocache": awaits(loop, lambda: aiocache_get(7), max(1, number // 10)),
+            }
+        )
+    finally:
+        loop.close()
+    return t["perfkit"], t["aiocache"]
 
 
 def _child(variant: str, count: int) -> None:
@@ -254,7 +291,7 @@ def instructions(number: int) -> None:
         print(f"| {label} | {counts[ours]:,.0f} | {counts[peer]:,.0f} | {ratio:.2f} | {verdict} |")
 
 
-def row(label: str, ours: tuple[float, float], peer: tuple[float, float], target: str) -> str:
+def row(label: str, ours: Timing, peer: Timing, target: str) -> str:
     ratio = ours[0] / peer[0]
     goal = TARGETS.get(target)
     verdict = "" if goal is None else (f"≤ {goal} {'met' if ratio <= goal else 'NOT met'}")
