@@ -4,7 +4,6 @@ Time as perfkit sees it: injectable so tests can move it by hand.
 
 from __future__ import annotations
 
-import asyncio
 import time
 from typing import Protocol
 
@@ -40,6 +39,8 @@ class SystemClock:
     sleep = staticmethod(time.sleep)
 
     async def asleep(self, seconds: float) -> None:
+        import asyncio  # noqa: PLC0415 - loaded already when a coroutine runs; not at import
+
         await asyncio.sleep(seconds)
 
 

@@ -10,9 +10,14 @@ future of their own event loop.
 
 from __future__ import annotations
 
-import asyncio
 import threading
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import asyncio
+
+# asyncio is imported where it is used: a task waiting means it is loaded already, and
+# `import perfkit.cache` for threads alone does not pay for it.
 
 __all__ = ["Abandoned", "Flight", "TaskFlights", "ThreadFlights"]
 
@@ -42,6 +47,8 @@ class Flight:
 
     async def await_(self) -> Any:
         """Wait until the leader is done (tasks); :class:`Abandoned` if it was cancelled."""
+        import asyncio  # noqa: PLC0415
+
         assert self.future is not None
         return await asyncio.shield(self.future)
 
@@ -83,6 +90,8 @@ class TaskFlights:
 
     def claim(self, key: str, token: int) -> tuple[Flight, bool]:
         """The flight to wait for, or a new one to lead (``True``)."""
+        import asyncio  # noqa: PLC0415
+
         loop = asyncio.get_running_loop()
         slot = (id(loop), key)
         flight = self._flights.get(slot)
@@ -93,6 +102,8 @@ class TaskFlights:
 
     def finish(self, key: str, flight: Flight, value: Any, error: BaseException | None) -> None:
         """Resolve the leader's future and retire the flight."""
+        import asyncio  # noqa: PLC0415
+
         future = flight.future
         assert future is not None
         if error is None:
