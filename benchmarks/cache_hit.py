@@ -99,7 +99,8 @@ def _peer() -> Callable[[int], dict[str, int]]:
     return cachetools_get
 
 
-def memory_rows(number: int) -> list[tuple[str, Timing, Timing, str]]:
+def _memory_functions() -> dict[str, Callable[[int], object]]:
+    """The cached functions the memory rows (and their callgrind children) call."""
     cache = Cache(MemoryBackend(maxsize=10_000), namespace="bench", ttl=3600)
 
     @cache.cached()
@@ -114,21 +115,37 @@ def memory_rows(number: int) -> list[tuple[str, Timing, Timing, str]]:
     def template_get(user_id: int) -> Record:
         return Record(user_id, "ada")
 
+    @cache.cached()
+    async def async_get(user_id: int) -> dict[str, int]:
+        return {"id": user_id}
+
     class Store:
         @cache.cached(key="m:{user_id}")
         def get(self, user_id: int) -> Record:
             return Record(user_id, "ada")
 
-    store = Store()
-    peer = _peer()
-    for fn in (dict_get, record_get, template_get, store.get, peer):
+    return {
+        "dict": dict_get,
+        "record": record_get,
+        "template": template_get,
+        "method": Store().get,
+        "async": async_get,
+        "cachetools": _peer(),
+    }
+
+
+def memory_rows(number: int) -> list[tuple[str, Timing, Timing, str]]:
+    f = _memory_functions()
+    dict_get, record_get, template_get = f["dict"], f["record"], f["template"]
+    store_get, peer = f["method"], f["cachetools"]
+    for fn in (dict_get, record_get, template_get, store_get, peer):
         fn(7)
     t = interleaved(
         {
             "dict": calls(lambda: dict_get(7), number),
             "record": calls(lambda: record_get(7), number),
             "template": calls(lambda: template_get(7), number),
-            "method": calls(lambda: store.get(7), number),
+            "method": calls(lambda: store_get(7), number),
             "peer": calls(lambda: peer(7), number),
         }
     )
@@ -232,20 +249,7 @@ def async_row(number: int) -> tuple[Timing, Timing]:
 
 def _child(variant: str, count: int) -> None:
     """Set up *variant*, then run *count* hits (the body of one callgrind run)."""
-    cache = Cache(MemoryBackend(maxsize=10_000), namespace="bench", ttl=3600)
-
-    @cache.cached()
-    def dict_get(user_id: int) -> dict[str, int]:
-        return {"id": user_id}
-
-    @cache.cached()
-    def record_get(user_id: int) -> Record:
-        return Record(user_id, "ada")
-
-    @cache.cached()
-    async def async_get(user_id: int) -> dict[str, int]:
-        return {"id": user_id}
-
+    functions = _memory_functions()
     if variant in ("async", "aiocache"):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -255,7 +259,7 @@ def _child(variant: str, count: int) -> None:
         async def aiocache_get(user_id: int) -> dict[str, int]:
             return {"id": user_id}
 
-        fn = async_get if variant == "async" else aiocache_get
+        fn: Any = functions["async"] if variant == "async" else aiocache_get
 
         async def loop() -> None:
             for _ in range(count + 1):
@@ -263,7 +267,7 @@ def _child(variant: str, count: int) -> None:
 
         asyncio.run(loop())
         return
-    sync = {"dict": dict_get, "record": record_get, "cachetools": _peer()}[variant]
+    sync = functions[variant]
     for _ in range(count + 1):
         sync(7)
 
