@@ -578,3 +578,36 @@ def test_a_bypassed_loader_raising_stopiteration_propagates_it() -> None:
     with pytest.raises(StopIteration):
         first(0)
     assert cache.stats.bypassed == 1
+
+
+class _GetFails(MemoryBackend):
+    """A memory backend whose reads fail, as an unreachable Redis's do."""
+
+    def get(self, key: str) -> Any:
+        raise ConnectionError("backend unreachable")
+
+    peek = get
+
+
+def test_a_read_the_backend_failed_counts_as_a_miss_of_the_request() -> None:
+    """Fail-open reads count in the request's RequestTiming as misses, sync and async."""
+    from perfkit._context import CURRENT, RequestTiming  # noqa: PLC0415
+
+    cache = Cache(_GetFails(), namespace="down")
+
+    @cache.cached(key="s")
+    def read() -> int:
+        return 1
+
+    @cache.cached(key="a")
+    async def aread() -> int:
+        return 2
+
+    timing = RequestTiming()
+    token = CURRENT.set(timing)
+    try:
+        loaded = (read(), asyncio.run(aread()))
+    finally:
+        CURRENT.reset(token)
+
+    assert (loaded, timing.cache_misses, timing.cache_hits) == ((1, 2), 2, 0)

@@ -346,7 +346,7 @@ def _sync_wrapper(fn: Callable[..., Any], ctx: _fill.FillContext) -> Any:
 
     def down(exc: Exception, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         runtime.failed(exc)
-        runtime.misses += 1
+        runtime.miss()
         runtime.loads += 1
         return fn(*args, **kwargs)
 
