@@ -169,6 +169,12 @@ BENCHMARKS: Final[tuple[Benchmark, ...]] = (
         databases=False,
     ),
     Benchmark(
+        name="stale_check_instructions",
+        title="The stale-snapshot check's cost per read, in instructions (callgrind)",
+        run=_script("stale_check_instructions.py"),
+        databases=False,
+    ),
+    Benchmark(
         name="import_time",
         title="Import time against stamina",
         run=_script("import_time.py"),
