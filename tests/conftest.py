@@ -17,8 +17,11 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine, make_url
 
+from helpers import delete_keys
 from perfkit import db
+from perfkit.cache import Cache, MemoryBackend
 from perfkit.reference import Base, Stores, open_stores
+from perfkit.testing import FakeClock
 
 DEFAULT_PG_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 PG_URL = os.environ.get("PERFKIT_TEST_DATABASE_URL", DEFAULT_PG_URL)
@@ -150,7 +153,17 @@ def redis_prefix(redis_url: str) -> Iterator[str]:
     prefix = f"perfkit-test-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     yield prefix
     client = redis.Redis.from_url(redis_url)
-    names = list(client.scan_iter(match=f"{prefix}:*", count=1000))
-    if names:
-        client.delete(*names)
+    delete_keys(client, prefix)
     client.close()
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    """A fake monotonic clock for TTLs."""
+    return FakeClock()
+
+
+@pytest.fixture
+def cache(clock: FakeClock) -> Cache:
+    """An in-memory cache on *clock*: 10 s TTL, no jitter."""
+    return Cache(MemoryBackend(clock=clock), namespace="t", ttl=10, jitter=0, clock=clock)

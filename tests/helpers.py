@@ -35,3 +35,10 @@ def queries(seen: list[str]) -> list[str]:
     """
     control = ("BEGIN", "COMMIT", "ROLLBACK")
     return [s for s in seen if not s.lstrip().upper().startswith(control)]
+
+
+def delete_keys(client: Any, prefix: str) -> None:
+    """Delete every Redis key under ``<prefix>:`` (a test's own keys)."""
+    names = list(client.scan_iter(match=f"{prefix}:*", count=1000))
+    if names:
+        client.delete(*names)

@@ -18,17 +18,6 @@ import pytest
 from perfkit.cache import Cache, MemoryBackend
 from perfkit.testing import FakeClock
 
-
-@pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock()
-
-
-@pytest.fixture
-def cache(clock: FakeClock) -> Cache:
-    return Cache(MemoryBackend(clock=clock), namespace="t", ttl=10, jitter=0, clock=clock)
-
-
 # -- keys, hits and invalidation ------------------------------------------------------
 
 

@@ -17,6 +17,7 @@ from urllib.parse import urlsplit, urlunsplit
 import pytest
 import redis
 
+from helpers import delete_keys
 from perfkit.cache import RedisBackend, TieredBackend
 
 Messages = list[tuple[list[str], list[str]]]
@@ -33,9 +34,7 @@ def db1_url(redis_url: str, redis_prefix: str) -> Iterator[str]:
     url = on_db(redis_url, 1)
     yield url
     client = redis.Redis.from_url(url)
-    names = list(client.scan_iter(match=f"{redis_prefix}:*", count=1000))
-    if names:
-        client.delete(*names)
+    delete_keys(client, redis_prefix)
     client.close()
 
 

@@ -35,6 +35,7 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, rule, run_state_machine_as_test
 
+from helpers import delete_keys
 from perfkit import Conflict, InvalidInput, NotFound, db
 from perfkit.cache import Backend, Cache, MemoryBackend, RedisBackend, TieredBackend
 from perfkit.pagination import Page, paginate
@@ -304,9 +305,7 @@ def test_cached_reads_equal_the_database_tiered(redis_url: str) -> None:
 
 
 def _drop_prefix(backend: RedisBackend) -> None:
-    names = list(backend.client.scan_iter(match=f"{backend.prefix}:*", count=1000))
-    if names:
-        backend.client.delete(*names)
+    delete_keys(backend.client, backend.prefix)
     backend.close()
 
 

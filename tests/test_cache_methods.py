@@ -26,16 +26,6 @@ from perfkit.cache import Cache, MemoryBackend, cached_method
 from perfkit.testing import FakeClock
 
 
-@pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock()
-
-
-@pytest.fixture
-def cache(clock: FakeClock) -> Cache:
-    return Cache(MemoryBackend(clock=clock), namespace="t", ttl=10, jitter=0, clock=clock)
-
-
 def make_store(cache: Cache) -> tuple[type[Any], list[int]]:
     """A store class with sync and async cached methods, and its loads."""
     loads: list[int] = []

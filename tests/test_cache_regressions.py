@@ -22,6 +22,7 @@ import redis
 import sqlalchemy as sa
 from sqlalchemy import event
 
+from helpers import delete_keys
 from perfkit import db
 from perfkit.cache import MISSING, Cache, MemoryBackend, RedisBackend, TieredBackend, cached_method
 from perfkit.pagination import paginate
@@ -67,9 +68,7 @@ class Point(NamedTuple):
 
 def _clear_prefix(client: redis.Redis, prefix: str) -> None:
     """Delete every key under *prefix*: what a Redis restart without persistence does."""
-    names = list(client.scan_iter(match=f"{prefix}:*"))
-    if names:
-        client.delete(*names)
+    delete_keys(client, prefix)
 
 
 # -- H1: a value deepcopy cannot copy ------------------------------------------------------
