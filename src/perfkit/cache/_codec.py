@@ -4,6 +4,7 @@ Serialising cached values: a small protocol and a safe JSON codec (no pickle).
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 import datetime as dt
 import decimal
@@ -40,7 +41,7 @@ class JSONCodec:
     JSON with tagged extensions for the types data-backed APIs return.
 
     Handles ``None``, bools, numbers, strings, lists, tuples, dicts with string
-    keys, ``datetime``/``date``/``time``, ``Decimal``, ``UUID``, enums and
+    keys, ``datetime``/``date``/``time``, ``Decimal``, ``UUID``, ``bytes`` (base64), enums and
     dataclasses. Enums and dataclasses are rebuilt only if their class is in
     *allowed* (or its module is in *allowed_modules*), so a value written by
     someone else cannot make the reader import or construct arbitrary classes,
@@ -117,6 +118,8 @@ class JSONCodec:
             return decimal.Decimal(value)
         if kind == "uuid":
             return uuid.UUID(value)
+        if kind == "b":
+            return base64.b64decode(value)
         if kind == "tuple":
             return tuple(value)
         if kind == "dict":
@@ -133,7 +136,7 @@ def _qualified(cls: type) -> str:
     return f"{cls.__module__}:{cls.__qualname__}"
 
 
-def _tag(value: Any, check: Callable[[type], None]) -> Any:  # noqa: PLR0911
+def _tag(value: Any, check: Callable[[type], None]) -> Any:  # noqa: PLR0911, PLR0912 - a type each
     if value is None or (
         isinstance(value, bool | int | float | str) and not isinstance(value, enum.Enum)
     ):
@@ -156,6 +159,8 @@ def _tag(value: Any, check: Callable[[type], None]) -> Any:  # noqa: PLR0911
         return {_TYPE: "dec", "v": str(value)}
     if isinstance(value, uuid.UUID):
         return {_TYPE: "uuid", "v": str(value)}
+    if isinstance(value, bytes):
+        return {_TYPE: "b", "v": base64.b64encode(value).decode("ascii")}
     if isinstance(value, enum.Enum):
         check(type(value))
         return {_TYPE: "enum", "c": _qualified(type(value)), "v": _tag(value.value, check)}
