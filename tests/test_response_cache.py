@@ -606,3 +606,72 @@ async def test_an_unreachable_backend_leaves_the_app_answering(notes: NotesApp) 
 
     assert [r.status for r in replies] == [200, 200, 200]
     assert notes.calls["note"] == 3
+
+
+def _versioned_app(cache: Cache) -> tuple[ResponseCache, dict[str, int]]:
+    """A sync (thread-pool) handler over a counter; a write commits, then invalidates."""
+    state = {"version": 0}
+
+    def read(_request: Request) -> Response:
+        return JSONResponse({"version": state["version"]})
+
+    def write(_request: Request) -> Response:
+        state["version"] += 1  # the commit
+        cache.invalidate_tags("counter")  # then the invalidation, as the stores do
+        return JSONResponse(state)
+
+    app = Starlette(routes=[Route("/counter", read), Route("/counter", write, methods=["POST"])])
+    return ResponseCache(
+        app, cache=cache, routes=[CachedRoute("/counter", tags=["counter"])]
+    ), state
+
+
+async def _readers_never_go_back(cache: Cache) -> int:
+    served, state = _versioned_app(cache)
+    committed = 0
+    stale: list[tuple[int, int]] = []
+    reads = 0
+    done = False
+
+    async def writer() -> None:
+        nonlocal committed, done
+        for _ in range(60):
+            reply = await asgi_request(served, "POST", "/counter")
+            committed = json.loads(reply.body)["version"]
+            await asyncio.sleep(0)
+        done = True
+
+    async def reader() -> None:
+        nonlocal reads
+        while not done:
+            floor = committed  # every write acknowledged before this read began
+            seen = json.loads((await get(served, "/counter")).body)["version"]
+            reads += 1
+            if seen < floor:
+                stale.append((seen, floor))
+            await asyncio.sleep(0)  # a hit never suspends: let the writer run
+
+    await asyncio.gather(writer(), *(reader() for _ in range(8)))
+    assert stale == []
+    assert state["version"] == 60
+    return reads
+
+
+async def test_concurrent_readers_never_see_a_response_older_than_a_write(
+    memory_cache: Cache,
+) -> None:
+    """Eight reader tasks (handlers in threads) and a writer: no read older than its floor."""
+    reads = await _readers_never_go_back(memory_cache)
+
+    assert reads > 60
+    assert memory_cache.stats.hits > 0
+
+
+async def test_concurrent_readers_through_a_tiered_cache(redis_url: str, redis_prefix: str) -> None:
+    """The same race on the tiered backend (L1 in process, L2 in Redis)."""
+    cache = Cache(TieredBackend(RedisBackend(redis_url, prefix=redis_prefix)), namespace="notes")
+    try:
+        await _readers_never_go_back(cache)
+    finally:
+        await cache.backend.aclose()
+        cache.backend.close()
