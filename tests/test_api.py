@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import threading
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
@@ -232,6 +233,51 @@ async def test_bad_input_is_a_clear_4xx(
 
     assert len(error["message"]) < 1_000
     assert votes_before == _votes(stores)
+
+
+def _operations(spec: dict[str, Any], path: str) -> dict[str, Any] | None:
+    """The OpenAPI path item whose template matches *path* (query left out), if any."""
+    path = path.split("?", 1)[0]
+    for template, item in spec["paths"].items():
+        if re.fullmatch(re.sub(r"\{[^}]+\}", "[^/]+", template), path):
+            operations: dict[str, Any] = item
+            return operations
+    return None
+
+
+def test_every_bad_input_status_is_documented(stores: Stores) -> None:
+    """Each status the bad-input matrix gets on a route is in its OpenAPI, as the envelope."""
+    spec = create_app(stores=stores).openapi()
+    envelope = {"$ref": "#/components/schemas/ErrorEnvelope"}
+    undocumented = []
+    for method, path, _, status, _ in BAD_REQUESTS:
+        item = _operations(spec, path)
+        if item is None:
+            assert status == 404, path  # no route: only "not found" is possible
+            continue
+        # A method the path does not take is answered by the path's routes: each documents 405.
+        operations = [item[method.lower()]] if method.lower() in item else list(item.values())
+        for operation in operations:
+            response = operation["responses"].get(str(status))
+            if response is None or envelope != response["content"]["application/json"]["schema"]:
+                undocumented.append(f"{status} on {method} {path}")
+
+    assert undocumented == []
+
+
+async def test_wrong_method_allow_lists_every_method_of_the_path(client: Client) -> None:
+    """GET and PATCH /bills/{id} are two routes: a 405 there still allows both."""
+    response = await client.delete("/bills/1")
+
+    _error(response, 405, "method_not_allowed")
+    assert response.headers["allow"] == "GET, PATCH"
+
+
+async def test_listings_link_their_neighbours(client: Client) -> None:
+    """GET /bills answers with RFC 8288 Link headers that keep the other parameters."""
+    response = await client.get("/bills", params={"page": 2, "limit": 7, "status": "draft"})
+
+    assert '</bills?limit=7&status=draft&page=1>; rel="first"' in response.headers["link"]
 
 
 async def test_validation_errors_never_echo_the_input(client: Client) -> None:

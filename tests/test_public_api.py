@@ -16,6 +16,7 @@ import perfkit
 import perfkit.reference
 
 PUBLIC = [
+    "BodyTooLarge",
     "Cache",
     "CacheStats",
     "CircuitBreaker",
@@ -72,6 +73,53 @@ REFERENCE = [
 ]
 
 
+HTTP = [
+    "ERROR_SCHEMA",
+    "ERROR_STATUS",
+    "BodyLimit",
+    "CachedRoute",
+    "Compression",
+    "Principal",
+    "ResponseCache",
+    "encode_error",
+    "error_body",
+    "error_headers",
+    "error_status",
+    "send_error",
+    "send_error_for",
+    "tag_response",
+]
+
+FASTAPI = [
+    "DEFAULT_MAX_BODY_BYTES",
+    "Paginated",
+    "Pagination",
+    "cursor_body",
+    "error_responses",
+    "install",
+    "page_body",
+]
+
+
+@pytest.mark.parametrize(
+    ("module", "names"), [("perfkit.http", HTTP), ("perfkit.fastapi", FASTAPI)]
+)
+def test_http_and_fastapi_all_are_pinned(module: str, names: list[str]) -> None:
+    """perfkit.http and perfkit.fastapi export exactly their public sets."""
+    imported = importlib.import_module(module)
+
+    assert imported.__all__ == names
+    for name in names:
+        assert hasattr(imported, name)
+
+
+def test_http_needs_no_framework() -> None:
+    """import perfkit.http loads no FastAPI, Starlette or pydantic: plain ASGI apps can use it."""
+    loaded = _modules_after("import perfkit.http")
+
+    assert set() == {"fastapi", "starlette", "pydantic", "redis"} & loaded
+
+
 def test_all_is_pinned_and_sorted() -> None:
     """perfkit.__all__ is exactly the public set, sorted, and every name resolves."""
     assert perfkit.__all__ == PUBLIC
@@ -111,7 +159,7 @@ HEAVY = OPTIONAL | {"sqlalchemy", "tenacity", "opentelemetry", "pybreaker"}
 HOMES = {
     "perfkit.cache": ["Cache", "CacheStats", "JSONCodec", "MemoryBackend", "RedisBackend",
                       "TieredBackend"],
-    "perfkit.errors": ["CircuitOpenError", "CommitOutcomeUnknown", "Conflict", "InvalidCursor",
+    "perfkit.errors": ["BodyTooLarge", "CircuitOpenError", "CommitOutcomeUnknown", "Conflict", "InvalidCursor",
                        "InvalidInput", "InvalidPage", "NotFound", "PerfkitError"],
     "perfkit.observability": ["RequestTiming", "TimingMiddleware", "WSGITimingMiddleware",
                               "instrument_engine"],

@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from ._context import RequestTiming
     from .cache import Cache, CacheStats, JSONCodec, MemoryBackend, RedisBackend, TieredBackend
     from .errors import (
+        BodyTooLarge,
         CircuitOpenError,
         CommitOutcomeUnknown,
         Conflict,
@@ -50,6 +51,7 @@ if TYPE_CHECKING:
 __version__ = "0.1.0"
 
 __all__ = [
+    "BodyTooLarge",
     "Cache",
     "CacheStats",
     "CircuitBreaker",
@@ -86,6 +88,7 @@ __all__ = [
 
 # Public name -> the module it is imported from, relative to this package.
 _LAZY: Final[dict[str, str]] = {
+    "BodyTooLarge": ".errors",
     "Cache": ".cache",
     "CacheStats": ".cache",
     "CircuitBreaker": ".resilience",

@@ -10,16 +10,18 @@ so callers can catch either::
     ├── InvalidInput(ValueError)     an argument is malformed or out of range
     │   ├── InvalidPage              page/limit outside the allowed range
     │   └── InvalidCursor            a keyset cursor is malformed, altered or foreign
+    ├── BodyTooLarge(ValueError)     a request body went over the HTTP layer's limit
     ├── CircuitOpenError(RuntimeError)      a circuit breaker refused the call
     └── CommitOutcomeUnknown(RuntimeError)  the connection died during COMMIT
 
-Each error carries a stable machine-readable ``code`` (used in the example
-API's JSON bodies) next to its human-readable message.
+Each error carries a stable machine-readable ``code`` (the ``code`` of the
+HTTP layer's JSON error envelope) next to its human-readable message.
 """
 
 from __future__ import annotations
 
 __all__ = [
+    "BodyTooLarge",
     "CircuitOpenError",
     "CommitOutcomeUnknown",
     "Conflict",
@@ -107,6 +109,27 @@ class InvalidCursor(InvalidInput):
 
     def __init__(self, message: str) -> None:
         super().__init__("cursor", message)
+
+
+class BodyTooLarge(PerfkitError, ValueError):
+    """
+    A request body went over the limit of :class:`perfkit.http.BodyLimit`.
+
+    Raised from the middleware's ``receive`` when a body sent without a
+    ``Content-Length`` (or with a false one) grows past the limit; the
+    middleware answers 413 itself when the application lets it through.
+
+    Args:
+        max_bytes: The limit, in bytes.
+
+    .. versionadded:: 0.2.0
+    """
+
+    code = "payload_too_large"
+
+    def __init__(self, max_bytes: int) -> None:
+        super().__init__(f"the request body exceeds {max_bytes} bytes")
+        self.max_bytes = max_bytes
 
 
 class CircuitOpenError(PerfkitError, RuntimeError):

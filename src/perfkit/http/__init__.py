@@ -3,20 +3,40 @@ perfkit's HTTP layer, pure ASGI (no framework needed): a response cache on the
 data cache's tags, conditional requests, compression, a request-body limit and
 one JSON error envelope.
 
-FastAPI users get all of it wired, plus pagination and OpenAPI, from
-:mod:`perfkit.fastapi`.
+FastAPI users get the envelope, the body limit, pagination and OpenAPI wired
+by :mod:`perfkit.fastapi`; the response cache and compression wrap any ASGI app.
 """
 
 from __future__ import annotations
 
+from ._body_limit import BodyLimit
 from ._compression import Compression
+from ._envelope import (
+    ERROR_SCHEMA,
+    ERROR_STATUS,
+    encode_error,
+    error_body,
+    error_headers,
+    error_status,
+    send_error,
+    send_error_for,
+)
 from ._response_cache import ResponseCache, tag_response
 from ._routes import CachedRoute, Principal
 
 __all__ = [
+    "ERROR_SCHEMA",
+    "ERROR_STATUS",
+    "BodyLimit",
     "CachedRoute",
     "Compression",
     "Principal",
     "ResponseCache",
+    "encode_error",
+    "error_body",
+    "error_headers",
+    "error_status",
+    "send_error",
+    "send_error_for",
     "tag_response",
 ]

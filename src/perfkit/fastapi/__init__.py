@@ -1,0 +1,31 @@
+"""
+perfkit's FastAPI integration (``pip install perfkit[app]``).
+
+* :func:`install`: one JSON error envelope for perfkit's errors and FastAPI's
+  alike, a request-body limit, a correct ``Allow`` on 405, and OpenAPI that
+  documents every error status of every route with the envelope's schema.
+* :func:`error_responses`: document the perfkit errors a route raises
+  (``responses=error_responses(Conflict)``).
+* :class:`Pagination` / :data:`Paginated`: ``page``/``limit``/``cursor``
+  validated once, JSON bodies for :class:`~perfkit.pagination.Page` and
+  :class:`~perfkit.pagination.CursorPage`, and RFC 8288 ``Link`` headers.
+
+The framework-free parts (the envelope, :class:`~perfkit.http.BodyLimit`)
+live in :mod:`perfkit.http`, which a plain Starlette app can use alone.
+"""
+
+from __future__ import annotations
+
+from ._install import DEFAULT_MAX_BODY_BYTES, install
+from ._openapi import error_responses
+from ._pagination import Paginated, Pagination, cursor_body, page_body
+
+__all__ = [
+    "DEFAULT_MAX_BODY_BYTES",
+    "Paginated",
+    "Pagination",
+    "cursor_body",
+    "error_responses",
+    "install",
+    "page_body",
+]

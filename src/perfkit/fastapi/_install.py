@@ -1,0 +1,190 @@
+"""
+:func:`install`: one JSON error envelope for a FastAPI app, its body limit and its OpenAPI.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from http import HTTPStatus
+from typing import Any, Final
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.params import Form
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException
+
+from perfkit.errors import BodyTooLarge, PerfkitError
+from perfkit.http._body_limit import BodyLimit
+from perfkit.http._envelope import error_body, error_headers, error_status
+
+from ._allow import allowed_methods
+from ._openapi import document_errors, is_json
+
+__all__ = ["DEFAULT_MAX_BODY_BYTES", "install"]
+
+log = logging.getLogger("perfkit.fastapi")
+
+DEFAULT_MAX_BODY_BYTES: Final = 64 * 1024
+
+# The envelope's code for an HTTPException of each status; others are "http_error".
+HTTP_CODES: Final = {
+    400: "bad_request",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    406: "not_acceptable",
+    409: "conflict",
+    410: "gone",
+    412: "precondition_failed",
+    413: "payload_too_large",
+    415: "unsupported_media_type",
+    428: "precondition_required",
+    429: "too_many_requests",
+    501: "not_implemented",
+    503: "service_unavailable",
+}
+_MARK: Final = "perfkit_fastapi_installed"
+
+
+def install(
+    app: FastAPI,
+    *,
+    max_body_bytes: int | None = DEFAULT_MAX_BODY_BYTES,
+    document: bool = True,
+) -> None:
+    """
+    Give *app* one JSON error envelope, a request-body limit and OpenAPI that documents both.
+
+    Every error, perfkit's and the framework's alike, is answered with
+    ``{"error": {"code": ..., "message": ...}}``:
+
+    ====  =========================  ==============================================
+    400   ``malformed_json``         the body is not valid JSON
+    404   ``not_found``              :class:`~perfkit.errors.NotFound`, or no such route
+    405   ``method_not_allowed``     ``Allow`` lists every method the path accepts
+    409   ``conflict``               :class:`~perfkit.errors.Conflict`
+    413   ``payload_too_large``      the body is over *max_body_bytes*
+    415   ``unsupported_media_type`` a JSON body sent as another media type
+    422   ``validation_error``       a field or parameter failed validation; ``fields``
+                                     lists each (``"body.email"``), the input never echoed
+    422   ``invalid_input``…         :class:`~perfkit.errors.InvalidInput` and subclasses
+    500   ``internal_error``         an unexpected exception: logged, no details sent
+    503   ``circuit_open``           :class:`~perfkit.errors.CircuitOpenError`, with ``Retry-After``
+    ====  =========================  ==============================================
+
+    Call it once, before the app starts; exception handlers registered after
+    it replace its own for the same exception class.
+
+    Args:
+        app: The application.
+        max_body_bytes: Refuse request bodies over this many bytes with 413
+            (:class:`perfkit.http.BodyLimit`); ``None`` sets no limit.
+        document: Document every error status of every route in the OpenAPI
+            schema, with the envelope's schema instead of FastAPI's
+            ``HTTPValidationError`` (see :func:`perfkit.fastapi.error_responses`).
+
+    Example::
+
+        app = FastAPI()
+        perfkit.fastapi.install(app, max_body_bytes=1024 * 1024)
+
+    .. versionadded:: 0.2.0
+    """
+    if getattr(app.state, _MARK, False):
+        warnings.warn("perfkit.fastapi.install() was already called on this app", stacklevel=2)
+        return
+    setattr(app.state, _MARK, True)
+    app.add_exception_handler(PerfkitError, _perfkit_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(HTTPException, _http_error)
+    app.add_exception_handler(Exception, _unexpected_error)
+    if max_body_bytes is not None:
+        app.add_middleware(BodyLimit, max_bytes=max_body_bytes)
+    if document:
+        document_errors(app, max_body_bytes=max_body_bytes)
+
+
+def _error_response(exc: PerfkitError) -> JSONResponse:
+    return JSONResponse(
+        error_body(exc.code, exc.message), status_code=error_status(exc), headers=error_headers(exc)
+    )
+
+
+async def _perfkit_error(_request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, PerfkitError)
+    return _error_response(exc)
+
+
+async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    errors = list(exc.errors())
+    body_errors = any(error["loc"][:1] == ("body",) for error in errors)
+    if (
+        body_errors
+        and _wants_json(request)
+        and not is_json(request.headers.get("content-type", ""))
+    ):
+        return JSONResponse(
+            error_body("unsupported_media_type", "send the body as application/json"),
+            status_code=415,
+        )
+    if any(error.get("type") == "json_invalid" for error in errors):
+        return JSONResponse(
+            error_body("malformed_json", "the request body is not valid JSON"), status_code=400
+        )
+    # Never echo the input back: it may be a megabyte, or a secret.
+    fields = [
+        {"field": ".".join(str(part) for part in error["loc"]), "message": error["msg"]}
+        for error in errors
+    ]
+    message = "; ".join(f"{field['field']}: {field['message']}" for field in fields)
+    return JSONResponse(error_body("validation_error", message, fields=fields), status_code=422)
+
+
+async def _http_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, HTTPException)
+    if isinstance(exc.__cause__, BodyTooLarge):
+        # FastAPI wraps what reading the body raised in a 400 of its own.
+        return _error_response(exc.__cause__)
+    status = exc.status_code
+    headers = dict(exc.headers or {})
+    if status == HTTPStatus.METHOD_NOT_ALLOWED:
+        router = request.scope.get("router", request.app.router)
+        allowed = allowed_methods(router.routes, request.scope)
+        if allowed:
+            headers["Allow"] = ", ".join(allowed)
+    detail: Any = exc.detail  # FastAPI's HTTPException takes any JSON
+    extra: dict[str, Any] = {}
+    if isinstance(detail, str):
+        message = detail
+    else:
+        message = _phrase(status)
+        extra["detail"] = detail
+    return JSONResponse(
+        error_body(HTTP_CODES.get(status, "http_error"), message, **extra),
+        status_code=status,
+        headers=headers,
+    )
+
+
+async def _unexpected_error(request: Request, exc: Exception) -> JSONResponse:
+    log.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
+    return JSONResponse(
+        error_body("internal_error", "the server failed to handle the request"), status_code=500
+    )
+
+
+def _wants_json(request: Request) -> bool:
+    """Whether the route takes a JSON body (not a form)."""
+    body_field = getattr(request.scope.get("route"), "body_field", None)
+    return body_field is None or not isinstance(getattr(body_field, "field_info", None), Form)
+
+
+def _phrase(status: int) -> str:
+    try:
+        return HTTPStatus(status).phrase
+    except ValueError:
+        return "HTTP error"
