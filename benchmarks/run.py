@@ -175,6 +175,24 @@ BENCHMARKS: Final[tuple[Benchmark, ...]] = (
         databases=False,
     ),
     Benchmark(
+        name="serialization",
+        title="JSON bodies: FastAPI's path against orjson, msgspec and json.dumps",
+        run=_script("serialization.py"),
+        databases=False,
+    ),
+    Benchmark(
+        name="serialization_instructions",
+        title="JSON bodies, in instructions (callgrind)",
+        run=_script("serialization.py", "--instructions"),
+        databases=False,
+    ),
+    Benchmark(
+        name="servers",
+        title="ASGI servers under wrk",
+        run=_script("servers.py"),
+        databases=False,
+    ),
+    Benchmark(
         name="import_time",
         title="Import time against stamina",
         run=_script("import_time.py"),

@@ -159,8 +159,8 @@ HEAVY = OPTIONAL | {"sqlalchemy", "tenacity", "opentelemetry", "pybreaker"}
 HOMES = {
     "perfkit.cache": ["Cache", "CacheStats", "JSONCodec", "MemoryBackend", "RedisBackend",
                       "TieredBackend"],
-    "perfkit.errors": ["BodyTooLarge", "CircuitOpenError", "CommitOutcomeUnknown", "Conflict", "InvalidCursor",
-                       "InvalidInput", "InvalidPage", "NotFound", "PerfkitError"],
+    "perfkit.errors": ["BodyTooLarge", "CircuitOpenError", "CommitOutcomeUnknown", "Conflict",
+                       "InvalidCursor", "InvalidInput", "InvalidPage", "NotFound", "PerfkitError"],
     "perfkit.observability": ["RequestTiming", "TimingMiddleware", "WSGITimingMiddleware",
                               "instrument_engine"],
     "perfkit.pagination": ["CursorPage", "Page", "apaginate", "apaginate_keyset", "paginate",
