@@ -11,7 +11,8 @@ Configuration comes from the environment:
     delivered to every worker over pub/sub (default: none, an in-process cache
     per worker).
 ``PERFKIT_CACHE``
-    ``off`` serves every read from the database (for baselines).
+    ``off`` serves every read from the database (for baselines); ``data``
+    caches store reads but not whole responses.
 ``PERFKIT_TIMING``
     ``off`` leaves out the timing middleware, query timing and ``/metrics``
     (for before/after benchmarks).
@@ -52,7 +53,8 @@ from perfkit import (
 )
 from perfkit.cache import Cache, MemoryBackend, RedisBackend, TieredBackend
 from perfkit.fastapi import Pagination, error_responses, install
-from perfkit.reference import Stores, codec, open_stores
+from perfkit.http import CachedRoute, Compression, ResponseCache, tag_response
+from perfkit.reference import Stores, cache_keys, codec, open_stores
 
 __all__ = ["DEFAULT_DATABASE_URL", "create_app"]
 
@@ -102,6 +104,22 @@ def _record(record: Any) -> dict[str, Any]:
     return as_dict
 
 
+# Whole responses cached under the tags the stores' writes invalidate
+# (perfkit.reference.cache_keys), so a write drops the record and its responses at once.
+# GET /bills/{id}/text is not here: when the text service is down it answers a fallback.
+CACHED_ROUTES: Final = (
+    CachedRoute("/users/{user_id}", params={"user_id": int}, tags=[cache_keys.USER]),
+    CachedRoute("/users"),  # tagged by the handler with the id it found
+    CachedRoute("/bills", tags=["table:bills"]),
+    CachedRoute("/bills/{bill_id}", params={"bill_id": int}, tags=[cache_keys.BILL]),
+    CachedRoute("/bills/{bill_id}/votes", params={"bill_id": int}, tags=["votes:bill:{bill_id}"]),
+    CachedRoute(
+        "/bills/{bill_id}/votes/counts", params={"bill_id": int}, tags=["votes:bill:{bill_id}"]
+    ),
+    CachedRoute("/users/{user_id}/votes", params={"user_id": int}, tags=["votes:user:{user_id}"]),
+)
+
+
 def make_cache(redis_url: str | None) -> Cache:
     """
     The API's read cache: in Redis when *redis_url* is given, else in process.
@@ -126,6 +144,12 @@ def create_app(
     (default: ``PERFKIT_DATABASE_URL`` or the demo SQLite file) at startup.
     """
 
+    caching = os.environ.get("PERFKIT_CACHE", "on")
+    if stores is not None:
+        cache = stores.cache
+    else:
+        cache = None if caching == "off" else make_cache(os.environ.get("PERFKIT_REDIS_URL"))
+
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         if stores is not None:
@@ -133,11 +157,6 @@ def create_app(
             yield
             return
         url = database_url or os.environ.get("PERFKIT_DATABASE_URL") or DEFAULT_DATABASE_URL
-        cache = (
-            None
-            if os.environ.get("PERFKIT_CACHE") == "off"
-            else make_cache(os.environ.get("PERFKIT_REDIS_URL"))
-        )
         opened = open_stores(url, cache=cache)
         if provider is not None:
             instrument_engine(opened.engine, meter_provider=provider)
@@ -158,25 +177,30 @@ def create_app(
         options["telemetry"] = {"metrics": False}
     app = _API(title="perfkit bill/vote API", version="0.1.0", lifespan=lifespan, **options)
     app.state.meter_provider = provider
+    app.state.response_cache = cache if caching != "data" else None
     app.state.text = text or BillText(os.environ.get("PERFKIT_TEXT_URL") or None)
     if stores is not None:
         app.state.stores = stores
         if provider is not None:
             instrument_engine(stores.engine, meter_provider=provider)
     install(app, max_body_bytes=MAX_BODY_BYTES)
+    app.add_middleware(Compression)  # what the response cache does not hold
     _install_routes(app)
     return app
 
 
 class _API(FastAPI):
-    """FastAPI with perfkit's TimingMiddleware around its whole middleware stack."""
+    """FastAPI behind perfkit's response cache, and the timing middleware around both."""
 
     def build_middleware_stack(self) -> Any:
-        # add_middleware() would put the timing inside Starlette's ServerErrorMiddleware,
-        # and the 500s it answers for unhandled errors would go out without X-Request-ID
-        # and Server-Timing. Outermost, it times those too, and still reads the route
-        # template after routing (the scope is shared).
+        # add_middleware() would put these inside Starlette's ServerErrorMiddleware.
+        # Outside it, a cached response is answered before FastAPI runs at all, and the
+        # timing sees every request, the 500s that middleware answers included (it reads
+        # the route template after routing: the scope is shared).
         stack = super().build_middleware_stack()
+        cache = self.state.response_cache
+        if cache is not None:
+            stack = ResponseCache(stack, cache=cache, routes=CACHED_ROUTES)
         provider = self.state.meter_provider
         if provider is None:
             return stack
@@ -216,6 +240,7 @@ def _install_routes(app: FastAPI) -> None:
             field, key = "email", email
         if user is None:
             raise NotFound("user", key, field=field)
+        tag_response(cache_keys.user_tag(user.id))
         return user.to_dict()
 
     @app.post("/users", status_code=201, responses=error_responses(Conflict))
