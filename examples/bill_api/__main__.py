@@ -7,12 +7,12 @@ Honours ``PERFKIT_DATABASE_URL``, ``PERFKIT_HOST`` (127.0.0.1) and ``PERFKIT_POR
 
 from __future__ import annotations
 
-import logging
 import os
 
 import sqlalchemy as sa
 import uvicorn
 
+from bill_api import telemetry
 from bill_api.app import DEFAULT_DATABASE_URL, DEMO_DATABASE, create_app
 from perfkit.reference import User, open_stores, seed
 
@@ -58,13 +58,9 @@ def main() -> None:
         data = f" -H 'content-type: application/json' -d '{body.strip()}'" if body else ""
         print(f"  curl -s{' -X POST' if method == 'POST' else ''} '{base}{path}'{data}")
     print(flush=True)
-    # One JSON line per request from perfkit's middleware replaces uvicorn's access log.
-    handler = logging.StreamHandler()
-    handler.setFormatter(logging.Formatter("%(message)s"))
-    request_log = logging.getLogger("perfkit.request")
-    request_log.addHandler(handler)
-    request_log.setLevel(logging.INFO)
-    request_log.propagate = False
+    telemetry.log_requests()
+    # uvicorn picks httptools and uvloop (uvicorn[standard]) when installed:
+    # docs/benchmarks.md, "Server for make demo".
     uvicorn.run(
         create_app(database_url=url), host=host, port=port, log_level="info", access_log=False
     )

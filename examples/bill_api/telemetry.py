@@ -8,6 +8,7 @@ exporters is the application's job — this module is that job for the demo.
 from __future__ import annotations
 
 import functools
+import logging
 import os
 
 from opentelemetry.exporter.prometheus import PrometheusMetricReader
@@ -45,3 +46,15 @@ def meter_provider() -> MeterProvider:
 def prometheus_text() -> bytes:
     """The Prometheus exposition of every metric."""
     return generate_latest(REGISTRY)
+
+
+def log_requests() -> None:
+    """
+    Write perfkit's one JSON line per request to stderr (in place of uvicorn's access log).
+    """
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    request_log = logging.getLogger("perfkit.request")
+    request_log.addHandler(handler)
+    request_log.setLevel(logging.INFO)
+    request_log.propagate = False
