@@ -591,3 +591,25 @@ def test_a_declared_error_status_of_the_user_keeps_its_description() -> None:
 
     assert response["description"] == "Not yours"
     assert response["content"]["application/json"]["schema"] == ENVELOPE
+
+
+def test_json_bytes_encodes_records_as_to_dict_does() -> None:
+    """JSONBytes of a frozen dataclass record: the JSON of its to_dict(), timestamps alike."""
+    import datetime as dt  # noqa: PLC0415
+    import json  # noqa: PLC0415
+
+    from perfkit.fastapi import JSONBytes  # noqa: PLC0415
+    from perfkit.reference import BillRecord, BillStatus  # noqa: PLC0415
+
+    moment = dt.datetime(2026, 12, 1, 9, 30, 15, 250000, tzinfo=dt.UTC)
+    bill = BillRecord(
+        id=1, title="t", summary="s", status=BillStatus.DRAFT, sponsor_id=2,
+        created_at=moment, updated_at=moment.replace(microsecond=0),
+    )  # fmt: skip
+
+    body = JSONBytes(bill).body
+
+    assert json.loads(body) == bill.to_dict()
+    assert b'"2026-12-01T09:30:15+00:00"' in body
+    assert JSONBytes(b'{"raw":1}').body == b'{"raw":1}'
+    assert JSONBytes({"a": 1}).headers["content-type"] == "application/json"

@@ -92,6 +92,7 @@ HTTP = [
 
 FASTAPI = [
     "DEFAULT_MAX_BODY_BYTES",
+    "JSONBytes",
     "Paginated",
     "Pagination",
     "cursor_body",

@@ -6,6 +6,8 @@ perfkit's FastAPI integration (``pip install perfkit[app]``).
   documents every error status of every route with the envelope's schema.
 * :func:`error_responses`: document the perfkit errors a route raises
   (``responses=error_responses(Conflict)``).
+* :class:`JSONBytes`: records to JSON bytes with orjson, skipping FastAPI's
+  validation of the return value.
 * :class:`Pagination` / :data:`Paginated`: ``page``/``limit``/``cursor``
   validated once, JSON bodies for :class:`~perfkit.pagination.Page` and
   :class:`~perfkit.pagination.CursorPage`, and RFC 8288 ``Link`` headers.
@@ -17,11 +19,13 @@ live in :mod:`perfkit.http`, which a plain Starlette app can use alone.
 from __future__ import annotations
 
 from ._install import DEFAULT_MAX_BODY_BYTES, install
+from ._json import JSONBytes
 from ._openapi import error_responses
 from ._pagination import Paginated, Pagination, cursor_body, page_body
 
 __all__ = [
     "DEFAULT_MAX_BODY_BYTES",
+    "JSONBytes",
     "Paginated",
     "Pagination",
     "cursor_body",
