@@ -193,6 +193,12 @@ BENCHMARKS: Final[tuple[Benchmark, ...]] = (
         databases=False,
     ),
     Benchmark(
+        name="http_stack",
+        title="The example's HTTP stack under wrk: response cache, 304, compression",
+        run=_script("http_stack.py"),
+        databases=False,
+    ),
+    Benchmark(
         name="import_time",
         title="Import time against stamina",
         run=_script("import_time.py"),
