@@ -663,8 +663,9 @@ async def test_concurrent_readers_never_see_a_response_older_than_a_write(
     """Eight reader tasks (handlers in threads) and a writer: no read older than its floor."""
     reads = await _readers_never_go_back(memory_cache)
 
+    stats = memory_cache.stats
     assert reads > 60
-    assert memory_cache.stats.hits > 0
+    assert stats.loads < stats.hits + stats.misses  # reads were served by hits and shared loads
 
 
 async def test_concurrent_readers_through_a_tiered_cache(redis_url: str, redis_prefix: str) -> None:
@@ -675,3 +676,16 @@ async def test_concurrent_readers_through_a_tiered_cache(redis_url: str, redis_p
     finally:
         await cache.backend.aclose()
         cache.backend.close()
+
+
+async def test_a_stored_404_is_never_a_304(notes: NotesApp, memory_cache: Cache) -> None:
+    """statuses= may store a 404; revalidating it answers the 404 again, not 304."""
+    served = ResponseCache(
+        notes.app, cache=memory_cache, routes=[CachedRoute("/missing", statuses={200, 404})]
+    )
+    first = await get(served, "/missing")
+
+    again = await get(served, "/missing", if_none_match=first.header("etag"))
+
+    assert (first.status, again.status) == (404, 404)
+    assert notes.calls["missing"] == 1

@@ -296,14 +296,17 @@ class ResponseCache:
         send: Send,
     ) -> None:
         variant = entry.variants[self._variant(entry, accept) if entry.encodings else 0]
-        if (
-            match_tag is not None
-            and (match_tag == variant.etag or none_match(match_tag, variant.etag))
-        ) or (
-            match_tag is None
-            and since is not None
-            and entry.last_modified is not None
-            and not_modified_since(since, entry.last_modified)
+        if entry.status < 300 and (  # a 304 stands for a 2xx (RFC 9110 section 15.4.5)
+            (
+                match_tag is not None
+                and (match_tag == variant.etag or none_match(match_tag, variant.etag))
+            )
+            or (
+                match_tag is None
+                and since is not None
+                and entry.last_modified is not None
+                and not_modified_since(since, entry.last_modified)
+            )
         ):
             await send(
                 {"type": "http.response.start", "status": 304, "headers": variant.not_modified}
