@@ -361,6 +361,7 @@ async def test_cached_api_serves_fresh_data_after_writes(
             after = (await client.get("/bills/3/votes/counts")).json()
             await client.patch("/bills/3", json={"title": "Renamed Act"})
             bill = (await client.get("/bills/3")).json()
+    await cache.backend.aclose()  # the response cache reads through the async client
 
     assert first == again
     assert after["yes"] == first["yes"] + 1

@@ -81,6 +81,7 @@ class HTTPFreshness(RuleBasedStateMachine):
     def teardown(self) -> None:
         for client in (self.cached, self.truth):
             self.loop.run_until_complete(client.aclose())
+        self.loop.run_until_complete(self.backend.aclose())  # the response cache's connections
         self.loop.close()
         type(self).cleanup(self.backend)
         self.engine.dispose()

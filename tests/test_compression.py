@@ -143,3 +143,25 @@ def test_compressible_types() -> None:
     assert not compressible(b"image/jpeg", None)
     assert not compressible(b"application/json", b"br")
     assert not compressible(None, None)
+
+
+async def test_ranges_are_never_compressed() -> None:
+    """A 206 with Content-Range counts identity bytes: it passes untouched."""
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        headers = [(b"content-type", b"text/plain"), (b"content-range", b"bytes 0-1299/5000")]
+        await send({"type": "http.response.start", "status": 206, "headers": headers})
+        await send({"type": "http.response.body", "body": TEXT})
+
+    reply = await asgi_request(Compression(app), "GET", "/", headers={"accept-encoding": "gzip"})
+
+    assert (reply.body, reply.header("content-encoding")) == (TEXT, None)
+
+
+async def test_a_compressed_body_gets_a_weak_etag() -> None:
+    """The app's strong ETag becomes weak once the bytes are compressed."""
+    app = Compression(app_sending(TEXT, extra=((b"etag", b'"abc"'),)))
+
+    reply = await asgi_request(app, "GET", "/", headers={"accept-encoding": "gzip"})
+
+    assert reply.header("etag") == 'W/"abc"'

@@ -689,3 +689,39 @@ async def test_a_stored_404_is_never_a_304(notes: NotesApp, memory_cache: Cache)
 
     assert (first.status, again.status) == (404, 404)
     assert notes.calls["missing"] == 1
+
+
+async def test_separators_in_the_path_or_query_never_make_two_requests_one_key(
+    notes: NotesApp, memory_cache: Cache
+) -> None:
+    """/by-name/a?b (a decoded %3F) and /by-name/a with query b are two entries."""
+    served = ResponseCache(notes.app, cache=memory_cache, routes=[CachedRoute("/by-name/{name}")])
+
+    assert served._key("/x/a?b", b"", None) != served._key("/x/a", b"b", None)
+    assert served._key("/x", b"a=1|v=fr", None) != served._key("/x", b"a=1", [b"v=fr"])
+
+
+async def test_names_spelt_two_ways_keep_their_order(served: ResponseCache) -> None:
+    """a=1&%61=2 and %61=2&a=1 ask different things of the app: different entries."""
+    one = await get(served, "/notes", "a=1&%61=2")
+    two = await get(served, "/notes", "%61=2&a=1")
+
+    assert one.body != two.body
+
+
+async def test_a_response_cut_short_is_not_stored(memory_cache: Cache) -> None:
+    """An app that ends without the final body message leaves nothing in the cache."""
+    calls = 0
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        nonlocal calls
+        calls += 1
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"part", "more_body": True})
+
+    served = ResponseCache(app, cache=memory_cache, routes=[CachedRoute("/cut")])
+    first = await get(served, "/cut")
+    await get(served, "/cut")
+
+    assert first.body == b"part"
+    assert calls == 2

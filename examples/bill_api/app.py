@@ -166,6 +166,7 @@ def create_app(
         finally:
             opened.close()
             if cache is not None:
+                await cache.backend.aclose()  # the response cache's async connections
                 cache.backend.close()  # the tiered listener thread and the Redis connections
 
     timing = os.environ.get("PERFKIT_TIMING") != "off"

@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterable
 from typing import Any, Final
 
 from ._asgi import ASGIApp, Message, Receive, Scope, Send
+from ._conditional import weak
 
 __all__ = [
     "Compression",
@@ -247,21 +248,30 @@ class _Compressing:
         if kind == "http.response.start":
             headers = message.get("headers", ())
             content_type = content_encoding = None
+            ranged = False
             for name, value in headers:
                 lowered = name.lower()
                 if lowered == b"content-type":
                     content_type = value
                 elif lowered == b"content-encoding":
                     content_encoding = value
-            if compressible(content_type, content_encoding) and message.get("status", 200) not in (
-                204,
-                304,
+                elif lowered == b"content-range" or (
+                    lowered == b"cache-control" and b"no-transform" in value.lower()
+                ):
+                    ranged = True  # a byte range counts identity bytes; no-transform forbids it
+            if (
+                compressible(content_type, content_encoding)
+                and not ranged
+                and message.get("status", 200) not in (204, 206, 304)
             ):
                 self.start = message  # held until the first body chunk tells the size
                 return
             await self.send(message)
             return
         if kind != "http.response.body" or (self.start is None and self.feed is None):
+            if self.start is not None:  # another message kind while the start is held
+                start, self.start = self.start, None
+                await self.send(start)
             await self.send(message)
             return
         await self._body(message)
@@ -280,7 +290,11 @@ class _Compressing:
                 return
             _add_vary(headers)
             if self.encoder is not None:
-                headers = [(n, v) for n, v in headers if n.lower() != b"content-length"]
+                headers = [
+                    (n, weak(v) if n.lower() == b"etag" else v)  # other bytes, same content
+                    for n, v in headers
+                    if n.lower() != b"content-length"
+                ]
                 headers.append((b"content-encoding", self.encoder.token))
                 if not more:
                     body = self.encoder.compress(body)

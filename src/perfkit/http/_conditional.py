@@ -68,6 +68,8 @@ def parse_http_date(value: bytes) -> float | None:
         parsed = parsedate_to_datetime(value.decode("latin-1"))
     except (TypeError, ValueError, IndexError):
         return None
+    if parsed.tzinfo is None:  # asctime and "-0000" dates: HTTP dates are GMT
+        parsed = parsed.replace(tzinfo=UTC)
     return parsed.timestamp()
 
 

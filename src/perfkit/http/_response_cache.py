@@ -14,8 +14,10 @@ from __future__ import annotations
 import contextvars
 import hashlib
 import logging
+import re
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any, Final, NamedTuple
+from urllib.parse import unquote_plus
 
 from perfkit._context import CURRENT
 from perfkit.cache import _fill
@@ -230,7 +232,7 @@ class ResponseCache:
             if name == b"accept-encoding":
                 accept = value if accept is None else accept + b"," + value
             elif name == b"if-none-match":
-                match_tag = value
+                match_tag = value if match_tag is None else match_tag + b"," + value
             elif name == b"if-modified-since":
                 since = value
             elif name in {b"authorization", b"cookie"}:
@@ -243,7 +245,7 @@ class ResponseCache:
             if who is None and credentials:
                 await self.app(scope, receive, send)  # credentials it cannot vouch for
                 return
-            key += "@" + (who or "")
+            key += "@" + _escape(who or "")
         elif credentials:
             await self.app(scope, receive, send)
             return
@@ -277,11 +279,12 @@ class ResponseCache:
         await self._answer(entry, method == "HEAD", accept, match_tag, since, send)
 
     def _key(self, path: str, query: bytes, varied: list[bytes] | None) -> str:
-        key = path
+        # The separators are escaped inside each part, so two requests never share a key.
+        key = _escape(path) if _SEPARATORS.search(path) else path
         if query:
-            key += "?" + _canonical_query(query)
+            key += "?" + _escape(_canonical_query(query))
         if varied:
-            key += "|" + b"\x1f".join(sorted(varied)).decode("latin-1")
+            key += "|" + _escape(b"\x1f".join(sorted(varied)).decode("latin-1"))
         if len(key) > _MAX_KEY:
             key = "#" + hashlib.blake2b(key.encode("utf-8", "surrogatepass")).hexdigest()
         return self._prefix + key
@@ -451,11 +454,30 @@ def _revive(value: Any) -> _Entry:
 
 
 def _canonical_query(query: bytes) -> str:
-    """The query string, its parameters sorted by name (repeated names keep their order)."""
+    """
+    The query string, its parameters sorted by decoded name (a name's values keep their
+    order, however each was spelt: ``a=1&%61=2`` and ``%61=2&a=1`` stay apart).
+    """
     parts = [part for part in query.split(b"&") if part]
     if len(parts) > 1:
-        parts.sort(key=lambda part: part.split(b"=", 1)[0])
+        parts.sort(key=_decoded_name)
     return b"&".join(parts).decode("latin-1")
+
+
+def _decoded_name(part: bytes) -> str:
+    return unquote_plus(part.split(b"=", 1)[0].decode("latin-1"))
+
+
+_SEPARATORS: Final = re.compile(r"[%?|@#]")
+
+
+def _escape(part: str) -> str:
+    """*part* with the key's separators percent-escaped."""
+    if not _SEPARATORS.search(part):
+        return part
+    return (
+        part.replace("%", "%25").replace("?", "%3F").replace("|", "%7C").replace("@", "%40")
+    ).replace("#", "%23")
 
 
 class _Fill:
@@ -469,6 +491,7 @@ class _Fill:
         "answered",
         "body",
         "cache",
+        "complete",
         "error",
         "forwarding",
         "head",
@@ -479,6 +502,7 @@ class _Fill:
         "scope",
         "send",
         "size",
+        "started",
         "status",
     )
 
@@ -506,6 +530,7 @@ class _Fill:
         self.body: list[bytes] = []
         self.size = 0
         self.added: list[str] = []
+        self.started = self.complete = False
 
     async def __call__(self) -> _Entry | None:
         scope = dict(self.scope)
@@ -522,6 +547,11 @@ class _Fill:
             _TAGS.reset(token)
         if self.forwarding:
             return None
+        if not self.complete:  # nothing sent, or cut short (a client gone mid-stream): not stored
+            self.answered = True
+            if self.started:
+                await self._start_forwarding(more=True)
+            return None
         return self.cache.entry(
             self.route, self.params, self.status, self.headers, b"".join(self.body), self.added
         )
@@ -531,7 +561,11 @@ class _Fill:
         if self.forwarding:
             await self._forward(message)
             return
+        if not self.started and kind != "http.response.start":
+            await self.send(message)  # an extension's message before the response: not ours
+            return
         if kind == "http.response.start":
+            self.started = True
             self.status = message["status"]
             self.headers = list(message.get("headers", ()))
             if not self.cache.storable(self.route, self.status, self.headers):
@@ -541,6 +575,7 @@ class _Fill:
             chunk = message.get("body", b"")
             self.size += len(chunk)
             self.body.append(chunk)
+            self.complete = not message.get("more_body", False)
             if self.size > self.cache.max_body:
                 await self._start_forwarding(more=bool(message.get("more_body", False)))
             return
