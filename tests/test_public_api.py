@@ -42,6 +42,7 @@ PUBLIC = [
     "apaginate",
     "apaginate_keyset",
     "arun_in_transaction",
+    "arun_read",
     "db",
     "instrument_engine",
     "is_transient",
@@ -49,6 +50,7 @@ PUBLIC = [
     "paginate_keyset",
     "retry_with_backoff",
     "run_in_transaction",
+    "run_read",
 ]
 
 REFERENCE = [
@@ -166,8 +168,9 @@ HOMES = {
                               "instrument_engine"],
     "perfkit.pagination": ["CursorPage", "Page", "apaginate", "apaginate_keyset", "paginate",
                            "paginate_keyset"],
-    "perfkit.resilience": ["CircuitBreaker", "RetryBudget", "arun_in_transaction",
-                           "is_transient", "retry_with_backoff", "run_in_transaction"],
+    "perfkit.resilience": ["CircuitBreaker", "RetryBudget", "arun_in_transaction", "arun_read",
+                           "is_transient", "retry_with_backoff", "run_in_transaction",
+                           "run_read"],
 }  # fmt: skip
 
 

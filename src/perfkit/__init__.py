@@ -43,9 +43,11 @@ if TYPE_CHECKING:
         CircuitBreaker,
         RetryBudget,
         arun_in_transaction,
+        arun_read,
         is_transient,
         retry_with_backoff,
         run_in_transaction,
+        run_read,
     )
 
 __version__ = "0.1.0"
@@ -77,6 +79,7 @@ __all__ = [
     "apaginate",
     "apaginate_keyset",
     "arun_in_transaction",
+    "arun_read",
     "db",
     "instrument_engine",
     "is_transient",
@@ -84,6 +87,7 @@ __all__ = [
     "paginate_keyset",
     "retry_with_backoff",
     "run_in_transaction",
+    "run_read",
 ]
 
 # Public name -> the module it is imported from, relative to this package.
@@ -113,6 +117,7 @@ _LAZY: Final[dict[str, str]] = {
     "apaginate": ".pagination",
     "apaginate_keyset": ".pagination",
     "arun_in_transaction": ".resilience",
+    "arun_read": ".resilience",
     "db": ".db",
     "instrument_engine": ".observability",
     "is_transient": ".resilience",
@@ -120,6 +125,7 @@ _LAZY: Final[dict[str, str]] = {
     "paginate_keyset": ".pagination",
     "retry_with_backoff": ".resilience",
     "run_in_transaction": ".resilience",
+    "run_read": ".resilience",
 }
 # Public names that are submodules themselves rather than names in one.
 _SUBMODULES: Final = frozenset({"db"})

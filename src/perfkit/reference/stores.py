@@ -2,9 +2,11 @@
 The reference stores: users, bills and votes over SQLAlchemy Core.
 
 Reads run on a plain connection (a deferred transaction on SQLite, so they
-never wait for writers). Writes run in one transaction each, started with
-``BEGIN IMMEDIATE`` on SQLite (see :mod:`perfkit.db`), check what they depend
-on inside it and either commit everything or nothing.
+never wait for writers), retried on a fresh connection when one drops
+mid-query (:func:`perfkit.run_read`). Writes run in one transaction each,
+started with ``BEGIN IMMEDIATE`` on SQLite (see :mod:`perfkit.db`), check what
+they depend on inside it and either commit everything or nothing; each
+declares how to tell, after a lost COMMIT, whether it was applied.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from sqlalchemy.exc import IntegrityError
 
 from perfkit import db as _db
 from perfkit.cache import Cache
-from perfkit.errors import Conflict, NotFound
+from perfkit.errors import CommitOutcomeUnknown, Conflict, NotFound
 from perfkit.pagination import (
     CountStrategy,
     CursorPage,
@@ -33,7 +35,7 @@ from perfkit.reference import _validate as v
 from perfkit.reference import cache_keys as keys
 from perfkit.reference.models import Base, Bill, BillStatus, User, Vote, VoteChoice, utcnow
 from perfkit.reference.records import BillRecord, UserRecord, VoteCounts, VoteRecord
-from perfkit.resilience import run_in_transaction
+from perfkit.resilience import run_in_transaction, run_read
 
 if TYPE_CHECKING:
     AnyRow: TypeAlias = Row[*tuple[Any, ...]]
@@ -45,6 +47,11 @@ P = ParamSpec("P")
 R = TypeVar("R")
 
 DEFAULT_PAGE_SIZE: Final = 20
+READ_DEADLINE: Final = 2.0
+"""Seconds a read keeps retrying transient failures (a dropped connection, a restart)."""
+WRITE_DEADLINE: Final = 5.0
+"""Seconds a write transaction keeps retrying (busy, serialization, a lost connection)."""
+_WRITE_ATTEMPTS: Final = 100  # the deadline is the limit, not the count
 
 _USER_COLUMNS: Final = (User.id, User.username, User.email, User.created_at)
 _BILL_COLUMNS: Final = (
@@ -100,13 +107,16 @@ class _Database:
         key: int = 0,
     ) -> CursorPage[AnyRow]:
         """A keyset page of *stmt*; NotFound if it is empty and *exists* finds nothing."""
-        with self.read() as conn:
+
+        def read(conn: Connection) -> CursorPage[AnyRow]:
             page = paginate_keyset(
                 conn, stmt, limit=limit, cursor=cursor, secret=self.cursor_secret
             )
             if exists is not None and not page.items and not self.exists(conn, exists, key):
                 raise NotFound(entity, key)
-        return page
+            return page
+
+        return self.read(read)
 
     def cached(
         self,
@@ -126,15 +136,41 @@ class _Database:
         if self.cache is not None:
             self.cache.invalidate(keys=keys, tags=tags)
 
-    def read(self) -> Connection:
-        return self.engine.connect()
+    def read(self, query: Callable[[Connection], R]) -> R:
+        """Run *query* on a fresh connection, again on a new one after a transient failure."""
+        return run_read(self.engine.connect, query, timeout=READ_DEADLINE)
 
-    def transact(self, work: Callable[[Connection], R]) -> R:
+    def one(self, stmt: AnySelect, key: object) -> AnyRow | None:
+        """The first row of *stmt* with its ``key`` parameter bound, or ``None``."""
+        return self.read(lambda conn: conn.execute(stmt, {"key": key}).first())
+
+    def transact(
+        self,
+        work: Callable[[Connection], R],
+        *,
+        verify: Callable[[Connection], R | None],
+        touches: Collection[str] = (),
+        touches_keys: Collection[str] = (),
+    ) -> R:
         """
         Run *work* in one write transaction (``BEGIN IMMEDIATE`` on SQLite),
-        retried as a whole on transient failures (busy, serialization, deadlock).
+        retried as a whole on transient failures (busy, serialization, deadlock,
+        a lost connection). After a lost COMMIT, *verify* tells whether it was
+        applied; if nobody can tell, the tags *touches* and the keys
+        *touches_keys* are invalidated before CommitOutcomeUnknown is raised,
+        since the write may be there.
         """
-        return run_in_transaction(self.writer.connect, work)
+        try:
+            return run_in_transaction(
+                self.writer.connect,
+                work,
+                verify=verify,
+                attempts=_WRITE_ATTEMPTS,
+                timeout=WRITE_DEADLINE,
+            )
+        except CommitOutcomeUnknown:
+            self.invalidate(keys=touches_keys, tags=touches)
+            raise
 
     def exists(self, conn: Connection, stmt: AnySelect, key: int) -> bool:
         return conn.execute(stmt, {"key": key}).first() is not None
@@ -216,8 +252,7 @@ class UserStore:
         return self._one(_USER_BY_EMAIL, email)
 
     def _one(self, stmt: AnySelect, key: object) -> UserRecord | None:
-        with self._db.read() as conn:
-            row = conn.execute(stmt, {"key": key}).first()
+        row = self._db.one(stmt, key)
         return None if row is None else _user(row)
 
     def create(self, *, username: str, email: str) -> UserRecord:
@@ -235,8 +270,17 @@ class UserStore:
             stmt = sa.insert(User).values(**values, created_at=utcnow()).returning(*_USER_COLUMNS)
             return _user(_insert_one(conn, stmt, "username or email is taken"))
 
-        user = self._db.transact(work)
-        self._db.invalidate(keys=_user_keys(user.id, **values), tags=[count_tag("users")])
+        def created(conn: Connection) -> UserRecord | None:
+            # Both unique values, together: only this create stores that pair.
+            stmt = _USER_BY_USERNAME.where(User.email == values["email"])
+            row = conn.execute(stmt, {"key": values["username"]}).first()
+            return None if row is None else _user(row)
+
+        tags = [count_tag("users")]
+        user = self._db.transact(
+            work, verify=created, touches=tags, touches_keys=_user_keys(None, **values)
+        )
+        self._db.invalidate(keys=_user_keys(user.id, **values), tags=tags)
         return user
 
     def update(
@@ -271,7 +315,18 @@ class UserStore:
             stmt = sa.update(User).where(User.id == key).values(**changes).returning(*_USER_COLUMNS)
             return _user(_insert_one(conn, stmt, "username or email is taken")), changes
 
-        user, changes = self._db.transact(work)
+        def updated(conn: Connection) -> tuple[UserRecord, dict[str, str]] | None:
+            row = conn.execute(_USER_BY_ID, {"key": key}).first()
+            if row is None or any(getattr(row, name) != value for name, value in values.items()):
+                return None
+            return _user(row), values  # invalidating unchanged values too is harmless
+
+        user, changes = self._db.transact(
+            work,
+            verify=updated,
+            touches=[keys.user_tag(key)],
+            touches_keys=_user_keys(None, **values),
+        )
         if not changes:
             return user
         # The old name and email entries carry the user's tag; the new ones may
@@ -309,8 +364,7 @@ class BillStore:
         return self._by_id(v.record_id("bill_id", bill_id))
 
     def _load_by_id(self, bill_id: int) -> BillRecord | None:
-        with self._db.read() as conn:
-            row = conn.execute(_BILL_BY_ID, {"key": bill_id}).first()
+        row = self._db.one(_BILL_BY_ID, bill_id)
         return None if row is None else _bill(row)
 
     def get_all(
@@ -334,8 +388,9 @@ class BillStore:
         stmt = self._list(status)
         cache = self._db.cache
         strategy = count or ("cached" if cache is not None else "exact")
-        with self._db.read() as conn:
-            result = paginate(conn, stmt, page=page, limit=limit, count=strategy, cache=cache)
+        result = self._db.read(
+            lambda conn: paginate(conn, stmt, page=page, limit=limit, count=strategy, cache=cache)
+        )
         return result.map(_bill)
 
     def get_all_keyset(
@@ -395,8 +450,21 @@ class BillStore:
             stmt = sa.insert(Bill).values(**values).returning(*_BILL_COLUMNS)
             return _bill(_insert_one(conn, stmt, "bill conflicts with a stored one"))
 
-        bill = self._db.transact(work)
-        self._db.invalidate(keys=[keys.BILL.format(bill_id=bill.id)], tags=[count_tag("bills")])
+        def created(conn: Connection) -> BillRecord | None:
+            # Bills have no natural key: the sponsor, title and creation time taken
+            # before the first attempt (to the microsecond) single this one out.
+            stmt = (
+                sa.select(*_BILL_COLUMNS)
+                .where(Bill.sponsor_id == sponsor, Bill.created_at == now)
+                .where(Bill.title == values["title"])
+                .order_by(Bill.id.desc())
+            )
+            row = conn.execute(stmt).first()
+            return None if row is None else _bill(row)
+
+        tags = [count_tag("bills")]
+        bill = self._db.transact(work, verify=created, touches=tags)
+        self._db.invalidate(keys=[keys.BILL.format(bill_id=bill.id)], tags=tags)
         return bill
 
     def update(
@@ -450,7 +518,15 @@ class BillStore:
             )
             return _bill(conn.execute(stmt).one()), True
 
-        bill, changed = self._db.transact(work)
+        def updated(conn: Connection) -> tuple[BillRecord, bool] | None:
+            row = conn.execute(_BILL_BY_ID, {"key": key}).first()
+            if row is None or any(getattr(row, name) != value for name, value in values.items()):
+                return None
+            return _bill(row), True  # invalidate even if it already held these values
+
+        bill, changed = self._db.transact(
+            work, verify=updated, touches=[keys.bill_tag(key), count_tag("bills")]
+        )
         if not changed:
             return bill
         # The status may have changed: counts of filtered lists go too.
@@ -485,8 +561,7 @@ class VoteStore:
         return self._by_id(v.record_id("vote_id", vote_id))
 
     def _load_by_id(self, vote_id: int) -> VoteRecord | None:
-        with self._db.read() as conn:
-            row = conn.execute(_VOTE_BY_ID, {"key": vote_id}).first()
+        row = self._db.one(_VOTE_BY_ID, vote_id)
         return None if row is None else _vote(row)
 
     def get_by_bill_id(
@@ -587,11 +662,16 @@ class VoteStore:
             message = f"user {user} has already voted on bill {bill}"
             return _vote(_insert_one(conn, stmt, message))
 
-        vote = self._db.transact(work)
-        self._db.invalidate(
-            keys=[keys.VOTE.format(vote_id=vote.id)],
-            tags=[keys.votes_of_bill_tag(bill), keys.votes_of_user_tag(user), count_tag("votes")],
-        )
+        def cast(conn: Connection) -> VoteRecord | None:
+            # One vote per (bill, user): if it is there with this choice, it is this one.
+            row = conn.execute(
+                sa.select(*_VOTE_COLUMNS).where(Vote.bill_id == bill, Vote.user_id == user)
+            ).first()
+            return None if row is None or row.choice != picked else _vote(row)
+
+        tags = [keys.votes_of_bill_tag(bill), keys.votes_of_user_tag(user), count_tag("votes")]
+        vote = self._db.transact(work, verify=cast, touches=tags)
+        self._db.invalidate(keys=[keys.VOTE.format(vote_id=vote.id)], tags=tags)
         return vote
 
     def counts(self, bill_id: int) -> VoteCounts:
@@ -604,11 +684,13 @@ class VoteStore:
         return self._counts(v.record_id("bill_id", bill_id))
 
     def _load_counts(self, bill_id: int) -> VoteCounts:
-        with self._db.read() as conn:
-            rows = conn.execute(_VOTE_COUNTS, {"key": bill_id})
-            tally = {choice: int(n) for choice, n in rows}
+        def read(conn: Connection) -> dict[Any, int]:
+            tally = {choice: int(n) for choice, n in conn.execute(_VOTE_COUNTS, {"key": bill_id})}
             if not tally and not self._db.exists(conn, _BILL_EXISTS, bill_id):
                 raise NotFound("bill", bill_id)
+            return tally
+
+        tally = self._db.read(read)
         return VoteCounts(
             bill_id=bill_id,
             yes=tally.get(VoteChoice.YES, 0),
@@ -626,11 +708,14 @@ class VoteStore:
         entity: str,
         key: int,
     ) -> Page[VoteRecord]:
-        with self._db.read() as conn:
+
+        def read(conn: Connection) -> Page[AnyRow]:
             result = paginate(conn, stmt, page=page, limit=limit)
             if not result.items and not self._db.exists(conn, exists, key):
                 raise NotFound(entity, key)
-        return result.map(_vote)
+            return result
+
+        return self._db.read(read).map(_vote)
 
 
 def _insert_one(conn: Connection, stmt: Any, conflict: str) -> AnyRow:

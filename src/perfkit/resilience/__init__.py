@@ -1,5 +1,6 @@
 """
-Resilience: retries with backoff, whole-transaction retries, retry budgets, circuit breakers.
+Resilience: retries with backoff, retried transactions and reads, retry budgets,
+circuit breakers.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from ._retry import (
     retry_stats,
     retry_with_backoff,
 )
-from ._transaction import arun_in_transaction, run_in_transaction
+from ._transaction import arun_in_transaction, arun_read, run_in_transaction, run_read
 from ._transient import is_transient
 
 __all__ = [
@@ -36,9 +37,11 @@ __all__ = [
     "RetryStats",
     "StateView",
     "arun_in_transaction",
+    "arun_read",
     "backoff_delay",
     "is_transient",
     "retry_stats",
     "retry_with_backoff",
     "run_in_transaction",
+    "run_read",
 ]

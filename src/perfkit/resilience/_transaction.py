@@ -1,5 +1,9 @@
 """
-Retrying a whole transaction: begin, run, commit — and again from the top on a transient failure.
+Units of database work retried whole: a transaction (begin, run, commit, and again from the
+top on a transient failure), or a read on a fresh connection per attempt.
+
+The loop is tenacity's, driven by the policy objects of :mod:`._retry`; what is specific
+here is the handle's lifetime (one per attempt) and what a lost COMMIT means.
 """
 
 from __future__ import annotations
@@ -15,13 +19,43 @@ from perfkit._clock import SYSTEM_CLOCK, Clock
 from perfkit.errors import CommitOutcomeUnknown
 
 from ._budget import RetryBudget
-from ._retry import Predicate, RetryHook, _Policy, _retrying_kwargs, _Run
+from ._retry import Predicate, RetryHook, _Policy, _retry_async, _retry_sync, _retrying_kwargs, _Run
 from ._transient import is_transient
 
-__all__ = ["arun_in_transaction", "run_in_transaction"]
+__all__ = ["arun_in_transaction", "arun_read", "run_in_transaction", "run_read"]
 
 R = TypeVar("R")
 H = TypeVar("H")
+
+_UNKNOWN = (
+    "the connection was lost during COMMIT: the transaction may have been applied, "
+    "so it was not retried (pass verify= to check, or idempotent=True if running it "
+    "twice is harmless)"
+)
+_UNSETTLED = (
+    "the connection was lost during COMMIT and the outcome could not be checked "
+    "before the retries ran out: the transaction may have been applied"
+)
+
+
+class _Outcome:
+    """Whether an earlier attempt of this call lost its COMMIT, so the next one must check."""
+
+    __slots__ = ("unknown",)
+
+    def __init__(self) -> None:
+        self.unknown = False
+
+    def commit_failed(self, exc: Exception, *, idempotent: bool, verifiable: bool) -> None:
+        if idempotent or not _outcome_unknown(exc):
+            return
+        if not verifiable:
+            raise CommitOutcomeUnknown(_UNKNOWN) from exc
+        self.unknown = True  # the next attempt runs verify() first
+
+    def gave_up(self, exc: Exception) -> None:
+        if self.unknown and not isinstance(exc, CommitOutcomeUnknown):
+            raise CommitOutcomeUnknown(_UNSETTLED) from exc
 
 
 def run_in_transaction(
@@ -33,6 +67,7 @@ def run_in_transaction(
     wait_initial: float = 0.02,
     wait_max: float = 0.5,
     idempotent: bool = False,
+    verify: Callable[[H], R | None] | None = None,
     on: Predicate = is_transient,
     budget: RetryBudget | None = None,
     hooks: tuple[RetryHook, ...] = (),
@@ -50,38 +85,59 @@ def run_in_transaction(
     writes through the handle it is given.
 
     If the connection is lost while COMMIT is in flight, nobody knows whether
-    it was applied: that raises :class:`~perfkit.errors.CommitOutcomeUnknown`
-    instead of retrying, unless *idempotent* says running the unit twice is
-    harmless.
+    it was applied. With *verify*, the next attempt finds out: it calls
+    ``verify(handle)`` in a fresh transaction first, which returns the unit's
+    result if the unit's writes are there (the COMMIT went through: that
+    result is returned) or ``None`` if they are not (the unit runs again).
+    Without *verify*, that raises :class:`~perfkit.errors.CommitOutcomeUnknown`
+    at once, unless *idempotent* says running the unit twice is harmless. It
+    is raised too when the retries run out before the outcome could be
+    checked: it reaches the caller only when the outcome cannot be known.
+
+    Args:
+        factory: Makes the handle of one attempt, used as a context manager.
+        fn: The unit: all its reads and writes go through the handle.
+        idempotent: Running *fn* twice is harmless: a lost COMMIT is retried
+            like any transient failure.
+        verify: Looks for the unit's writes after a lost COMMIT (a unit
+            whose result is ``None`` cannot be verified this way: make it
+            *idempotent* or return a value). It must find this unit's
+            writes, not merely similar ones: look them up by a key the unit
+            chose (the unique pair a vote is stored under, a timestamp taken
+            before the first attempt).
 
     The other options are those of :func:`retry_with_backoff`.
 
     Example::
 
-        def transfer(conn):
-            ...
+        def cast(conn):
+            conn.execute(insert(votes).values(bill_id=7, user_id=3, choice="yes"))
+            return True
 
-        run_in_transaction(perfkit.db.for_writes(engine).connect, transfer)
+        def stored(conn):
+            query = select(votes.c.choice).where(votes.c.bill_id == 7, votes.c.user_id == 3)
+            return conn.execute(query).scalar() == "yes" or None
+
+        run_in_transaction(perfkit.db.for_writes(engine).connect, cast, verify=stored)
 
     .. versionadded:: 0.1.0
+    .. versionchanged:: 0.2.0 *verify*.
     """
-    run = _run(
-        fn,
-        attempts=attempts,
-        timeout=timeout,
-        wait_initial=wait_initial,
-        wait_max=wait_max,
-        on=on,
-        budget=budget,
-        hooks=hooks,
-        clock=clock,
-    )
+    run = _run(fn, attempts, timeout, wait_initial, wait_max, on, budget, hooks, clock)
     retrying = _t.Retrying(sleep=clock.sleep, **_retrying_kwargs(run))
+    outcome = _Outcome()
 
     def attempt() -> R:
         with factory() as handle:  # type: ignore[attr-defined]
             transaction = handle.begin()
             try:
+                if outcome.unknown:
+                    assert verify is not None
+                    found = verify(handle)
+                    outcome.unknown = False  # known now: applied, or not and run again
+                    if found is not None:
+                        transaction.rollback()
+                        return found
                 result = fn(handle)
             except BaseException:
                 transaction.rollback()
@@ -89,11 +145,15 @@ def run_in_transaction(
             try:
                 transaction.commit()
             except Exception as exc:
-                _check_commit_failure(exc, idempotent)
+                outcome.commit_failed(exc, idempotent=idempotent, verifiable=verify is not None)
                 raise
             return result
 
-    result: R = retrying(attempt)
+    try:
+        result: R = retrying(attempt)
+    except Exception as exc:
+        outcome.gave_up(exc)
+        raise
     if budget is not None:
         budget.record_success()
     return result
@@ -108,6 +168,7 @@ async def arun_in_transaction(
     wait_initial: float = 0.02,
     wait_max: float = 0.5,
     idempotent: bool = False,
+    verify: Callable[[H], Awaitable[R | None]] | None = None,
     on: Predicate = is_transient,
     budget: RetryBudget | None = None,
     hooks: tuple[RetryHook, ...] = (),
@@ -115,27 +176,26 @@ async def arun_in_transaction(
 ) -> R:
     """
     The asyncio twin of :func:`run_in_transaction` (``async_sessionmaker``,
-    ``async_engine.connect``).
+    ``async_engine.connect``); *verify* is a coroutine function too.
 
     .. versionadded:: 0.1.0
+    .. versionchanged:: 0.2.0 *verify*.
     """
-    run = _run(
-        fn,
-        attempts=attempts,
-        timeout=timeout,
-        wait_initial=wait_initial,
-        wait_max=wait_max,
-        on=on,
-        budget=budget,
-        hooks=hooks,
-        clock=clock,
-    )
+    run = _run(fn, attempts, timeout, wait_initial, wait_max, on, budget, hooks, clock)
     retrying = _t.AsyncRetrying(sleep=clock.asleep, **_retrying_kwargs(run))
+    outcome = _Outcome()
 
     async def attempt() -> R:
         async with factory() as handle:  # type: ignore[attr-defined]
             transaction = await handle.begin()
             try:
+                if outcome.unknown:
+                    assert verify is not None
+                    found = await verify(handle)
+                    outcome.unknown = False
+                    if found is not None:
+                        await transaction.rollback()
+                        return found
                 result = await fn(handle)
             except BaseException:
                 await transaction.rollback()
@@ -143,19 +203,126 @@ async def arun_in_transaction(
             try:
                 await transaction.commit()
             except Exception as exc:
-                _check_commit_failure(exc, idempotent)
+                outcome.commit_failed(exc, idempotent=idempotent, verifiable=verify is not None)
                 raise
             return result
 
-    result: R = await retrying(attempt)
+    try:
+        result: R = await retrying(attempt)
+    except Exception as exc:
+        outcome.gave_up(exc)
+        raise
     if budget is not None:
         budget.record_success()
     return result
 
 
-def _run(
-    fn: Callable[..., Any],
+def run_read(
+    factory: Callable[[], H],
+    fn: Callable[[H], R],
     *,
+    attempts: int = 10,
+    timeout: float | None = 2.0,
+    wait_initial: float = 0.01,
+    wait_max: float = 0.25,
+    on: Predicate = is_transient,
+    budget: RetryBudget | None = None,
+    hooks: tuple[RetryHook, ...] = (),
+    clock: Clock = SYSTEM_CLOCK,
+) -> R:
+    """
+    Run the read *fn* on a fresh handle from *factory*, retried on transient failures.
+
+    For reads that a dropped connection, a database restart or a busy SQLite
+    file may interrupt mid-query, which ``pool_pre_ping`` does not cover (it
+    checks a connection only before it is handed out). Each attempt takes a
+    new handle from *factory* (``engine.connect``, a ``sessionmaker``), calls
+    ``fn(handle)`` and closes it, so *fn* must read through the handle it is
+    given and must not write: nothing is committed.
+
+    On success this costs what ``with factory() as handle: fn(handle)``
+    costs, plus a ``try``: tenacity is set up only after a failure. The
+    defaults suit a request's read: a 2 s deadline, waits from 10 ms.
+
+    Args:
+        factory: Makes the handle of one attempt, used as a context manager.
+        fn: The read.
+
+    The other options are those of :func:`retry_with_backoff`.
+
+    Example::
+
+        def titles(conn):
+            return conn.execute(select(bills.c.title)).scalars().all()
+
+        run_read(engine.connect, titles)
+
+    .. versionadded:: 0.2.0
+    """
+    started = clock.monotonic()
+    try:
+        with factory() as handle:  # type: ignore[attr-defined]
+            result: R = fn(handle)
+    except Exception as exc:
+        if not on(exc):
+            raise
+        first = exc
+    else:
+        if budget is not None:
+            budget.record_success()
+        return result
+
+    def attempt() -> R:
+        with factory() as handle:  # type: ignore[attr-defined]
+            return fn(handle)
+
+    run = _run(fn, attempts, timeout, wait_initial, wait_max, on, budget, hooks, clock, started)
+    retried: R = _retry_sync(attempt, (), {}, first, run)
+    return retried
+
+
+async def arun_read(
+    factory: Callable[[], H],
+    fn: Callable[[H], Awaitable[R]],
+    *,
+    attempts: int = 10,
+    timeout: float | None = 2.0,
+    wait_initial: float = 0.01,
+    wait_max: float = 0.25,
+    on: Predicate = is_transient,
+    budget: RetryBudget | None = None,
+    hooks: tuple[RetryHook, ...] = (),
+    clock: Clock = SYSTEM_CLOCK,
+) -> R:
+    """
+    The asyncio twin of :func:`run_read` (``async_engine.connect``, an ``async_sessionmaker``).
+
+    .. versionadded:: 0.2.0
+    """
+    started = clock.monotonic()
+    try:
+        async with factory() as handle:  # type: ignore[attr-defined]
+            result: R = await fn(handle)
+    except Exception as exc:
+        if not on(exc):
+            raise
+        first = exc
+    else:
+        if budget is not None:
+            budget.record_success()
+        return result
+
+    async def attempt() -> R:
+        async with factory() as handle:  # type: ignore[attr-defined]
+            return await fn(handle)
+
+    run = _run(fn, attempts, timeout, wait_initial, wait_max, on, budget, hooks, clock, started)
+    retried: R = await _retry_async(attempt, (), {}, first, run)
+    return retried
+
+
+def _run(  # noqa: PLR0917 - private; the public signatures spell the options out
+    fn: Callable[..., Any],
     attempts: int,
     timeout: float | None,
     wait_initial: float,
@@ -164,23 +331,14 @@ def _run(
     budget: RetryBudget | None,
     hooks: tuple[RetryHook, ...],
     clock: Clock,
+    started: float | None = None,
 ) -> _Run:
     if attempts < 1:
         msg = f"attempts must be at least 1, not {attempts}"
         raise ValueError(msg)
     policy = _Policy(attempts, timeout, wait_initial, wait_max, on, budget, hooks, clock)
-    return _Run(policy, getattr(fn, "__qualname__", repr(fn)), clock.monotonic())
-
-
-def _check_commit_failure(exc: Exception, idempotent: bool) -> None:
-    """Raise CommitOutcomeUnknown when COMMIT may or may not have happened."""
-    if idempotent or not _outcome_unknown(exc):
-        return
-    msg = (
-        "the connection was lost during COMMIT: the transaction may have been applied, "
-        "so it was not retried (pass idempotent=True if running it twice is harmless)"
-    )
-    raise CommitOutcomeUnknown(msg) from exc
+    name = getattr(fn, "__qualname__", repr(fn))
+    return _Run(policy, name, clock.monotonic() if started is None else started)
 
 
 def _outcome_unknown(exc: BaseException) -> bool:

@@ -1,0 +1,134 @@
+"""
+A loopback TCP proxy in front of PostgreSQL that can lose the reply to a COMMIT.
+
+The server really receives and applies the COMMIT; only its answer never
+reaches the client, whose connection is cut instead: what a network failure
+at the worst moment does. It also cuts every connection on demand (a
+failover seen from the client).
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+from types import TracebackType
+
+__all__ = ["TcpProxy"]
+
+_CHUNK = 65536
+
+
+class TcpProxy:
+    """
+    Forward 127.0.0.1:<port> to *upstream*; ``lose_commit_reply()`` arms the next COMMIT.
+    """
+
+    def __init__(self, upstream_host: str, upstream_port: int) -> None:
+        self._upstream = (upstream_host, upstream_port)
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.port: int = self._listener.getsockname()[1]
+        self._lock = threading.Lock()
+        self._armed = 0
+        self._pairs: list[tuple[socket.socket, socket.socket]] = []
+        self.commits_lost = 0
+        self._closed = False
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def lose_commit_reply(self, times: int = 1) -> None:
+        """Apply the next *times* COMMITs on the server but cut the client before it hears."""
+        with self._lock:
+            self._armed += times
+
+    def cut_all(self) -> int:
+        """Close every proxied connection at once; return how many were cut."""
+        with self._lock:
+            pairs, self._pairs = self._pairs, []
+        for client, server in pairs:
+            _close(client)
+            _close(server)
+        return len(pairs)
+
+    def close(self) -> None:
+        self._closed = True
+        _close(self._listener)
+        self.cut_all()
+
+    def __enter__(self) -> TcpProxy:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def _accept(self) -> None:
+        while not self._closed:
+            try:
+                client, _ = self._listener.accept()
+            except OSError:
+                return
+            try:
+                server = socket.create_connection(self._upstream, timeout=5)
+            except OSError:
+                _close(client)
+                continue
+            server.settimeout(None)
+            with self._lock:
+                self._pairs.append((client, server))
+            cut = threading.Event()  # set once a COMMIT went up whose reply must be lost
+            threading.Thread(target=self._up, args=(client, server, cut), daemon=True).start()
+            threading.Thread(target=self._down, args=(server, client, cut), daemon=True).start()
+
+    def _up(self, client: socket.socket, server: socket.socket, cut: threading.Event) -> None:
+        while True:
+            data = _recv(client)
+            if not data:
+                break
+            lose = False
+            if b"COMMIT" in data.upper():
+                with self._lock:
+                    if self._armed:
+                        self._armed -= 1
+                        lose = True
+            if lose:
+                cut.set()  # before sending: the reply must not slip through
+            try:
+                server.sendall(data)
+            except OSError:
+                break
+        _close(server)
+
+    def _down(self, server: socket.socket, client: socket.socket, cut: threading.Event) -> None:
+        while True:
+            data = _recv(server)
+            if not data:
+                break
+            if cut.is_set():
+                # The server answered the COMMIT: it is applied. The client never hears.
+                with self._lock:
+                    self.commits_lost += 1
+                break
+            try:
+                client.sendall(data)
+            except OSError:
+                break
+        _close(client)
+        _close(server)
+
+
+def _recv(sock: socket.socket) -> bytes:
+    try:
+        return sock.recv(_CHUNK)
+    except OSError:
+        return b""
+
+
+def _close(sock: socket.socket) -> None:
+    try:
+        sock.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass
+    sock.close()

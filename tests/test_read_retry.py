@@ -1,0 +1,233 @@
+"""
+perfkit.run_read / arun_read and the commit outcome check of run_in_transaction, on real
+PostgreSQL and SQLite: connections killed mid-query, COMMIT replies lost on the wire.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Engine, make_url
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from perfkit import CommitOutcomeUnknown, arun_read, db, run_in_transaction, run_read
+from perfkit.resilience import retry_stats
+from perfkit.testing import FakeClock
+from tcp_proxy import TcpProxy
+
+
+def _kill(engine: Engine, conn: Connection | AsyncConnection, pid: int) -> None:
+    del conn
+    with engine.connect() as killer:
+        killer.exec_driver_sql(f"SELECT pg_terminate_backend({pid})")
+        killer.commit()
+
+
+def test_a_read_whose_connection_is_killed_mid_query_is_retried(pg_engine: Engine) -> None:
+    """The server ends the session between statements: the read reruns on a new connection."""
+    pids: list[int] = []
+
+    def read(conn: Connection) -> int:
+        pid = int(conn.exec_driver_sql("SELECT pg_backend_pid()").scalar_one())
+        pids.append(pid)
+        if len(pids) == 1:
+            _kill(pg_engine, conn, pid)
+        return int(conn.exec_driver_sql("SELECT 41 + 1").scalar_one())
+
+    retries = retry_stats.retries
+    assert run_read(pg_engine.connect, read) == 42
+    assert len(pids) == 2
+    assert pids[0] != pids[1]
+    assert retry_stats.retries == retries + 1
+
+
+@pytest.mark.anyio
+async def test_async_read_is_retried_after_a_killed_connection(pg_schema_url: str) -> None:
+    """arun_read: the same on an asyncio engine."""
+    engine = db.create_async_engine(pg_schema_url)
+    killer = db.create_engine(pg_schema_url)
+    pids: list[int] = []
+
+    async def read(conn: AsyncConnection) -> int:
+        pid = int((await conn.exec_driver_sql("SELECT pg_backend_pid()")).scalar_one())
+        pids.append(pid)
+        if len(pids) == 1:
+            _kill(killer, conn, pid)
+        return int((await conn.exec_driver_sql("SELECT 42")).scalar_one())
+
+    try:
+        assert await arun_read(engine.connect, read) == 42
+    finally:
+        await engine.dispose()
+        killer.dispose()
+    assert len(pids) == 2
+
+
+def test_a_read_error_that_is_not_transient_is_raised_at_once(pg_engine: Engine) -> None:
+    """A bad query is a bug: no retry, no wait."""
+    calls: list[int] = []
+
+    def read(conn: Connection) -> None:
+        calls.append(1)
+        conn.exec_driver_sql("SELECT * FROM no_such_table")
+
+    clock = FakeClock()
+    start = clock.monotonic()
+    with pytest.raises(sa.exc.ProgrammingError):
+        run_read(pg_engine.connect, read, clock=clock)
+    assert (calls, clock.monotonic()) == ([1], start)
+
+
+def test_a_read_against_a_dead_server_gives_up_at_its_deadline() -> None:
+    """Nothing listens: every attempt fails to connect, and the deadline ends the retries."""
+    with TcpProxy("127.0.0.1", 9) as proxy:  # discard port: nobody there, connect refused
+        url = f"postgresql+psycopg://postgres@127.0.0.1:{proxy.port}/test"
+    engine = db.create_engine(url, connect_args={"connect_timeout": 1})
+    clock = FakeClock()
+    start = clock.monotonic()
+    calls: list[int] = []
+
+    def read(conn: Connection) -> None:
+        calls.append(1)
+
+    try:
+        with pytest.raises(sa.exc.OperationalError):
+            run_read(engine.connect, read, timeout=1.0, clock=clock)
+    finally:
+        engine.dispose()
+    assert calls == []  # never connected
+    assert start < clock.monotonic() <= start + 1.0  # it waited, never past the deadline
+
+
+def test_sqlite_reads_never_wait_for_a_writer_holding_the_lock(tmp_path: Path) -> None:
+    """WAL: a writer holding the write lock past the busy timeout does not fail a read."""
+    engine = db.create_engine(f"sqlite:///{tmp_path / 'r.sqlite3'}", busy_timeout=0.01)
+    with engine.begin() as conn:
+        conn.exec_driver_sql("CREATE TABLE t (n INTEGER)")
+        conn.exec_driver_sql("INSERT INTO t VALUES (1)")
+    holder = db.for_writes(engine).connect()
+    holder.begin()
+    holder.exec_driver_sql("UPDATE t SET n = 2")
+    try:
+        for _ in range(20):
+            assert (
+                run_read(engine.connect, lambda c: c.exec_driver_sql("SELECT n FROM t").scalar())
+                == 1
+            )
+    finally:
+        holder.rollback()
+        holder.close()
+        engine.dispose()
+
+
+@pytest.fixture
+def proxied(pg_schema_url: str) -> Iterator[tuple[Engine, TcpProxy]]:
+    """An engine on this run's schema through a proxy that can lose COMMIT replies."""
+    url = make_url(pg_schema_url)
+    with TcpProxy(url.host or "127.0.0.1", url.port or 5432) as proxy:
+        engine = db.create_engine(url.set(host="127.0.0.1", port=proxy.port))
+        with engine.begin() as conn:
+            conn.exec_driver_sql("DROP TABLE IF EXISTS outcome_probe")
+            conn.exec_driver_sql("CREATE TABLE outcome_probe (k TEXT PRIMARY KEY)")
+        yield engine, proxy
+        engine.dispose()
+
+
+def _insert(key: str) -> Callable[[Connection], str]:
+    def unit(conn: Connection) -> str:
+        conn.exec_driver_sql("INSERT INTO outcome_probe VALUES (%(k)s)", {"k": key})
+        return key
+
+    return unit
+
+
+def _stored(key: str) -> Callable[[Connection], str | None]:
+    def verify(conn: Connection) -> str | None:
+        row = conn.exec_driver_sql("SELECT k FROM outcome_probe WHERE k = %(k)s", {"k": key})
+        found: str | None = row.scalar()
+        return found
+
+    return verify
+
+
+def _count(engine: Engine) -> int:
+    with engine.connect() as conn:
+        return int(conn.exec_driver_sql("SELECT count(*) FROM outcome_probe").scalar_one())
+
+
+def test_a_commit_whose_reply_is_lost_is_verified_as_applied(
+    proxied: tuple[Engine, TcpProxy],
+) -> None:
+    """The server commits, the client never hears: verify finds the row, nothing is redone."""
+    engine, proxy = proxied
+    proxy.lose_commit_reply()
+    result = run_in_transaction(
+        engine.connect, _insert("a"), verify=_stored("a"), clock=FakeClock()
+    )
+    assert (result, proxy.commits_lost, _count(engine)) == ("a", 1, 1)
+
+
+def test_without_verify_a_lost_commit_reply_is_an_unknown_outcome(
+    proxied: tuple[Engine, TcpProxy],
+) -> None:
+    """No way to check: CommitOutcomeUnknown, and the write really is there."""
+    engine, proxy = proxied
+    proxy.lose_commit_reply()
+    with pytest.raises(CommitOutcomeUnknown, match="may have been applied"):
+        run_in_transaction(engine.connect, _insert("a"), clock=FakeClock())
+    assert _count(engine) == 1
+
+
+def test_a_commit_killed_before_it_ran_is_verified_as_missing_and_redone(
+    pg_engine: Engine,
+) -> None:
+    """The session dies before COMMIT: verify finds nothing, the unit runs again, once."""
+    with pg_engine.begin() as conn:
+        conn.exec_driver_sql("DROP TABLE IF EXISTS outcome_probe")
+        conn.exec_driver_sql("CREATE TABLE outcome_probe (k TEXT PRIMARY KEY)")
+    runs: list[int] = []
+    checks: list[str | None] = []
+    verify = _stored("b")
+
+    def unit(conn: Connection) -> str:
+        runs.append(1)
+        conn.exec_driver_sql("INSERT INTO outcome_probe VALUES ('b')")
+        if len(runs) == 1:
+            _kill(
+                pg_engine, conn, int(conn.exec_driver_sql("SELECT pg_backend_pid()").scalar_one())
+            )
+        return "b"
+
+    def checked(conn: Connection) -> str | None:
+        found = verify(conn)
+        checks.append(found)
+        return found
+
+    assert run_in_transaction(pg_engine.connect, unit, verify=checked, clock=FakeClock()) == "b"
+    assert (runs, checks, _count(pg_engine)) == ([1, 1], [None], 1)
+
+
+def test_an_outcome_that_cannot_be_checked_in_time_is_unknown(
+    proxied: tuple[Engine, TcpProxy],
+) -> None:
+    """Every connection dies until the retries run out: CommitOutcomeUnknown, not the error."""
+    engine, proxy = proxied
+    proxy.lose_commit_reply()
+    checks: list[int] = []
+
+    def unreachable(conn: Connection) -> str | None:
+        checks.append(1)
+        proxy.cut_all()
+        conn.exec_driver_sql("SELECT 1")
+        return None
+
+    with pytest.raises(CommitOutcomeUnknown, match="could not be checked") as caught:
+        run_in_transaction(
+            engine.connect, _insert("c"), verify=unreachable, attempts=3, clock=FakeClock()
+        )
+    assert isinstance(caught.value.__cause__, sa.exc.OperationalError)
+    assert len(checks) == 2
+    assert _count(engine) == 1
