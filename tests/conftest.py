@@ -22,6 +22,8 @@ from perfkit import db
 from perfkit.cache import Cache, MemoryBackend
 from perfkit.reference import Base, Stores, open_stores
 from perfkit.testing import FakeClock
+from pg_cluster import PostgresCluster
+from pg_cluster import available as pg_cluster_available
 
 DEFAULT_PG_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 PG_URL = os.environ.get("PERFKIT_TEST_DATABASE_URL", DEFAULT_PG_URL)
@@ -167,3 +169,20 @@ def clock() -> FakeClock:
 def cache(clock: FakeClock) -> Cache:
     """An in-memory cache on *clock*: 10 s TTL, no jitter."""
     return Cache(MemoryBackend(clock=clock), namespace="t", ttl=10, jitter=0, clock=clock)
+
+
+@pytest.fixture
+def pg_cluster() -> Iterator[PostgresCluster]:
+    """
+    A started private PostgreSQL cluster (own data dir and port), removed after
+    the test: for tests that stop, restart or crash the server.
+    """
+    reason = pg_cluster_available()
+    if reason is not None:
+        service_unavailable("PostgreSQL cluster", "postgresql://127.0.0.1", reason)
+    cluster = PostgresCluster()
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.cleanup()
