@@ -48,7 +48,7 @@ class TakenSlug(Conflict):
         (InvalidPage("page", "too big"), 422),
         (InvalidCursor("altered"), 422),
         (CircuitOpenError("search", retry_after=1.0), 503),
-        (CommitOutcomeUnknown("lost"), 500),
+        (CommitOutcomeUnknown("lost"), 503),
         (PerfkitError("something else"), 500),
     ],
 )

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import warnings
+from collections.abc import Awaitable, Callable
 from http import HTTPStatus
 from typing import Any, Final
 
@@ -13,20 +14,24 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.params import Form
 from fastapi.responses import JSONResponse
+from sqlalchemy import exc as sa_exc
 from starlette.exceptions import HTTPException
 
 from perfkit.errors import BodyTooLarge, PerfkitError
 from perfkit.http._body_limit import BodyLimit
 from perfkit.http._envelope import error_body, error_headers, error_status
+from perfkit.resilience import is_transient
 
 from ._allow import allowed_methods
 from ._openapi import document_errors, is_json
 
-__all__ = ["DEFAULT_MAX_BODY_BYTES", "install"]
+__all__ = ["DEFAULT_MAX_BODY_BYTES", "DEFAULT_RETRY_AFTER", "install"]
 
 log = logging.getLogger("perfkit.fastapi")
 
 DEFAULT_MAX_BODY_BYTES: Final = 64 * 1024
+DEFAULT_RETRY_AFTER: Final = 1
+"""Seconds a 503 ``unavailable`` asks the client to wait (``Retry-After``)."""
 
 # The envelope's code for an HTTPException of each status; others are "http_error".
 HTTP_CODES: Final = {
@@ -54,6 +59,7 @@ def install(
     *,
     max_body_bytes: int | None = DEFAULT_MAX_BODY_BYTES,
     document: bool = True,
+    retry_after: int = DEFAULT_RETRY_AFTER,
 ) -> None:
     """
     Give *app* one JSON error envelope, a request-body limit and OpenAPI that documents both.
@@ -72,6 +78,13 @@ def install(
                                      lists each (``"body.email"``), the input never echoed
     422   ``invalid_input``…         :class:`~perfkit.errors.InvalidInput` and subclasses
     500   ``internal_error``         an unexpected exception: logged, no details sent
+    503   ``unavailable``            the database failed transiently (lost or refused
+                                     connections, a restart, SQLite busy: see
+                                     :func:`perfkit.is_transient`) after the store's
+                                     retries, or the pool had no connection to give;
+                                     with ``Retry-After``
+    503   ``commit_outcome_unknown`` :class:`~perfkit.errors.CommitOutcomeUnknown`: a write
+                                     may or may not have been applied
     503   ``circuit_open``           :class:`~perfkit.errors.CircuitOpenError`, with ``Retry-After``
     ====  =========================  ==============================================
 
@@ -85,6 +98,7 @@ def install(
         document: Document every error status of every route in the OpenAPI
             schema, with the envelope's schema instead of FastAPI's
             ``HTTPValidationError`` (see :func:`perfkit.fastapi.error_responses`).
+        retry_after: The ``Retry-After`` of a 503 ``unavailable``, in seconds.
 
     Example::
 
@@ -93,6 +107,9 @@ def install(
 
     .. versionadded:: 0.2.0
     """
+    if retry_after < 0:
+        msg = f"retry_after must not be negative, not {retry_after}"
+        raise ValueError(msg)
     if getattr(app.state, _MARK, False):
         warnings.warn("perfkit.fastapi.install() was already called on this app", stacklevel=2)
         return
@@ -100,6 +117,11 @@ def install(
     app.add_exception_handler(PerfkitError, _perfkit_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(HTTPException, _http_error)
+    # Database errors by class, so that Starlette's ExceptionMiddleware answers them
+    # (a handler of Exception runs in ServerErrorMiddleware, which re-raises).
+    unavailable = _database_error(str(retry_after))
+    app.add_exception_handler(sa_exc.DBAPIError, unavailable)
+    app.add_exception_handler(sa_exc.TimeoutError, unavailable)
     app.add_exception_handler(Exception, _unexpected_error)
     if max_body_bytes is not None:
         app.add_middleware(BodyLimit, max_bytes=max_body_bytes)
@@ -168,6 +190,29 @@ async def _http_error(request: Request, exc: Exception) -> JSONResponse:
         status_code=status,
         headers=headers,
     )
+
+
+def _database_error(retry_after: str) -> Callable[[Request, Exception], Awaitable[JSONResponse]]:
+    async def handler(request: Request, exc: Exception) -> JSONResponse:
+        if not (is_transient(exc) or isinstance(exc, sa_exc.TimeoutError)):
+            return await _unexpected_error(request, exc)  # a bug: a bad query, a constraint
+        log.warning(
+            "database unavailable on %s %s: %s", request.method, request.url.path, _brief(exc)
+        )
+        return JSONResponse(
+            error_body("unavailable", "the database cannot be reached right now; try again"),
+            status_code=503,
+            headers={"Retry-After": retry_after},
+        )
+
+    return handler
+
+
+def _brief(exc: Exception) -> str:
+    """The exception's class and first line: no SQL, no parameters."""
+    orig = getattr(exc, "orig", None) or exc
+    lines = str(orig).strip().splitlines()
+    return f"{type(orig).__name__}: {lines[0] if lines else ''}"
 
 
 async def _unexpected_error(request: Request, exc: Exception) -> JSONResponse:

@@ -43,6 +43,8 @@ _DESCRIPTIONS: Final = {
     422: "`validation_error` (each invalid field in `fields`) or `invalid_input`: "
     "a field or parameter is invalid",
     500: "`internal_error`: the server failed; no details are sent",
+    503: "`unavailable`: the database (or another dependency) cannot be reached right now; "
+    "come back after `Retry-After`",
 }
 
 
@@ -52,7 +54,7 @@ def error_responses(*errors: type[PerfkitError]) -> dict[int | str, dict[str, An
 
     Each error is documented under its status (:data:`perfkit.http.ERROR_STATUS`)
     with the envelope's schema and its ``code``. Statuses every route has
-    (404, 405, 422, 500, and 400/413/415 with a JSON body) are documented by
+    (404, 405, 422, 500, 503, and 400/413/415 with a JSON body) are documented by
     :func:`perfkit.fastapi.install` already: declare what is particular to
     the route, such as a :class:`~perfkit.errors.Conflict` (409) or a
     :class:`~perfkit.errors.CircuitOpenError` (503, with ``Retry-After``).
@@ -117,7 +119,7 @@ def add_error_responses(schema: dict[str, Any], *, max_body_bytes: int | None) -
 def _document(operation: dict[str, Any], item: dict[str, Any], max_body_bytes: int | None) -> None:
     responses: dict[str, Any] = operation.setdefault("responses", {})
     body = operation.get("requestBody")
-    statuses = {404: "", 405: "", 500: ""}
+    statuses = {404: "", 405: "", 500: "", 503: ""}
     if operation.get("parameters") or item.get("parameters") or body:
         statuses[422] = ""
     if body:
@@ -131,6 +133,8 @@ def _document(operation: dict[str, Any], item: dict[str, Any], max_body_bytes: i
         response.setdefault("description", description or _DESCRIPTIONS[status])
         if status == 405:
             response.setdefault("headers", copy.deepcopy(_ALLOW_HEADER))
+        elif status == 503:
+            response.setdefault("headers", copy.deepcopy(_RETRY_AFTER_HEADER))
     for key, response in responses.items():
         # Every error is the envelope: FastAPI's default for 422, and a declared error
         # status that names no schema of its own.

@@ -50,7 +50,7 @@ ERROR_STATUS: Final[Mapping[type[PerfkitError], int]] = MappingProxyType(
         BodyTooLarge: 413,
         InvalidInput: 422,  # InvalidPage and InvalidCursor too
         CircuitOpenError: 503,  # a dependency is down: come back after Retry-After
-        CommitOutcomeUnknown: 500,
+        CommitOutcomeUnknown: 503,  # not a bug: the database went away mid-COMMIT
         PerfkitError: 500,
     }
 )
@@ -141,7 +141,9 @@ def error_headers(exc: PerfkitError) -> dict[str, str]:
     Return the headers an error response for *exc* carries.
 
     A :class:`~perfkit.errors.CircuitOpenError` says when to come back:
-    ``Retry-After`` in whole seconds, rounded up.
+    ``Retry-After`` in whole seconds, rounded up. A
+    :class:`~perfkit.errors.CommitOutcomeUnknown` does not: the client
+    must first find out whether its write was applied.
 
     .. versionadded:: 0.2.0
     """
