@@ -33,6 +33,7 @@ class TcpProxy:
         self._pairs: list[tuple[socket.socket, socket.socket]] = []
         self.commits_lost = 0
         self._closed = False
+        self._paused = False
         threading.Thread(target=self._accept, daemon=True).start()
 
     def lose_commit_reply(self, times: int = 1) -> None:
@@ -48,6 +49,15 @@ class TcpProxy:
             _close(client)
             _close(server)
         return len(pairs)
+
+    def pause(self) -> None:
+        """The database goes away: every connection is cut, new ones are refused until resume()."""
+        self._paused = True
+        self.cut_all()
+
+    def resume(self) -> None:
+        """The database is back."""
+        self._paused = False
 
     def close(self) -> None:
         self._closed = True
@@ -71,10 +81,17 @@ class TcpProxy:
                 client, _ = self._listener.accept()
             except OSError:
                 return
+            if self._paused:
+                _close(client)
+                continue
             try:
                 server = socket.create_connection(self._upstream, timeout=5)
             except OSError:
                 _close(client)
+                continue
+            if self._paused:
+                _close(client)
+                _close(server)
                 continue
             server.settimeout(None)
             with self._lock:

@@ -70,9 +70,13 @@ def _error(response: Any, status: int, code: str) -> dict[str, Any]:
 # -- happy paths ---------------------------------------------------------------
 
 
-async def test_healthz(client: Client) -> None:
-    """/healthz checks the database and says ok."""
-    assert (await client.get("/healthz")).json() == {"status": "ok", "database": "ok"}
+async def test_health(client: Client) -> None:
+    """/healthz: the process answers; /readyz: the database and the cache answer."""
+    assert (await client.get("/healthz")).json() == {"status": "ok"}
+    ready = await client.get("/readyz")
+    assert ready.status_code == 200
+    assert ready.json()["status"] == "ready"
+    assert ready.json()["checks"]["database"]["status"] == "ok"
 
 
 async def test_users(client: Client) -> None:

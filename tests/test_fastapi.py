@@ -218,6 +218,58 @@ async def test_an_open_circuit_says_when_to_come_back(client: httpx.AsyncClient)
     assert response.headers["retry-after"] == "3"
 
 
+def _database_errors_app(**options: Any) -> FastAPI:
+    import sqlite3  # noqa: PLC0415
+
+    import sqlalchemy as sa  # noqa: PLC0415
+
+    busy = sqlite3.OperationalError("database is locked")
+    busy.sqlite_errorcode = 5  # type: ignore[attr-defined]
+    errors: dict[str, Exception] = {
+        "busy": sa.exc.OperationalError("UPDATE bills SET title = ?", ("secret",), busy),
+        "pool": sa.exc.TimeoutError("QueuePool limit of size 10 overflow 10 reached"),
+        "integrity": sa.exc.IntegrityError("INSERT", {}, sqlite3.IntegrityError("CHECK")),
+    }
+    app = FastAPI()
+    install(app, **options)
+
+    @app.get("/db/{kind}")
+    def fail(kind: str) -> None:
+        raise errors[kind]
+
+    return app
+
+
+@pytest.mark.parametrize(("kind", "status", "code"), [
+    ("busy", 503, "unavailable"),
+    ("pool", 503, "unavailable"),
+    ("integrity", 500, "internal_error"),
+])  # fmt: skip
+async def test_a_database_that_stays_unreachable_is_503_never_500(
+    kind: str, status: int, code: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Transient database failures are 503 with Retry-After; a broken constraint is a bug."""
+    transport = httpx.ASGITransport(app=_database_errors_app(), raise_app_exceptions=False)
+    async with httpx.AsyncClient(transport=transport, base_url="http://db") as test_client:
+        response = await test_client.get(f"/db/{kind}")
+
+    error_of(response, status, code)
+    assert ("retry-after" in response.headers) == (status == 503)
+    assert "secret" not in response.text
+    assert "secret" not in caplog.text  # the statement's parameters are never logged
+
+
+async def test_the_retry_after_of_an_unavailable_database_is_configurable() -> None:
+    """install(retry_after=) sets the header; a negative one is refused."""
+    app = _database_errors_app(retry_after=7)
+    transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+    async with httpx.AsyncClient(transport=transport, base_url="http://db") as test_client:
+        response = await test_client.get("/db/busy")
+    assert response.headers["retry-after"] == "7"
+    with pytest.raises(ValueError, match="retry_after"):
+        install(FastAPI(), retry_after=-1)
+
+
 async def test_validation_errors_list_fields_and_never_echo_input(
     client: httpx.AsyncClient,
 ) -> None:

@@ -76,13 +76,18 @@ REFERENCE = [
 
 
 HTTP = [
+    "DEFAULT_PROBE_TIMEOUT",
     "ERROR_SCHEMA",
     "ERROR_STATUS",
     "BodyLimit",
     "CachedRoute",
     "Compression",
     "Principal",
+    "Probe",
+    "Readiness",
     "ResponseCache",
+    "cache_probe",
+    "database_probe",
     "encode_error",
     "error_body",
     "error_headers",
@@ -94,11 +99,13 @@ HTTP = [
 
 FASTAPI = [
     "DEFAULT_MAX_BODY_BYTES",
+    "DEFAULT_RETRY_AFTER",
     "JSONBytes",
     "Paginated",
     "Pagination",
     "cursor_body",
     "error_responses",
+    "health_routes",
     "install",
     "page_body",
 ]

@@ -23,7 +23,11 @@ Configuration comes from the environment:
 Every error is a JSON body ``{"error": {"code": ..., "message": ...}}`` with a
 4xx status: 400 malformed JSON, 404 unknown id or route, 405 wrong method,
 409 conflict, 413 body too large, 415 body not sent as JSON, 422 invalid
-field or query parameter.
+field or query parameter; or 503 with ``Retry-After`` while the database
+cannot be reached (the stores retry first), never 500 for that.
+
+``GET /healthz`` is liveness (the process answers); ``GET /readyz`` is
+readiness (the database answers; the cache is reported, but fails open).
 """
 
 from __future__ import annotations
@@ -38,7 +42,7 @@ from typing import Annotated, Any, Final
 
 import sqlalchemy as sa
 from fastapi import Body, Depends, FastAPI, Path, Query, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict
 
 from bill_api import telemetry
@@ -52,8 +56,15 @@ from perfkit import (
     instrument_engine,
 )
 from perfkit.cache import Cache, MemoryBackend, RedisBackend, TieredBackend
-from perfkit.fastapi import JSONBytes, Pagination, error_responses, install
-from perfkit.http import CachedRoute, Compression, ResponseCache, tag_response
+from perfkit.fastapi import JSONBytes, Pagination, error_responses, health_routes, install
+from perfkit.http import (
+    CachedRoute,
+    Compression,
+    ResponseCache,
+    cache_probe,
+    database_probe,
+    tag_response,
+)
 from perfkit.reference import Stores, cache_keys, codec, open_stores
 
 __all__ = ["DEFAULT_DATABASE_URL", "create_app"]
@@ -65,6 +76,7 @@ DEFAULT_DATABASE_URL: Final = f"sqlite:///{DEMO_DATABASE}"
 MAX_BODY_BYTES: Final = 64 * 1024
 MAX_ID: Final = 2**63 - 1
 MAX_LIMIT: Final = 100
+OPERATIONS_PATHS: Final = ("/healthz", "/readyz", "/metrics")
 
 Id = Annotated[int, Path(ge=1, le=MAX_ID, description="A positive row id")]
 # ?page= or ?cursor= (empty for the first keyset page), and ?limit=; Link headers on the answer.
@@ -185,6 +197,9 @@ def create_app(
         if provider is not None:
             instrument_engine(stores.engine, meter_provider=provider)
     install(app, max_body_bytes=MAX_BODY_BYTES)
+    health_routes(
+        app, [database_probe(lambda: _engine(app)), cache_probe(lambda: app.state.stores.cache)]
+    )
     app.add_middleware(Compression)  # what the response cache does not hold
     _install_routes(app)
     return app
@@ -205,7 +220,12 @@ class _API(FastAPI):
         provider = self.state.meter_provider
         if provider is None:
             return stack
-        return TimingMiddleware(stack, meter_provider=provider, exclude=("/healthz", "/metrics"))
+        return TimingMiddleware(stack, meter_provider=provider, exclude=OPERATIONS_PATHS)
+
+
+def _engine(app: FastAPI) -> sa.Engine:
+    engine: sa.Engine = app.state.stores.engine
+    return engine
 
 
 def _stores(request: Request) -> Stores:
@@ -329,16 +349,6 @@ def _install_routes(app: FastAPI) -> None:
 
 
 def _install_operations_routes(app: FastAPI) -> None:
-    @app.get("/healthz")
-    def healthz(request: Request) -> JSONResponse:
-        try:
-            with _stores(request).engine.connect() as conn:
-                conn.execute(sa.text("SELECT 1"))
-        except sa.exc.SQLAlchemyError:
-            log.exception("health check failed")
-            return JSONResponse({"status": "unavailable", "database": "down"}, status_code=503)
-        return JSONResponse({"status": "ok", "database": "ok"})
-
     @app.get("/metrics", include_in_schema=False)
     def prometheus_metrics() -> Response:
         if app.state.meter_provider is None:

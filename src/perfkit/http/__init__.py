@@ -1,7 +1,7 @@
 """
 perfkit's HTTP layer, pure ASGI (no framework needed): a response cache on the
 data cache's tags, conditional requests, compression, a request-body limit and
-one JSON error envelope.
+one JSON error envelope, and readiness probes.
 
 FastAPI users get the envelope, the body limit, pagination and OpenAPI wired
 by :mod:`perfkit.fastapi`; the response cache and compression wrap any ASGI app.
@@ -21,17 +21,23 @@ from ._envelope import (
     send_error,
     send_error_for,
 )
+from ._health import DEFAULT_PROBE_TIMEOUT, Probe, Readiness, cache_probe, database_probe
 from ._response_cache import ResponseCache, tag_response
 from ._routes import CachedRoute, Principal
 
 __all__ = [
+    "DEFAULT_PROBE_TIMEOUT",
     "ERROR_SCHEMA",
     "ERROR_STATUS",
     "BodyLimit",
     "CachedRoute",
     "Compression",
     "Principal",
+    "Probe",
+    "Readiness",
     "ResponseCache",
+    "cache_probe",
+    "database_probe",
     "encode_error",
     "error_body",
     "error_headers",

@@ -86,15 +86,24 @@ class _Database:
     What a store works on: an engine for reads, one for writes, an optional cache.
     """
 
-    __slots__ = ("cache", "cursor_secret", "engine", "writer")
+    __slots__ = ("cache", "cursor_secret", "engine", "read_deadline", "write_deadline", "writer")
 
     def __init__(
-        self, engine: Engine, cache: Cache | None, cursor_secret: str | bytes | None
+        self,
+        engine: Engine,
+        cache: Cache | None,
+        cursor_secret: str | bytes | None,
+        deadlines: tuple[float, float] = (READ_DEADLINE, WRITE_DEADLINE),
     ) -> None:
         self.engine = engine
         self.writer = _db.for_writes(engine)
         self.cache = cache
         self.cursor_secret = cursor_secret
+        self.read_deadline, self.write_deadline = deadlines
+        for deadline in deadlines:
+            if not deadline > 0:
+                msg = f"deadlines must be positive seconds, not {deadline!r}"
+                raise ValueError(msg)
 
     def keyset(
         self,
@@ -138,7 +147,7 @@ class _Database:
 
     def read(self, query: Callable[[Connection], R]) -> R:
         """Run *query* on a fresh connection, again on a new one after a transient failure."""
-        return run_read(self.engine.connect, query, timeout=READ_DEADLINE)
+        return run_read(self.engine.connect, query, timeout=self.read_deadline)
 
     def one(self, stmt: AnySelect, key: object) -> AnyRow | None:
         """The first row of *stmt* with its ``key`` parameter bound, or ``None``."""
@@ -166,7 +175,7 @@ class _Database:
                 work,
                 verify=verify,
                 attempts=_WRITE_ATTEMPTS,
-                timeout=WRITE_DEADLINE,
+                timeout=self.write_deadline,
             )
         except CommitOutcomeUnknown:
             self.invalidate(keys=touches_keys, tags=touches)
@@ -757,8 +766,10 @@ class Stores:
         owns_engine: bool,
         cache: Cache | None = None,
         cursor_secret: str | bytes | None = None,
+        read_deadline: float = READ_DEADLINE,
+        write_deadline: float = WRITE_DEADLINE,
     ) -> None:
-        database = _Database(engine, cache, cursor_secret)
+        database = _Database(engine, cache, cursor_secret, (read_deadline, write_deadline))
         self.engine = engine
         self.cache = cache
         self.users = UserStore(database)
@@ -791,6 +802,8 @@ def open_stores(
     cache: Cache | None = None,
     create_schema: bool = True,
     cursor_secret: str | bytes | None = None,
+    read_deadline: float = READ_DEADLINE,
+    write_deadline: float = WRITE_DEADLINE,
 ) -> Stores:
     """
     Open the reference stores on *database*.
@@ -810,6 +823,12 @@ def open_stores(
         cursor_secret: Key that signs keyset cursors (default: the
             ``PERFKIT_CURSOR_SECRET`` environment variable, else a key of
             this process only).
+        read_deadline: Seconds a read keeps retrying transient failures (a
+            dropped connection, a database restart) on fresh connections.
+        write_deadline: Seconds a write keeps retrying its whole transaction
+            (SQLite busy, serialization failures, deadlocks, lost
+            connections). After both, the failure is raised: the HTTP layer
+            answers it 503 (:func:`perfkit.fastapi.install`).
 
     Example::
 
@@ -825,4 +844,11 @@ def open_stores(
     engine = _db.create_engine(database) if not isinstance(database, Engine) else database
     if create_schema:
         Base.metadata.create_all(engine)
-    return Stores(engine, owns_engine=owns_engine, cache=cache, cursor_secret=cursor_secret)
+    return Stores(
+        engine,
+        owns_engine=owns_engine,
+        cache=cache,
+        cursor_secret=cursor_secret,
+        read_deadline=read_deadline,
+        write_deadline=write_deadline,
+    )
