@@ -151,6 +151,18 @@ BENCHMARKS: Final[tuple[Benchmark, ...]] = (
         databases=False,
     ),
     Benchmark(
+        name="read_retry",
+        title="Retried reads: the success path against a bare read and tenacity",
+        run=_script("read_retry.py"),
+        databases=False,
+    ),
+    Benchmark(
+        name="read_retry_instructions",
+        title="Retried reads, in instructions (callgrind)",
+        run=_script("read_retry.py", "--instructions"),
+        databases=False,
+    ),
+    Benchmark(
         name="middleware",
         title="Timing middleware under wrk",
         run=_script("middleware.py"),
