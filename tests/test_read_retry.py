@@ -10,10 +10,21 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
+from sqlalchemy import orm
 from sqlalchemy.engine import Connection, Engine, make_url
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from perfkit import CommitOutcomeUnknown, arun_read, db, run_in_transaction, run_read
+from perfkit import (
+    CommitOutcomeUnknown,
+    apaginate,
+    apaginate_keyset,
+    arun_read,
+    db,
+    paginate,
+    paginate_keyset,
+    run_in_transaction,
+    run_read,
+)
 from perfkit.resilience import retry_stats
 from perfkit.testing import FakeClock
 from tcp_proxy import TcpProxy
@@ -231,3 +242,89 @@ def test_an_outcome_that_cannot_be_checked_in_time_is_unknown(
     assert isinstance(caught.value.__cause__, sa.exc.OperationalError)
     assert len(checks) == 2
     assert _count(engine) == 1
+
+
+# -- paginate / paginate_keyset on an engine or a session factory -------------------------
+
+
+def _kill_once_at(engine: Engine, marker: str, killer: Engine) -> list[int]:
+    """Kill the session the first time a statement containing *marker* is about to run."""
+    killed: list[int] = []
+
+    @sa.event.listens_for(engine, "before_cursor_execute")
+    def kill(conn: Connection, _cursor: object, statement: str, *_args: object) -> None:
+        if marker in statement.lower() and not killed:
+            pid = int(conn.exec_driver_sql("SELECT pg_backend_pid()").scalar_one())
+            killed.append(pid)
+            _kill(killer, conn, pid)
+
+    return killed
+
+
+@pytest.fixture
+def numbers(pg_schema_url: str) -> Iterator[tuple[Engine, sa.Table]]:
+    """An engine of its own (its events are the test's) over a table of 1..50."""
+    engine = db.create_engine(pg_schema_url)
+    table = sa.Table("numbers", sa.MetaData(), sa.Column("n", sa.Integer, primary_key=True))
+    table.drop(engine, checkfirst=True)
+    table.create(engine)
+    with engine.begin() as conn:
+        conn.execute(table.insert(), [{"n": n} for n in range(1, 51)])
+    yield engine, table
+    table.drop(engine)
+    engine.dispose()
+
+
+def test_paginate_on_an_engine_retries_a_page_whose_connection_dies(
+    numbers: tuple[Engine, sa.Table], pg_engine: Engine
+) -> None:
+    """The session dies before the COUNT: the whole page is read again, rows and total agree."""
+    engine, table = numbers
+    killed = _kill_once_at(engine, "count(", pg_engine)
+    page = paginate(engine, sa.select(table.c.n).order_by(table.c.n), page=2, limit=10)
+    assert ([row.n for row in page.items], page.total, len(killed)) == (
+        list(range(11, 21)),
+        50,
+        1,
+    )
+
+
+def test_paginate_on_a_session_factory_and_keyset_on_an_engine_are_retried(
+    numbers: tuple[Engine, sa.Table], pg_engine: Engine
+) -> None:
+    """A sessionmaker works as a bind too; keyset pages are retried the same way."""
+    engine, table = numbers
+    stmt = sa.select(table.c.n).order_by(table.c.n)
+    killed = _kill_once_at(engine, "limit", pg_engine)
+    page = paginate(orm.sessionmaker(engine), stmt, page=5, limit=10)
+    assert [row.n for row in page.items] == list(range(41, 51))
+    assert len(killed) == 1
+    killed.clear()
+    first = paginate_keyset(engine, stmt, limit=20)
+    second = paginate_keyset(engine, stmt, limit=20, cursor=first.next_cursor)
+    assert [row.n for row in second.items] == list(range(21, 41))
+    assert len(killed) == 1
+
+
+@pytest.mark.anyio
+async def test_apaginate_on_an_async_engine_is_retried(
+    numbers: tuple[Engine, sa.Table], pg_schema_url: str, pg_engine: Engine
+) -> None:
+    """apaginate / apaginate_keyset take an AsyncEngine and an async_sessionmaker."""
+    from sqlalchemy.ext.asyncio import async_sessionmaker  # noqa: PLC0415
+
+    _, table = numbers
+    engine = db.create_async_engine(pg_schema_url)
+    killed = _kill_once_at(engine.sync_engine, "count(", pg_engine)
+    stmt = sa.select(table.c.n).order_by(table.c.n)
+    try:
+        page = await apaginate(engine, stmt, page=3, limit=10)
+        keyset = await apaginate_keyset(async_sessionmaker(engine), stmt, limit=5)
+    finally:
+        await engine.dispose()
+    assert ([row.n for row in page.items], page.total, len(killed)) == (
+        list(range(21, 31)),
+        50,
+        1,
+    )
+    assert [row.n for row in keyset.items] == [1, 2, 3, 4, 5]

@@ -9,13 +9,12 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final, Generic, TypeVar
 
 import sqlalchemy as sa
-from sqlalchemy.engine import Connection
-from sqlalchemy.orm import Session
 from sqlalchemy.sql import ColumnElement, Select, operators
 from sqlalchemy.sql.elements import UnaryExpression
 
 from perfkit.errors import InvalidPage
 
+from ._binds import AsyncBind, Bind, aread_from, read_from
 from ._cursor import Cursor, decode_cursor, encode_cursor, fingerprint_of, resolve_secret
 from ._offset import DEFAULT_MAX_LIMIT, _is_int
 
@@ -141,7 +140,7 @@ class _Plan:
 
 
 def paginate_keyset(
-    bind: Session | Connection,
+    bind: Bind,
     stmt: Select[Any],
     *,
     limit: int,
@@ -179,15 +178,17 @@ def paginate_keyset(
         second = paginate_keyset(session, same_stmt, limit=20, cursor=first.next_cursor)
 
     .. versionadded:: 0.1.0
+    .. versionchanged:: 0.2.0 *bind* may be an engine or a session factory, from which a
+       fresh handle is taken per attempt, the page retried on transient failures.
     """
     plan, decoded, key = _prepare(stmt, limit, cursor, max_limit, secret)
     page_stmt, reverse = plan.page_stmt(decoded, limit)
-    rows = list(bind.execute(page_stmt).all())
+    rows = read_from(bind, lambda handle: list(handle.execute(page_stmt).all()))
     return _page(plan, rows, decoded, reverse, limit, key)
 
 
 async def apaginate_keyset(
-    bind: AsyncSession | AsyncConnection,
+    bind: AsyncBind,
     stmt: Select[Any],
     *,
     limit: int,
@@ -196,13 +197,19 @@ async def apaginate_keyset(
     secret: str | bytes | None = None,
 ) -> CursorPage[Any]:
     """
-    The asyncio twin of :func:`paginate_keyset`, for ``AsyncSession``/``AsyncConnection``.
+    The asyncio twin of :func:`paginate_keyset`, for ``AsyncSession``/``AsyncConnection``
+    (or an ``AsyncEngine``/``async_sessionmaker``, retried).
 
     .. versionadded:: 0.1.0
+    .. versionchanged:: 0.2.0 *bind* may be an engine or a session factory.
     """
     plan, decoded, key = _prepare(stmt, limit, cursor, max_limit, secret)
     page_stmt, reverse = plan.page_stmt(decoded, limit)
-    rows = list((await bind.execute(page_stmt)).all())
+
+    async def fetch(handle: AsyncSession | AsyncConnection) -> list[Any]:
+        return list((await handle.execute(page_stmt)).all())
+
+    rows = await aread_from(bind, fetch)
     return _page(plan, rows, decoded, reverse, limit, key)
 
 

@@ -18,6 +18,8 @@ from sqlalchemy.sql import Select
 
 from perfkit.errors import InvalidPage
 
+from ._binds import AsyncBind, Bind, aread_from, read_from
+
 if TYPE_CHECKING:
     from typing import TypeAlias
 
@@ -104,7 +106,7 @@ def validate_page(page: object, limit: object, *, max_limit: int = DEFAULT_MAX_L
 
 
 def paginate(
-    bind: Session | Connection,
+    bind: Bind,
     stmt: AnySelect,
     *,
     page: int,
@@ -118,7 +120,10 @@ def paginate(
 
     Args:
         bind: A :class:`~sqlalchemy.orm.Session` or a
-            :class:`~sqlalchemy.engine.Connection` to run the queries on.
+            :class:`~sqlalchemy.engine.Connection` to run the queries on; or
+            an :class:`~sqlalchemy.engine.Engine` or a ``sessionmaker``, from
+            which a fresh one is taken per attempt, the whole page retried on
+            transient failures (:func:`perfkit.run_read`).
         stmt: The full query, with its ``ORDER BY`` (without one the order of
             pages is whatever the database feels like).
         page: 1-based page number.
@@ -141,8 +146,21 @@ def paginate(
         page.total, page.pages, page.has_next
 
     .. versionadded:: 0.1.0
+    .. versionchanged:: 0.2.0 *bind* may be an engine or a session factory.
     """
     offset = _check(page, limit, count, max_limit, cache)
+    return read_from(bind, lambda handle: _page(handle, stmt, page, limit, offset, count, cache))
+
+
+def _page(  # noqa: PLR0917 - private
+    bind: Session | Connection,
+    stmt: AnySelect,
+    page: int,
+    limit: int,
+    offset: int,
+    count: CountStrategy,
+    cache: Cache | None,
+) -> Page[AnyRow]:
     if count == "none":
         rows = bind.execute(stmt.limit(limit + 1).offset(offset)).all()
         return _uncounted(rows, page, limit)
@@ -162,7 +180,7 @@ def paginate(
 
 
 async def apaginate(
-    bind: AsyncSession | AsyncConnection,
+    bind: AsyncBind,
     stmt: AnySelect,
     *,
     page: int,
@@ -172,11 +190,27 @@ async def apaginate(
     cache: Cache | None = None,
 ) -> Page[AnyRow]:
     """
-    The asyncio twin of :func:`paginate`, for ``AsyncSession``/``AsyncConnection``.
+    The asyncio twin of :func:`paginate`, for ``AsyncSession``/``AsyncConnection``
+    (or an ``AsyncEngine``/``async_sessionmaker``, retried).
 
     .. versionadded:: 0.1.0
+    .. versionchanged:: 0.2.0 *bind* may be an engine or a session factory.
     """
     offset = _check(page, limit, count, max_limit, cache)
+    return await aread_from(
+        bind, lambda handle: _apage(handle, stmt, page, limit, offset, count, cache)
+    )
+
+
+async def _apage(  # noqa: PLR0917 - private
+    bind: AsyncSession | AsyncConnection,
+    stmt: AnySelect,
+    page: int,
+    limit: int,
+    offset: int,
+    count: CountStrategy,
+    cache: Cache | None,
+) -> Page[AnyRow]:
     if count == "none":
         rows = (await bind.execute(stmt.limit(limit + 1).offset(offset))).all()
         return _uncounted(rows, page, limit)
