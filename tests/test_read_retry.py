@@ -25,6 +25,8 @@ from perfkit import (
     run_in_transaction,
     run_read,
 )
+from perfkit.cache import Cache, MemoryBackend
+from perfkit.reference import Stores, open_stores
 from perfkit.resilience import retry_stats
 from perfkit.testing import FakeClock
 from tcp_proxy import TcpProxy
@@ -328,3 +330,58 @@ async def test_apaginate_on_an_async_engine_is_retried(
         1,
     )
     assert [row.n for row in keyset.items] == [1, 2, 3, 4, 5]
+
+
+# -- the reference writes settle a lost COMMIT by their own checks -------------------------
+
+
+@pytest.fixture
+def proxied_stores(
+    pg_clean_engine: Engine, pg_schema_url: str
+) -> Iterator[tuple[Stores, TcpProxy, Engine]]:
+    """Reference stores (with a cache) reaching PostgreSQL through a proxy that loses replies."""
+    url = make_url(pg_schema_url)
+    with TcpProxy(url.host or "127.0.0.1", url.port or 5432) as proxy:
+        engine = db.create_engine(url.set(host="127.0.0.1", port=proxy.port))
+        cache = Cache(MemoryBackend(), namespace="lost-commit", ttl=60)
+        with open_stores(engine, cache=cache, create_schema=False) as stores:
+            yield stores, proxy, pg_clean_engine
+        engine.dispose()
+
+
+def _rows(engine: Engine, table: str) -> int:
+    with engine.connect() as conn:
+        return int(conn.exec_driver_sql(f"SELECT count(*) FROM {table}").scalar_one())
+
+
+def test_reference_writes_whose_commit_reply_is_lost_return_the_stored_record(
+    proxied_stores: tuple[Stores, TcpProxy, Engine],
+) -> None:
+    """Every reference write applied on the server with its reply lost: each returns what
+    was stored, once, and the cache serves the new values (nothing stale, nothing doubled)."""
+    stores, proxy, direct = proxied_stores
+    ada = stores.users.create(username="ada", email="ada@example.org")
+    bill = stores.bills.create(title="Clean Air Act", sponsor_id=ada.id)
+    assert stores.votes.counts(bill.id).yes == 0  # cached
+    assert stores.users.get_by_username("grace") is None  # a cached miss
+
+    proxy.lose_commit_reply()
+    grace = stores.users.create(username="grace", email="grace@example.org")
+    proxy.lose_commit_reply()
+    second = stores.bills.create(title="Clean Water Act", sponsor_id=grace.id)
+    proxy.lose_commit_reply()
+    vote = stores.votes.cast(bill_id=bill.id, user_id=grace.id, choice="yes")
+    proxy.lose_commit_reply()
+    renamed = stores.bills.update(bill.id, status="passed")
+    proxy.lose_commit_reply()
+    moved = stores.users.update(grace.id, email="grace@navy.mil")
+
+    assert proxy.commits_lost == 5
+    assert (_rows(direct, "users"), _rows(direct, "bills"), _rows(direct, "votes")) == (2, 2, 1)
+    assert stores.users.get_by_username("grace") == moved
+    assert moved.email == "grace@navy.mil"
+    assert stores.bills.get_by_id(second.id) == second
+    assert stores.bills.get_by_id(bill.id) == renamed
+    assert renamed.status == "passed"
+    assert stores.votes.get_by_id(vote.id) == vote
+    assert stores.votes.counts(bill.id).yes == 1
