@@ -27,7 +27,7 @@ from sqlalchemy.engine import Connection, Engine
 from perfkit import db, is_transient, run_read
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from callgrind import per_iteration  # noqa: E402
+from callgrind import per_iteration
 
 ROWS = 1_000
 VARIANTS = ("bare", "run_read", "tenacity")
