@@ -111,11 +111,30 @@ FASTAPI = [
 ]
 
 
+OBSERVABILITY = [
+    "DB_DURATION",
+    "HTTP_DURATION",
+    "HTTP_DURATION_BUCKETS",
+    "BufferedStreamHandler",
+    "RequestTiming",
+    "TimingMiddleware",
+    "WSGITimingMiddleware",
+    "current_timing",
+    "instrument",
+    "instrument_engine",
+]
+
+
 @pytest.mark.parametrize(
-    ("module", "names"), [("perfkit.http", HTTP), ("perfkit.fastapi", FASTAPI)]
+    ("module", "names"),
+    [
+        ("perfkit.http", HTTP),
+        ("perfkit.fastapi", FASTAPI),
+        ("perfkit.observability", OBSERVABILITY),
+    ],
 )
 def test_http_and_fastapi_all_are_pinned(module: str, names: list[str]) -> None:
-    """perfkit.http and perfkit.fastapi export exactly their public sets."""
+    """perfkit.http, perfkit.fastapi and perfkit.observability export exactly their public sets."""
     imported = importlib.import_module(module)
 
     assert imported.__all__ == names

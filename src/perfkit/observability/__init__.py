@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from perfkit._context import RequestTiming, current_timing
 
+from ._log_buffer import BufferedStreamHandler
 from ._metrics import DB_DURATION, HTTP_DURATION, HTTP_DURATION_BUCKETS, instrument
 from ._middleware import TimingMiddleware, WSGITimingMiddleware
 from ._sqlalchemy import instrument_engine
@@ -17,6 +18,7 @@ __all__ = [
     "DB_DURATION",
     "HTTP_DURATION",
     "HTTP_DURATION_BUCKETS",
+    "BufferedStreamHandler",
     "RequestTiming",
     "TimingMiddleware",
     "WSGITimingMiddleware",

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 from perfkit._context import CURRENT, RequestTiming
 
+from ._log_buffer import BufferedStreamHandler
 from ._metrics import HTTP_DURATION, HTTP_DURATION_BUCKETS, Recorder, histogram, meter
 
 if TYPE_CHECKING:
@@ -130,6 +131,7 @@ class _Timing:
             self.record(elapsed, attributes)
         logger = self.logger
         if self.log and logger.isEnabledFor(logging.INFO):
+            handlers = logger.handlers
             # Hand-built JSON (every value is a number or escaped once) and a record
             # made directly: Logger.info's caller lookup walks the whole stack.
             line = _LOG_LINE % (
@@ -144,7 +146,14 @@ class _Timing:
                 timing.request_id,
                 "}" if error is None else f',"error":{json.dumps(error)}}}',
             )
-            logger.handle(logger.makeRecord(logger.name, logging.INFO, "", 0, line, (), None))
+            if (
+                len(handlers) == 1
+                and type(handlers[0]) is BufferedStreamHandler
+                and handlers[0].takes_lines_from(logger)
+            ):
+                handlers[0].write_line(line)  # no LogRecord: most of a log line's cost
+            else:
+                logger.handle(logger.makeRecord(logger.name, logging.INFO, "", 0, line, (), None))
         if self.query_warning is not None and timing.db_queries > self.query_warning:
             logger.warning(
                 json.dumps(
