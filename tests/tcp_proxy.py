@@ -10,13 +10,17 @@ failover seen from the client).
 from __future__ import annotations
 
 import contextlib
+import re
 import socket
 import threading
+import time
 from types import TracebackType
 
 __all__ = ["TcpProxy"]
 
 _CHUNK = 65536
+# A simple-protocol query message of exactly COMMIT: "Q", its int32 length, "COMMIT\0".
+_COMMIT = re.compile(rb"Q\x00\x00\x00\x0bCOMMIT\x00", re.IGNORECASE)
 
 
 class TcpProxy:
@@ -30,6 +34,7 @@ class TcpProxy:
         self.port: int = self._listener.getsockname()[1]
         self._lock = threading.Lock()
         self._armed = 0
+        self._delays: list[float] = []
         self._pairs: list[tuple[socket.socket, socket.socket]] = []
         self.commits_lost = 0
         self._closed = False
@@ -40,6 +45,14 @@ class TcpProxy:
         """Apply the next *times* COMMITs on the server but cut the client before it hears."""
         with self._lock:
             self._armed += times
+
+    def cut_client_then_commit(self, delay: float) -> None:
+        """
+        On the next COMMIT, cut the client at once and hand the COMMIT to the server only
+        *delay* seconds later: the client gives up while its COMMIT is still to run.
+        """
+        with self._lock:
+            self._delays.append(delay)
 
     def cut_all(self) -> int:
         """Close every proxied connection at once; return how many were cut."""
@@ -97,29 +110,53 @@ class TcpProxy:
             with self._lock:
                 self._pairs.append((client, server))
             cut = threading.Event()  # set once a COMMIT went up whose reply must be lost
-            threading.Thread(target=self._up, args=(client, server, cut), daemon=True).start()
-            threading.Thread(target=self._down, args=(server, client, cut), daemon=True).start()
+            answered = threading.Event()  # the server answered that COMMIT: it ran
+            args = (client, server, cut, answered)
+            threading.Thread(target=self._up, args=args, daemon=True).start()
+            threading.Thread(target=self._down, args=args, daemon=True).start()
 
-    def _up(self, client: socket.socket, server: socket.socket, cut: threading.Event) -> None:
+    def _up(
+        self,
+        client: socket.socket,
+        server: socket.socket,
+        cut: threading.Event,
+        answered: threading.Event,
+    ) -> None:
         while True:
             data = _recv(client)
             if not data:
                 break
             lose = False
-            if b"COMMIT" in data.upper():
+            delay: float | None = None
+            if _COMMIT.search(data):
                 with self._lock:
-                    if self._armed:
+                    if self._delays:
+                        delay = self._delays.pop(0)
+                    elif self._armed:
                         self._armed -= 1
                         lose = True
+            if delay is not None:
+                cut.set()
+                _close(client)  # the client sees its connection die before the COMMIT runs
+                time.sleep(delay)
             if lose:
                 cut.set()  # before sending: the reply must not slip through
             try:
                 server.sendall(data)
             except OSError:
                 break
+            if delay is not None:
+                answered.wait(10)  # let the COMMIT run before the server loses its peer
+                break
         _close(server)
 
-    def _down(self, server: socket.socket, client: socket.socket, cut: threading.Event) -> None:
+    def _down(
+        self,
+        client: socket.socket,
+        server: socket.socket,
+        cut: threading.Event,
+        answered: threading.Event,
+    ) -> None:
         while True:
             data = _recv(server)
             if not data:
@@ -128,6 +165,7 @@ class TcpProxy:
                 # The server answered the COMMIT: it is applied. The client never hears.
                 with self._lock:
                     self.commits_lost += 1
+                answered.set()
                 break
             try:
                 client.sendall(data)

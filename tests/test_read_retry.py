@@ -5,6 +5,7 @@ PostgreSQL and SQLite: connections killed mid-query, COMMIT replies lost on the 
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -18,6 +19,7 @@ from perfkit import (
     CommitOutcomeUnknown,
     apaginate,
     apaginate_keyset,
+    arun_in_transaction,
     arun_read,
     db,
     paginate,
@@ -385,3 +387,99 @@ def test_reference_writes_whose_commit_reply_is_lost_return_the_stored_record(
     assert renamed.status == "passed"
     assert stores.votes.get_by_id(vote.id) == vote
     assert stores.votes.counts(bill.id).yes == 1
+
+
+def test_a_commit_still_running_when_the_client_gives_up_is_waited_for(
+    proxied: tuple[Engine, TcpProxy],
+) -> None:
+    """The client's connection dies before its COMMIT reaches the server, which runs it
+    0.3 s later: verify waits for that session to end, finds the row, and nothing is
+    redone (on a table with no unique key a redo would store the row twice)."""
+    engine, proxy = proxied
+    with engine.begin() as conn:
+        conn.exec_driver_sql("CREATE TABLE late_probe (k TEXT)")  # no key to conflict on
+
+    def unit(conn: Connection) -> str:
+        conn.exec_driver_sql("INSERT INTO late_probe VALUES ('x')")
+        return "x"
+
+    def stored(conn: Connection) -> str | None:
+        found = conn.exec_driver_sql("SELECT k FROM late_probe").scalar()
+        return None if found is None else str(found)
+
+    proxy.cut_client_then_commit(0.3)
+    assert run_in_transaction(engine.connect, unit, verify=stored) == "x"
+    deadline = time.monotonic() + 10
+    while proxy.commits_lost < 1:  # the delayed COMMIT has run on the server
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    with engine.connect() as conn:
+        assert conn.exec_driver_sql("SELECT count(*) FROM late_probe").scalar_one() == 1
+
+
+def test_a_write_verify_found_is_returned_even_if_that_attempt_then_fails(
+    proxied: tuple[Engine, TcpProxy],
+) -> None:
+    """verify finds the row, then its connection dies before the attempt ends: the unit is
+    not run again, the found result is returned."""
+    engine, proxy = proxied
+    runs: list[int] = []
+    verify = _stored("d")
+
+    def unit(conn: Connection) -> str:
+        runs.append(1)
+        return _insert("d")(conn)
+
+    def found_then_cut(conn: Connection) -> str | None:
+        result = verify(conn)
+        proxy.cut_all()  # the rollback after it fails
+        return result
+
+    proxy.lose_commit_reply()
+    result = run_in_transaction(engine.connect, unit, verify=found_then_cut, clock=FakeClock())
+    assert (result, runs, _count(engine)) == ("d", [1], 1)
+
+
+def test_a_custom_retry_predicate_never_reruns_a_unit_with_an_unknown_outcome(
+    proxied: tuple[Engine, TcpProxy],
+) -> None:
+    """on= that retries everything still stops at CommitOutcomeUnknown: the write ran once."""
+    engine, proxy = proxied
+    runs: list[int] = []
+
+    def unit(conn: Connection) -> str:
+        runs.append(1)
+        return _insert("e")(conn)
+
+    proxy.lose_commit_reply()
+    with pytest.raises(CommitOutcomeUnknown):
+        run_in_transaction(engine.connect, unit, on=lambda _exc: True, clock=FakeClock())
+    assert (runs, _count(engine)) == ([1], 1)
+
+
+@pytest.mark.anyio
+async def test_async_verify_settles_a_lost_commit_reply(
+    proxied: tuple[Engine, TcpProxy],
+) -> None:
+    """arun_in_transaction(verify=) as its sync twin: applied once, result returned."""
+    engine, proxy = proxied
+    url = engine.url
+    async_engine = db.create_async_engine(url)
+    runs: list[int] = []
+
+    async def unit(conn: AsyncConnection) -> str:
+        runs.append(1)
+        await conn.exec_driver_sql("INSERT INTO outcome_probe VALUES ('f')")
+        return "f"
+
+    async def stored(conn: AsyncConnection) -> str | None:
+        found = await conn.exec_driver_sql("SELECT k FROM outcome_probe WHERE k = 'f'")
+        value: str | None = found.scalar()
+        return value
+
+    proxy.lose_commit_reply()
+    try:
+        result = await arun_in_transaction(async_engine.connect, unit, verify=stored)
+    finally:
+        await async_engine.dispose()
+    assert (result, runs, proxy.commits_lost, _count(engine)) == ("f", [1], 1, 1)

@@ -8,12 +8,17 @@ here is the handle's lifetime (one per attempt) and what a lost COMMIT means.
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import sys
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from typing import Any, Final, TypeVar
 
 import tenacity as _t
 from sqlalchemy import exc as sa_exc
+from sqlalchemy import text as sa_text
+from sqlalchemy.engine import Connection
+from sqlalchemy.orm import Session
 
 from perfkit._clock import SYSTEM_CLOCK, Clock
 from perfkit.errors import CommitOutcomeUnknown
@@ -32,6 +37,14 @@ _UNKNOWN = (
     "so it was not retried (pass verify= to check, or idempotent=True if running it "
     "twice is harmless)"
 )
+log = logging.getLogger("perfkit.retry")
+
+_BACKEND_GONE: Final = sa_text("SELECT count(*) FROM pg_stat_activity WHERE pid = :pid")
+_POLL: Final = 0.01
+_STILL_COMMITTING = (
+    "the connection was lost during COMMIT and the server session that ran it is still "
+    "there at the deadline: the transaction may yet be applied"
+)
 _UNSETTLED = (
     "the connection was lost during COMMIT and the outcome could not be checked "
     "before the retries ran out: the transaction may have been applied"
@@ -39,12 +52,22 @@ _UNSETTLED = (
 
 
 class _Outcome:
-    """Whether an earlier attempt of this call lost its COMMIT, so the next one must check."""
+    """
+    What one call knows about a lost COMMIT: the state the sync and async drivers share.
 
-    __slots__ = ("unknown",)
+    ``unknown``: an attempt lost its COMMIT and nobody has looked yet. ``pid``: the
+    PostgreSQL session that ran it, which must be gone before looking (a COMMIT still in
+    flight there is not visible yet). ``settled``: verify found the writes; ``found`` is
+    the result, returned even if a later step of that attempt fails.
+    """
+
+    __slots__ = ("found", "pid", "settled", "unknown")
 
     def __init__(self) -> None:
         self.unknown = False
+        self.settled = False
+        self.found: Any = None
+        self.pid: int | None = None
 
     def commit_failed(self, exc: Exception, *, idempotent: bool, verifiable: bool) -> None:
         if idempotent or not _outcome_unknown(exc):
@@ -53,9 +76,42 @@ class _Outcome:
             raise CommitOutcomeUnknown(_UNKNOWN) from exc
         self.unknown = True  # the next attempt runs verify() first
 
+    def checked(self, found: Any) -> bool:
+        """Record what verify found; whether the unit is done (its writes are there)."""
+        self.unknown = False
+        self.pid = None
+        if found is None:
+            return False
+        self.settled, self.found = True, found
+        return True
+
     def gave_up(self, exc: Exception) -> None:
         if self.unknown and not isinstance(exc, CommitOutcomeUnknown):
+            if not is_transient(exc):
+                log.error("verify() failed after a lost COMMIT", exc_info=exc)
             raise CommitOutcomeUnknown(_UNSETTLED) from exc
+
+
+def _never_unknown(on: Predicate) -> Predicate:
+    """*on*, except that a lost COMMIT that cannot be checked is never retried."""
+
+    def retry_on(exc: BaseException) -> bool:
+        return not isinstance(exc, CommitOutcomeUnknown) and on(exc)
+
+    return retry_on
+
+
+def _backend_pid(handle: Any) -> int | None:
+    """The PostgreSQL backend pid of *handle*'s connection (psycopg), else ``None``."""
+    with contextlib.suppress(Exception):  # best effort: any other driver or handle
+        sync = getattr(handle, "sync_connection", None) or getattr(handle, "sync_session", None)
+        target = sync if sync is not None else handle
+        if isinstance(target, Session):
+            target = target.connection()
+        if isinstance(target, Connection):
+            pid = target.connection.driver_connection.info.backend_pid  # type: ignore[union-attr]
+            return int(pid)
+    return None
 
 
 def run_in_transaction(
@@ -123,25 +179,33 @@ def run_in_transaction(
     .. versionadded:: 0.1.0
     .. versionchanged:: 0.2.0 *verify*.
     """
-    run = _run(fn, attempts, timeout, wait_initial, wait_max, on, budget, hooks, clock)
+    run = _run(
+        fn, attempts, timeout, wait_initial, wait_max, _never_unknown(on), budget, hooks, clock
+    )
     retrying = _t.Retrying(sleep=clock.sleep, **_retrying_kwargs(run))
     outcome = _Outcome()
 
     def attempt() -> R:
+        if outcome.settled:
+            found: R = outcome.found
+            return found
         with factory() as handle:  # type: ignore[attr-defined]
+            if outcome.unknown and outcome.pid is not None:
+                _wait_for_session_end(handle, outcome.pid, run)
             transaction = handle.begin()
             try:
                 if outcome.unknown:
                     assert verify is not None
-                    found = verify(handle)
-                    outcome.unknown = False  # known now: applied, or not and run again
-                    if found is not None:
-                        transaction.rollback()
-                        return found
+                    if outcome.checked(verify(handle)):
+                        with contextlib.suppress(Exception):  # it only read
+                            transaction.rollback()
+                        return outcome.found  # type: ignore[no-any-return]
                 result = fn(handle)
             except BaseException:
                 transaction.rollback()
                 raise
+            if verify is not None:
+                outcome.pid = _backend_pid(handle)
             try:
                 transaction.commit()
             except Exception as exc:
@@ -181,25 +245,33 @@ async def arun_in_transaction(
     .. versionadded:: 0.1.0
     .. versionchanged:: 0.2.0 *verify*.
     """
-    run = _run(fn, attempts, timeout, wait_initial, wait_max, on, budget, hooks, clock)
+    run = _run(
+        fn, attempts, timeout, wait_initial, wait_max, _never_unknown(on), budget, hooks, clock
+    )
     retrying = _t.AsyncRetrying(sleep=clock.asleep, **_retrying_kwargs(run))
     outcome = _Outcome()
 
     async def attempt() -> R:
+        if outcome.settled:
+            found: R = outcome.found
+            return found
         async with factory() as handle:  # type: ignore[attr-defined]
+            if outcome.unknown and outcome.pid is not None:
+                await _await_session_end(handle, outcome.pid, run)
             transaction = await handle.begin()
             try:
                 if outcome.unknown:
                     assert verify is not None
-                    found = await verify(handle)
-                    outcome.unknown = False
-                    if found is not None:
-                        await transaction.rollback()
-                        return found
+                    if outcome.checked(await verify(handle)):
+                        with contextlib.suppress(Exception):  # it only read
+                            await transaction.rollback()
+                        return outcome.found  # type: ignore[no-any-return]
                 result = await fn(handle)
             except BaseException:
                 await transaction.rollback()
                 raise
+            if verify is not None:
+                outcome.pid = _backend_pid(handle)
             try:
                 await transaction.commit()
             except Exception as exc:
@@ -339,6 +411,35 @@ def _run(  # noqa: PLR0917 - private; the public signatures spell the options ou
     policy = _Policy(attempts, timeout, wait_initial, wait_max, on, budget, hooks, clock)
     name = getattr(fn, "__qualname__", repr(fn))
     return _Run(policy, name, clock.monotonic() if started is None else started)
+
+
+def _wait_for_session_end(handle: Any, pid: int, run: _Run) -> None:
+    """
+    Wait until PostgreSQL session *pid* (which lost its client during COMMIT) has ended:
+    until then its COMMIT may still be running, and a look at the data could miss it.
+    """
+    clock = run.policy.clock
+    while True:
+        alive = handle.execute(_BACKEND_GONE, {"pid": pid}).scalar_one()
+        handle.rollback()  # its own transaction: verify's snapshot must start after
+        if not alive:
+            return
+        if run.deadline is not None and clock.monotonic() >= run.deadline:
+            raise CommitOutcomeUnknown(_STILL_COMMITTING)
+        clock.sleep(_POLL)
+
+
+async def _await_session_end(handle: Any, pid: int, run: _Run) -> None:
+    """The asyncio twin of :func:`_wait_for_session_end`."""
+    clock = run.policy.clock
+    while True:
+        alive = (await handle.execute(_BACKEND_GONE, {"pid": pid})).scalar_one()
+        await handle.rollback()
+        if not alive:
+            return
+        if run.deadline is not None and clock.monotonic() >= run.deadline:
+            raise CommitOutcomeUnknown(_STILL_COMMITTING)
+        await clock.asleep(_POLL)
 
 
 def _outcome_unknown(exc: BaseException) -> bool:
