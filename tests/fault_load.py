@@ -96,20 +96,26 @@ def run_load(
     *,
     writers: int = 4,
     bills: int = 30,
-    during: Callable[[threading.Event], None] | None = None,
+    min_writes: int = 0,
+    during: Callable[[], None] | None = None,
 ) -> Report:
     """
-    Cast one vote per pair (split across *writers* threads) while one thread reads;
-    *during* runs in the main thread until the writers are done (it gets their
-    "done" event) and should cause the faults.
+    Cast votes on *pairs* (split across *writers* threads, one vote per pair) while one
+    thread reads. *during* runs in the main thread and causes the faults: the writers go
+    on until it has returned and they have cast *min_writes* votes between them (or run
+    out of pairs), so every fault happens under load whatever the machine's speed.
     """
     report = Report()
+    faults_over = threading.Event()
     done = threading.Event()
     chunks = [pairs[i::writers] for i in range(writers)]
+    quota = -(-min_writes // writers)
 
     def write(chunk: list[Pair]) -> None:
         with httpx.Client(base_url=base, timeout=60) as client:
-            for bill, user in chunk:
+            for i, (bill, user) in enumerate(chunk):
+                if i >= quota and faults_over.is_set():
+                    break
                 started = time.monotonic()
                 response = client.post(
                     f"/bills/{bill}/votes", json={"user_id": user, "choice": "yes"}
@@ -137,18 +143,15 @@ def run_load(
     reader = threading.Thread(target=read)
     for thread in [*threads, reader]:
         thread.start()
-
-    def finished() -> None:
+    try:
+        if during is not None:
+            during()
+    finally:
+        faults_over.set()
         for thread in threads:
             thread.join()
         done.set()
-
-    closer = threading.Thread(target=finished)
-    closer.start()
-    if during is not None:
-        during(done)
-    closer.join()
-    reader.join()
+        reader.join()
     return report
 
 

@@ -9,7 +9,6 @@ answered with an error other than 503 ``commit_outcome_unknown``.
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -49,7 +48,8 @@ def _check(report_name: str, report: object, engine: Engine, **extra: object) ->
     print(line)
     assert report.count(500) == 0, report.statuses
     assert report.server_errors() == report.count(503), report.statuses
-    assert rows == len(stored)  # no pair twice
+    # Every pair is fresh: a 409 would be a vote the API stored, then cast again.
+    assert report.count(409) == 0, report.statuses
     assert report.acknowledged <= stored  # every acknowledged write is there
     assert stored <= report.acknowledged | report.unknown  # and nothing refused is
 
@@ -75,9 +75,10 @@ def test_connections_killed_under_load_give_no_500_and_lose_no_write(
     killed: list[int] = []
     retries = retry_stats.retries
 
-    def kill_every_300ms(done: threading.Event) -> None:
+    def kill_every_300ms() -> None:
         with pg_engine.connect() as killer:
-            while not done.wait(0.3):
+            for _ in range(15):
+                time.sleep(0.3)
                 result = killer.exec_driver_sql(
                     "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
                     "WHERE application_name = %(name)s AND pid <> pg_backend_pid()",
@@ -87,7 +88,9 @@ def test_connections_killed_under_load_give_no_500_and_lose_no_write(
                 killer.commit()
 
     with serve(create_app(stores=killable)) as base:
-        report = run_load(base, _fresh_pairs(600), bills=BILLS, during=kill_every_300ms)
+        report = run_load(
+            base, _fresh_pairs(3000), bills=BILLS, min_writes=600, during=kill_every_300ms
+        )
 
     _check("kill", report, pg_engine, killed=sum(killed), retries=retry_stats.retries - retries)
     assert sum(killed) >= 10  # the faults really happened
@@ -169,17 +172,18 @@ def test_a_postgresql_restart_under_load_gives_no_500_and_lose_no_write(
     with open_stores(engine, create_schema=False) as stores:
         restarted: list[float] = []
 
-        def restart_three_times(done: threading.Event) -> None:
+        def restart_three_times() -> None:
             for mode in ("fast", "immediate", "fast"):
-                if done.wait(0.8):
-                    return
+                time.sleep(0.8)
                 began = time.monotonic()
                 pg_cluster.restart(mode=mode)
                 downtime.append(time.monotonic() - began)
                 restarted.append(began)
 
         with serve(create_app(stores=stores)) as base:
-            report = run_load(base, _fresh_pairs(600), bills=BILLS, during=restart_three_times)
+            report = run_load(
+                base, _fresh_pairs(3000), bills=BILLS, min_writes=400, during=restart_three_times
+            )
         for began in restarted:
             first = report.first_success_after(began)
             assert first is not None
@@ -193,7 +197,7 @@ def test_a_postgresql_restart_under_load_gives_no_500_and_lose_no_write(
             recovery_s=[round(r, 2) for r in recoveries],
         )
     engine.dispose()
-    assert len(restarted) >= 2  # the load lasted long enough to see restarts
+    assert len(restarted) == 3
 
 
 # -- SQLite locked past its busy timeout -------------------------------------------------

@@ -165,20 +165,28 @@ class _Database:
         Run *work* in one write transaction (``BEGIN IMMEDIATE`` on SQLite),
         retried as a whole on transient failures (busy, serialization, deadlock,
         a lost connection). After a lost COMMIT, *verify* tells whether it was
-        applied; if nobody can tell, the tags *touches* and the keys
-        *touches_keys* are invalidated before CommitOutcomeUnknown is raised,
-        since the write may be there.
+        applied; if the call then fails anyway (nobody could tell, or a later
+        step failed), the tags *touches* and the keys *touches_keys* are
+        invalidated before the error is raised, since the write may be there.
         """
+        checked: list[bool] = []
+
+        def check(conn: Connection) -> R | None:
+            checked.append(True)  # a COMMIT was lost: the write may be there
+            return verify(conn)
+
         try:
             return run_in_transaction(
                 self.writer.connect,
                 work,
-                verify=verify,
+                verify=check,
                 attempts=_WRITE_ATTEMPTS,
                 timeout=self.write_deadline,
             )
-        except CommitOutcomeUnknown:
-            self.invalidate(keys=touches_keys, tags=touches)
+        except Exception as exc:
+            if checked or isinstance(exc, CommitOutcomeUnknown):
+                # Whatever failed after a lost COMMIT, the write may be stored.
+                self.invalidate(keys=touches_keys, tags=touches)
             raise
 
     def exists(self, conn: Connection, stmt: AnySelect, key: int) -> bool:
