@@ -52,10 +52,12 @@ def database_probe(
     engine: Engine | Callable[[], Engine], *, name: str = "database", critical: bool = True
 ) -> Probe:
     """
-    A probe that runs ``SELECT 1`` on a new connection from *engine*.
+    A probe that runs ``SELECT 1`` on a connection from *engine*'s pool.
 
     *engine* may be a callable returning it, for an engine made at startup.
-    No retry: readiness reports the database as it is now.
+    No retry: readiness reports the database as it is now. A pool that has
+    no connection to give within the probe's timeout reports the database
+    down too: the instance cannot serve database requests then either.
 
     .. versionadded:: 0.2.0
     """
@@ -106,7 +108,7 @@ class Readiness:
     .. versionadded:: 0.2.0
     """
 
-    __slots__ = ("probes", "timeout")
+    __slots__ = ("_running", "probes", "timeout")
 
     def __init__(self, probes: Sequence[Probe], *, timeout: float = DEFAULT_PROBE_TIMEOUT) -> None:
         names = [probe.name for probe in probes]
@@ -118,6 +120,7 @@ class Readiness:
             raise ValueError(msg)
         self.probes = tuple(probes)
         self.timeout = timeout
+        self._running: set[str] = set()
 
     async def report(self) -> tuple[int, dict[str, Any]]:
         """
@@ -125,7 +128,9 @@ class Readiness:
 
         The body is ``{"status": "ready" | "degraded" | "unavailable", "checks":
         {name: {"status": "ok" | "down", "ms": ..., "error": ...}}}``; ``error``
-        names the exception's class only, never its message.
+        names the exception's class only, never its message (or ``timeout``, or
+        ``still running`` while the check of an earlier report has not returned:
+        at most one thread per probe is ever busy).
         """
         results = await asyncio.gather(*(self._run(probe) for probe in self.probes))
         checks = dict(zip((probe.name for probe in self.probes), results, strict=True))
@@ -136,8 +141,20 @@ class Readiness:
 
     async def _run(self, probe: Probe) -> Mapping[str, Any]:
         started = time.perf_counter()
+        if probe.name in self._running:
+            # A thread cannot be stopped: one check that hangs must not become one
+            # stuck thread per readiness request, filling the loop's executor.
+            return {"status": "down", "ms": 0.0, "error": "still running"}
+        self._running.add(probe.name)
+
+        def check() -> None:
+            try:
+                probe.check()
+            finally:
+                self._running.discard(probe.name)
+
         try:
-            await asyncio.wait_for(asyncio.to_thread(probe.check), self.timeout)
+            await asyncio.wait_for(asyncio.to_thread(check), self.timeout)
         except TimeoutError:
             error: str | None = "timeout"
         except Exception as exc:

@@ -314,7 +314,10 @@ def run_read(
 
     On success this costs what ``with factory() as handle: fn(handle)``
     costs, plus a ``try``: tenacity is set up only after a failure. The
-    defaults suit a request's read: a 2 s deadline, waits from 10 ms.
+    defaults suit a request's read: a 2 s deadline, waits from 10 ms. The
+    deadline stops retries (no wait past it, no attempt started after it);
+    it does not interrupt an attempt, so one stuck connecting or waiting for
+    the pool lasts as long as ``connect_timeout`` or ``pool_timeout`` allow.
 
     Args:
         factory: Makes the handle of one attempt, used as a context manager.
@@ -407,6 +410,12 @@ def _run(  # noqa: PLR0917 - private; the public signatures spell the options ou
 ) -> _Run:
     if attempts < 1:
         msg = f"attempts must be at least 1, not {attempts}"
+        raise ValueError(msg)
+    if timeout is not None and not timeout > 0:
+        msg = f"timeout must be positive or None, not {timeout}"
+        raise ValueError(msg)
+    if wait_initial < 0 or wait_max < 0:
+        msg = "wait_initial and wait_max must not be negative"
         raise ValueError(msg)
     policy = _Policy(attempts, timeout, wait_initial, wait_max, on, budget, hooks, clock)
     name = getattr(fn, "__qualname__", repr(fn))
