@@ -5,6 +5,7 @@ PostgreSQL and SQLite: connections killed mid-query, COMMIT replies lost on the 
 
 from __future__ import annotations
 
+import socket
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -98,8 +99,10 @@ def test_a_read_error_that_is_not_transient_is_raised_at_once(pg_engine: Engine)
 
 def test_a_read_against_a_dead_server_gives_up_at_its_deadline() -> None:
     """Nothing listens: every attempt fails to connect, and the deadline ends the retries."""
-    with TcpProxy("127.0.0.1", 9) as proxy:  # discard port: nobody there, connect refused
-        url = f"postgresql+psycopg://postgres@127.0.0.1:{proxy.port}/test"
+    # A port bound but not listening: held for this test, and every connect is refused.
+    held = socket.socket()
+    held.bind(("127.0.0.1", 0))
+    url = f"postgresql+psycopg://postgres@127.0.0.1:{held.getsockname()[1]}/test"
     engine = db.create_engine(url, connect_args={"connect_timeout": 1})
     clock = FakeClock()
     start = clock.monotonic()
@@ -113,6 +116,7 @@ def test_a_read_against_a_dead_server_gives_up_at_its_deadline() -> None:
             run_read(engine.connect, read, timeout=1.0, clock=clock)
     finally:
         engine.dispose()
+        held.close()
     assert calls == []  # never connected
     assert start < clock.monotonic() <= start + 1.0  # it waited, never past the deadline
 
