@@ -1,0 +1,38 @@
+"""
+Load tests that measure what users would see (``pip install perfkit[load]``).
+
+An open-model generator: requests start at scheduled times (constant or Poisson
+arrivals) whatever the server does, and latency counts from each request's intended
+start, so a stalled server shows up in full (no coordinated omission). Latencies go to
+HdrHistograms per route, mergeable across processes; a run is reported invalid when the
+generator fell behind, dropped sends or missed the rate; each route is judged against
+``budgets.json`` (:func:`load_budgets`).
+"""
+
+from __future__ import annotations
+
+from ._budgets import Budget, BudgetError, Budgets, Check, load_budgets
+from ._report import markdown, passed, report
+from ._runner import Recorder, Request, RunResult, Scenario, Step, run
+from ._schedule import Arrivals, schedule
+from ._stats import RouteStats
+
+__all__ = [
+    "Arrivals",
+    "Budget",
+    "BudgetError",
+    "Budgets",
+    "Check",
+    "Recorder",
+    "Request",
+    "RouteStats",
+    "RunResult",
+    "Scenario",
+    "Step",
+    "load_budgets",
+    "markdown",
+    "passed",
+    "report",
+    "run",
+    "schedule",
+]
