@@ -257,3 +257,65 @@ async def test_a_real_run_shows_a_server_stall_in_full() -> None:
     assert stats.errors == 0
     assert stats.percentiles_ms()[90.0] > 100  # the stall is measured, not omitted
     assert stats.percentiles_ms()[100.0] > 300
+
+
+# -- the command line -------------------------------------------------------------------
+
+
+@pytest.fixture
+def hello_server() -> Any:
+    import http.server  # noqa: PLC0415
+    import threading  # noqa: PLC0415
+
+    class Hello(http.server.BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.send_header("content-length", "2")
+            self.end_headers()
+            self.wfile.write(b"hi")
+
+        def log_message(self, *_args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Hello)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+
+
+def _budgets_file(tmp_path: Path, p95_ms: float) -> Path:
+    path = tmp_path / "budgets.json"
+    path.write_text(json.dumps({
+        "version": 1,
+        "defaults": {"max_error_rate": 0, "rate": 50},
+        "routes": [{"method": "GET", "route": "/hello", "p95_ms": p95_ms}],
+    }), encoding="utf-8")  # fmt: skip
+    return path
+
+
+def test_the_command_line_writes_reports_and_exits_with_the_verdict(
+    hello_server: str, tmp_path: Path
+) -> None:
+    """perfkit-load: 0 when the budget holds (and the run is valid), 1 when it breaks,
+    2 for a bad budgets file; the JSON and Markdown reports are written."""
+    from perfkit.load._cli import main  # noqa: PLC0415
+
+    common = [hello_server, "--scenario", "load_scenarios:hello", "--rate", "50",
+              "--duration", "0.6", "--warmup", "0.2", "--max-lag-ms", "1000",
+              "--arrivals", "constant"]  # fmt: skip
+    out = tmp_path / "report.json"
+    held = main([*common, "--budgets", str(_budgets_file(tmp_path, 5_000)), "--json", str(out),
+                 "--markdown", str(tmp_path / "report.md")])  # fmt: skip
+    document = json.loads(out.read_text(encoding="utf-8"))
+    assert held == 0, document
+    assert document["routes"]["GET /hello"]["count"] == 30
+    assert document["routes"]["GET /hello"]["budget"]["p95_ms"]["ok"]
+    assert "| GET /hello | 30 |" in (tmp_path / "report.md").read_text(encoding="utf-8")
+    assert main([*common, "--budgets", str(_budgets_file(tmp_path, 0.001))]) == 1
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"version": 1, "routes": []}', encoding="utf-8")
+    assert main([*common, "--budgets", str(bad)]) == 2

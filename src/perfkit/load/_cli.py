@@ -1,0 +1,103 @@
+"""
+``perfkit-load``: run a scenario against a URL, judge it against a budgets file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from ._budgets import BudgetError, load_budgets
+from ._report import markdown, passed, report
+from ._runner import DEFAULT_MAX_LAG_MS, Request, Scenario, run
+
+__all__ = ["main"]
+
+
+def _scenario(spec: str) -> Scenario:
+    module_name, _, attribute = spec.partition(":")
+    if not module_name or not attribute:
+        raise SystemExit(f"--scenario must be module:attribute, not {spec!r}")
+    found: Any = getattr(importlib.import_module(module_name), attribute)
+    scenario = found() if callable(found) and not isinstance(found, Scenario) else found
+    if not isinstance(scenario, Scenario):
+        raise SystemExit(f"{spec} is not a perfkit.load.Scenario (or a function returning one)")
+    return scenario
+
+
+async def _run(options: argparse.Namespace, scenario: Scenario) -> dict[str, Any]:
+    import httpx  # noqa: PLC0415 - the load extra
+
+    limits = httpx.Limits(max_connections=options.max_in_flight, max_keepalive_connections=None)
+    timeout = httpx.Timeout(options.timeout)
+    async with httpx.AsyncClient(base_url=options.target, limits=limits, timeout=timeout) as client:
+
+        async def send(request: Request) -> int:
+            response = await client.request(request.method, request.path, json=request.json)
+            return response.status_code
+
+        def progress(line: str) -> None:
+            print(f"  {line}", file=sys.stderr, flush=True)
+
+        result = await run(
+            send,
+            scenario,
+            rate=options.rate,
+            duration=options.duration,
+            warmup=options.warmup,
+            arrivals=options.arrivals,
+            seed=options.seed,
+            max_in_flight=options.max_in_flight,
+            max_lag_ms=options.max_lag_ms,
+            progress=progress,
+        )
+    budgets = load_budgets(options.budgets) if options.budgets else None
+    return report(result, budgets)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``perfkit-load``: 0 when the run is valid and every budget held."""
+    parser = argparse.ArgumentParser(
+        prog="perfkit-load",
+        description="Open-model load test: requests start on schedule, latency counts from "
+        "each request's intended start; the run is judged against a budgets file.",
+    )
+    parser.add_argument("target", help="base URL, e.g. http://127.0.0.1:8000")
+    parser.add_argument("--scenario", required=True, help="module:attribute of a Scenario")
+    parser.add_argument("--rate", type=float, required=True, help="requests per second")
+    parser.add_argument("--duration", type=float, default=30.0, help="seconds measured")
+    parser.add_argument("--warmup", type=float, default=5.0, help="seconds before measuring")
+    parser.add_argument("--arrivals", choices=["constant", "poisson"], default="poisson")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--max-in-flight", type=int, default=1000)
+    parser.add_argument("--max-lag-ms", type=float, default=DEFAULT_MAX_LAG_MS)
+    parser.add_argument("--timeout", type=float, default=30.0, help="per request, seconds")
+    parser.add_argument("--budgets", type=Path, help="budgets.json to judge the run by")
+    parser.add_argument("--json", type=Path, help="write the JSON report here")
+    parser.add_argument("--markdown", type=Path, help="write the Markdown table here")
+    options = parser.parse_args(argv)
+    try:
+        if options.budgets:
+            load_budgets(options.budgets)  # a bad file fails before the run, not after
+        document = asyncio.run(_run(options, _scenario(options.scenario)))
+    except BudgetError as exc:
+        print(f"perfkit-load: {exc}", file=sys.stderr)
+        return 2
+    table = markdown(document)
+    print(table)
+    if options.json:
+        options.json.parent.mkdir(parents=True, exist_ok=True)
+        options.json.write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")
+    if options.markdown:
+        options.markdown.parent.mkdir(parents=True, exist_ok=True)
+        options.markdown.write_text(table + "\n", encoding="utf-8")
+    return 0 if passed(document) else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
