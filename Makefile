@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 PIP    := $(BIN)/python -m pip install --quiet --disable-pip-version-check
 
 .DEFAULT_GOAL := help
-.PHONY: help demo test lint typecheck pytest bench clean
+.PHONY: help demo test lint typecheck pytest bench loadtest clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -42,6 +42,9 @@ $(VENV)/.bench-installed: pyproject.toml | $(BIN)/python
 
 bench: $(VENV)/.bench-installed  ## peer benchmarks; results go to docs/benchmarks.md by hand
 	PYTHONPATH=examples $(BIN)/python benchmarks/run.py
+
+loadtest: $(VENV)/.dev-installed  ## the example API under open-model load, judged by budgets.json (reports in var/load)
+	PYTHONPATH=examples $(BIN)/python -m bill_api.loadtest
 
 clean:  ## remove the virtualenv, caches and the demo database
 	rm -rf $(VENV) var .mypy_cache .ruff_cache .pytest_cache .hypothesis

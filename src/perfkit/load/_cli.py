@@ -60,15 +60,21 @@ async def _run(options: argparse.Namespace, scenario: Scenario) -> dict[str, Any
     return report(result, budgets)
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Entry point of ``perfkit-load``: 0 when the run is valid and every budget held."""
+def main(argv: list[str] | None = None, *, scenario: Scenario | None = None) -> int:
+    """
+    Entry point of ``perfkit-load``: 0 when the run is valid and every budget held, 1
+    when not, 2 for a bad budgets file. *scenario* stands in for ``--scenario`` (a
+    script that builds its scenario from data it made first).
+    """
     parser = argparse.ArgumentParser(
         prog="perfkit-load",
         description="Open-model load test: requests start on schedule, latency counts from "
         "each request's intended start; the run is judged against a budgets file.",
     )
     parser.add_argument("target", help="base URL, e.g. http://127.0.0.1:8000")
-    parser.add_argument("--scenario", required=True, help="module:attribute of a Scenario")
+    parser.add_argument(
+        "--scenario", required=scenario is None, help="module:attribute of a Scenario"
+    )
     parser.add_argument("--rate", type=float, required=True, help="requests per second")
     parser.add_argument("--duration", type=float, default=30.0, help="seconds measured")
     parser.add_argument("--warmup", type=float, default=5.0, help="seconds before measuring")
@@ -84,7 +90,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if options.budgets:
             load_budgets(options.budgets)  # a bad file fails before the run, not after
-        document = asyncio.run(_run(options, _scenario(options.scenario)))
+        chosen = scenario if scenario is not None else _scenario(options.scenario)
+        document = asyncio.run(_run(options, chosen))
     except BudgetError as exc:
         print(f"perfkit-load: {exc}", file=sys.stderr)
         return 2

@@ -1,0 +1,135 @@
+"""
+``make loadtest``: the example API under an open-model load, judged against budgets.json.
+
+Starts the API as ``make demo`` does (the embedded default: the SQLite demo file and
+the in-process cache; ``PERFKIT_DATABASE_URL`` / ``PERFKIT_REDIS_URL`` to use
+PostgreSQL and Redis), makes fresh bills for the vote casts, runs :func:`scenario`
+at ``PERFKIT_LOAD_RATE`` requests per second (default: the budgets' rate) for
+``PERFKIT_LOAD_SECONDS`` (default 20) after a 5 s warm-up, writes
+``var/load/report.json`` and ``var/load/report.md``, and exits with the verdict:
+0 valid and within budget, 1 a budget broken or the run invalid.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Final
+
+import httpx
+
+from perfkit.load import Request, Scenario, Step, load_budgets
+from perfkit.load._cli import main as load_main
+
+ROOT: Final = Path(__file__).resolve().parents[2]
+BUDGETS: Final = ROOT / "budgets.json"
+OUT: Final = ROOT / "var" / "load"
+SEEDED_USERS: Final = 1_000
+SEEDED_BILLS: Final = 10_000
+FRESH_BILLS: Final = 200
+
+
+def scenario(fresh_bills: list[int] | None = None) -> Scenario:
+    """
+    The example API's mix: mostly reads (a bill, its vote counts, offset pages, the first
+    keyset page, a user), plus user creations and vote casts on fresh (bill, user) pairs:
+    vote *n* goes to ``fresh_bills[n % len]`` from user ``n // len + 1``, which no seeded
+    vote and no other request of the run has used.
+    """
+    bills = fresh_bills or []
+    casts = [0]
+
+    def bill(_i: int, rng: random.Random) -> Request:
+        return Request("GET /bills/{bill_id}", "GET", f"/bills/{_pick(rng, SEEDED_BILLS)}")
+
+    def counts(_i: int, rng: random.Random) -> Request:
+        path = f"/bills/{_pick(rng, SEEDED_BILLS)}/votes/counts"
+        return Request("GET /bills/{bill_id}/votes/counts", "GET", path)
+
+    def page(_i: int, rng: random.Random) -> Request:
+        return Request("GET /bills", "GET", f"/bills?page={_pick(rng, 50)}&limit=20")
+
+    def first_keyset_page(_i: int, _rng: random.Random) -> Request:
+        return Request("GET /bills", "GET", "/bills?cursor=&limit=20")
+
+    def user(_i: int, rng: random.Random) -> Request:
+        return Request("GET /users/{user_id}", "GET", f"/users/{_pick(rng, SEEDED_USERS)}")
+
+    def new_user(i: int, _rng: random.Random) -> Request:
+        body = {"username": f"load{os.getpid()}x{i}", "email": f"load{os.getpid()}x{i}@example.org"}
+        return Request("POST /users", "POST", "/users", json=body)
+
+    def vote(_i: int, _rng: random.Random) -> Request:
+        n = casts[0]
+        casts[0] += 1
+        bill_id = bills[n % len(bills)]
+        user_id = n // len(bills) % SEEDED_USERS + 1
+        path = f"/bills/{bill_id}/votes"
+        return Request(
+            "POST /bills/{bill_id}/votes", "POST", path, json={"user_id": user_id, "choice": "yes"}
+        )
+
+    steps = [Step(30, bill), Step(20, counts), Step(12, page), Step(3, first_keyset_page),
+             Step(25, user), Step(5, new_user)]  # fmt: skip
+    if bills:
+        steps.append(Step(5, vote))
+    return Scenario(steps)
+
+
+def _pick(rng: random.Random, n: int) -> int:
+    return rng.randint(1, n)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def main() -> int:
+    rate = float(os.environ.get("PERFKIT_LOAD_RATE") or max(b.rate for b in load_budgets(BUDGETS)))
+    seconds = os.environ.get("PERFKIT_LOAD_SECONDS", "20")
+    port = _free_port()
+    env = {**os.environ, "PERFKIT_PORT": str(port), "PYTHONPATH": str(ROOT / "examples")}
+    OUT.mkdir(parents=True, exist_ok=True)
+    log = (OUT / "server.log").open("w")  # the API's request log
+    server = subprocess.Popen(
+        [sys.executable, "-m", "bill_api"], env=env, stdout=log, stderr=subprocess.STDOUT
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 300  # a first run seeds the demo database
+        while True:
+            try:
+                if httpx.get(f"{base}/readyz", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if server.poll() is not None or time.monotonic() > deadline:
+                print("loadtest: the API did not start", file=sys.stderr)
+                return 1
+            time.sleep(0.2)
+        fresh = [
+            httpx.post(
+                f"{base}/bills", json={"title": f"load test bill {i}", "sponsor_id": 1}
+            ).json()["id"]
+            for i in range(FRESH_BILLS)
+        ]
+        return load_main([
+            base, "--rate", str(rate),
+            "--duration", seconds, "--warmup", "5", "--budgets", str(BUDGETS),
+            "--json", str(OUT / "report.json"), "--markdown", str(OUT / "report.md"),
+        ], scenario=scenario(fresh))  # fmt: skip
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+        log.close()
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
