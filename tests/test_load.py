@@ -319,3 +319,58 @@ def test_the_command_line_writes_reports_and_exits_with_the_verdict(
     bad = tmp_path / "bad.json"
     bad.write_text('{"version": 1, "routes": []}', encoding="utf-8")
     assert main([*common, "--budgets", str(bad)]) == 2
+
+
+# -- step mode ------------------------------------------------------------------------------
+
+
+def test_rates_are_geometric() -> None:
+    from perfkit.load import rates  # noqa: PLC0415
+
+    assert rates(100, 1000, 2) == [100, 200, 400, 800]
+    assert rates(100, 400, 2) == [100, 200, 400]
+    with pytest.raises(ValueError, match="factor"):
+        rates(100, 1000, 1)
+
+
+@pytest.mark.anyio
+async def test_step_mode_finds_the_rate_a_one_at_a_time_server_can_hold() -> None:
+    """A server serving one request at a time in ~1 ms holds 100-400 req/s and drowns at
+    1,600: the capacity under a 50 ms p95 budget is 400."""
+    from perfkit.load import capacity_markdown, find_capacity  # noqa: PLC0415
+
+    one_at_a_time = asyncio.Lock()
+
+    async def send(request: Request) -> int:
+        async with one_at_a_time:
+            await asyncio.sleep(0.001)
+        return 200
+
+    budgets = load_budgets({
+        "version": 1,
+        "defaults": {"max_error_rate": 0, "rate": 100},
+        "routes": [{"method": "GET", "route": "/x", "p95_ms": 50}],
+    })  # fmt: skip
+    scenario = Scenario([Step(1, lambda i, rng: Request("GET /x", "GET", "/x"))])
+    found = await find_capacity(
+        send, scenario, budgets=budgets, rates=[100, 400, 1600], duration=1.0, max_lag_ms=1000
+    )
+    assert (found.capacity, found.broke_at) == (400, 1600), capacity_markdown(found)
+    assert [rate for rate, _ in found.steps] == [100, 400, 1600]
+    assert "capacity: 400 req/s; broke at 1,600 req/s" in capacity_markdown(found)
+
+
+def test_the_command_line_step_mode_reports_the_capacity(hello_server: str, tmp_path: Path) -> None:
+    """--step runs rate after rate and writes the capacity search."""
+    from perfkit.load._cli import main  # noqa: PLC0415
+
+    out = tmp_path / "capacity.json"
+    code = main([hello_server, "--scenario", "load_scenarios:hello", "--step", "20:40:2",
+                 "--duration", "0.5", "--warmup", "0", "--max-lag-ms", "1000",
+                 "--budgets", str(_budgets_file(tmp_path, 5_000)), "--json", str(out)])  # fmt: skip
+    document = json.loads(out.read_text(encoding="utf-8"))
+    assert code == 0
+    assert (document["capacity"], document["broke_at"]) == (40, None)
+    assert [step["rate"] for step in document["steps"]] == [20, 40]
+    with pytest.raises(SystemExit):
+        main([hello_server, "--scenario", "load_scenarios:hello", "--step", "20:40:2"])

@@ -16,12 +16,14 @@ from ._report import markdown, passed, report
 from ._runner import Recorder, Request, RunResult, Scenario, Step, run
 from ._schedule import Arrivals, schedule
 from ._stats import RouteStats
+from ._step import Capacity, capacity_markdown, find_capacity, rates
 
 __all__ = [
     "Arrivals",
     "Budget",
     "BudgetError",
     "Budgets",
+    "Capacity",
     "Check",
     "Recorder",
     "Request",
@@ -29,9 +31,12 @@ __all__ = [
     "RunResult",
     "Scenario",
     "Step",
+    "capacity_markdown",
+    "find_capacity",
     "load_budgets",
     "markdown",
     "passed",
+    "rates",
     "report",
     "run",
     "schedule",

@@ -15,6 +15,7 @@ from typing import Any
 from ._budgets import BudgetError, load_budgets
 from ._report import markdown, passed, report
 from ._runner import DEFAULT_MAX_LAG_MS, Request, Scenario, run
+from ._step import capacity_markdown, find_capacity, rates
 
 __all__ = ["main"]
 
@@ -44,6 +45,27 @@ async def _run(options: argparse.Namespace, scenario: Scenario) -> dict[str, Any
         def progress(line: str) -> None:
             print(f"  {line}", file=sys.stderr, flush=True)
 
+        if options.step:
+            found = await find_capacity(
+                send,
+                scenario,
+                budgets=load_budgets(options.budgets),
+                rates=options.step,
+                duration=options.duration,
+                warmup=options.warmup,
+                arrivals=options.arrivals,
+                seed=options.seed,
+                max_in_flight=options.max_in_flight,
+                max_lag_ms=options.max_lag_ms,
+                progress=progress,
+            )
+            return {
+                "capacity": found.capacity,
+                "broke_at": found.broke_at,
+                "reason": found.reason,
+                "steps": [{"rate": rate, "report": document} for rate, document in found.steps],
+                "markdown": capacity_markdown(found),
+            }
         result = await run(
             send,
             scenario,
@@ -56,8 +78,7 @@ async def _run(options: argparse.Namespace, scenario: Scenario) -> dict[str, Any
             max_lag_ms=options.max_lag_ms,
             progress=progress,
         )
-    budgets = load_budgets(options.budgets) if options.budgets else None
-    return report(result, budgets)
+    return report(result, load_budgets(options.budgets) if options.budgets else None)
 
 
 def main(argv: list[str] | None = None, *, scenario: Scenario | None = None) -> int:
@@ -75,7 +96,14 @@ def main(argv: list[str] | None = None, *, scenario: Scenario | None = None) -> 
     parser.add_argument(
         "--scenario", required=scenario is None, help="module:attribute of a Scenario"
     )
-    parser.add_argument("--rate", type=float, required=True, help="requests per second")
+    parser.add_argument("--rate", type=float, help="requests per second")
+    parser.add_argument(
+        "--step",
+        type=_steps,
+        metavar="START:STOP:FACTOR",
+        help="step mode: raise the rate from START by FACTOR up to STOP until a budget "
+        "breaks, and report the capacity (needs --budgets)",
+    )
     parser.add_argument("--duration", type=float, default=30.0, help="seconds measured")
     parser.add_argument("--warmup", type=float, default=5.0, help="seconds before measuring")
     parser.add_argument("--arrivals", choices=["constant", "poisson"], default="poisson")
@@ -87,6 +115,10 @@ def main(argv: list[str] | None = None, *, scenario: Scenario | None = None) -> 
     parser.add_argument("--json", type=Path, help="write the JSON report here")
     parser.add_argument("--markdown", type=Path, help="write the Markdown table here")
     options = parser.parse_args(argv)
+    if (options.rate is None) == (options.step is None):
+        parser.error("give exactly one of --rate or --step")
+    if options.step and not options.budgets:
+        parser.error("--step needs --budgets")
     try:
         if options.budgets:
             load_budgets(options.budgets)  # a bad file fails before the run, not after
@@ -95,7 +127,7 @@ def main(argv: list[str] | None = None, *, scenario: Scenario | None = None) -> 
     except BudgetError as exc:
         print(f"perfkit-load: {exc}", file=sys.stderr)
         return 2
-    table = markdown(document)
+    table = document.pop("markdown") if options.step else markdown(document)
     print(table)
     if options.json:
         options.json.parent.mkdir(parents=True, exist_ok=True)
@@ -103,7 +135,18 @@ def main(argv: list[str] | None = None, *, scenario: Scenario | None = None) -> 
     if options.markdown:
         options.markdown.parent.mkdir(parents=True, exist_ok=True)
         options.markdown.write_text(table + "\n", encoding="utf-8")
+    if options.step:
+        return 0 if document["capacity"] is not None else 1
     return 0 if passed(document) else 1
+
+
+def _steps(text: str) -> list[float]:
+    try:
+        start, stop, factor = (float(part) for part in text.split(":"))
+        return rates(start, stop, factor)
+    except ValueError as exc:
+        msg = f"expected START:STOP:FACTOR (e.g. 100:3200:2), got {text!r}: {exc}"
+        raise argparse.ArgumentTypeError(msg) from None
 
 
 if __name__ == "__main__":
