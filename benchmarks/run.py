@@ -163,6 +163,12 @@ BENCHMARKS: Final[tuple[Benchmark, ...]] = (
         databases=False,
     ),
     Benchmark(
+        name="load_ceiling",
+        title="The load generator's own ceiling (requests/s it keeps on schedule)",
+        run=_script("load_ceiling.py"),
+        databases=False,
+    ),
+    Benchmark(
         name="middleware",
         title="Timing middleware under wrk",
         run=_script("middleware.py"),

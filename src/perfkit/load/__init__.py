@@ -1,6 +1,9 @@
 """
 Load tests that measure what users would see (``pip install perfkit[load]``).
 
+:class:`HTTPClient` is the generator's own small HTTP/1.1 keep-alive client: httpx costs
+too much CPU per request to keep a high rate on schedule from one process.
+
 An open-model generator: requests start at scheduled times (constant or Poisson
 arrivals) whatever the server does, and latency counts from each request's intended
 start, so a stalled server shows up in full (no coordinated omission). Latencies go to
@@ -12,6 +15,7 @@ generator fell behind, dropped sends or missed the rate; each route is judged ag
 from __future__ import annotations
 
 from ._budgets import Budget, BudgetError, Budgets, Check, load_budgets
+from ._client import HTTPClient
 from ._report import markdown, passed, report
 from ._runner import Recorder, Request, RunResult, Scenario, Step, run
 from ._schedule import Arrivals, schedule
@@ -25,6 +29,7 @@ __all__ = [
     "Budgets",
     "Capacity",
     "Check",
+    "HTTPClient",
     "Recorder",
     "Request",
     "RouteStats",

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from ._budgets import BudgetError, load_budgets
+from ._client import HTTPClient
 from ._report import markdown, passed, report
 from ._runner import DEFAULT_MAX_LAG_MS, Request, Scenario, run
 from ._step import capacity_markdown, find_capacity, rates
@@ -32,15 +33,10 @@ def _scenario(spec: str) -> Scenario:
 
 
 async def _run(options: argparse.Namespace, scenario: Scenario) -> dict[str, Any]:
-    import httpx  # noqa: PLC0415 - the load extra
-
-    limits = httpx.Limits(max_connections=options.max_in_flight, max_keepalive_connections=None)
-    timeout = httpx.Timeout(options.timeout)
-    async with httpx.AsyncClient(base_url=options.target, limits=limits, timeout=timeout) as client:
+    async with HTTPClient(options.target, timeout=options.timeout) as client:
 
         async def send(request: Request) -> int:
-            response = await client.request(request.method, request.path, json=request.json)
-            return response.status_code
+            return await client.request(request.method, request.path, json=request.json)
 
         def progress(line: str) -> None:
             print(f"  {line}", file=sys.stderr, flush=True)
