@@ -41,19 +41,19 @@ async def _run(options: argparse.Namespace, scenario: Scenario) -> dict[str, Any
         def progress(line: str) -> None:
             print(f"  {line}", file=sys.stderr, flush=True)
 
+        common: dict[str, Any] = {
+            "duration": options.duration,
+            "warmup": options.warmup,
+            "arrivals": options.arrivals,
+            "seed": options.seed,
+            "max_in_flight": options.max_in_flight,
+            "max_lag_ms": options.max_lag_ms,
+            "progress": progress,
+        }
         if options.step:
+            budgets = load_budgets(options.budgets)
             found = await find_capacity(
-                send,
-                scenario,
-                budgets=load_budgets(options.budgets),
-                rates=options.step,
-                duration=options.duration,
-                warmup=options.warmup,
-                arrivals=options.arrivals,
-                seed=options.seed,
-                max_in_flight=options.max_in_flight,
-                max_lag_ms=options.max_lag_ms,
-                progress=progress,
+                send, scenario, budgets=budgets, rates=options.step, **common
             )
             return {
                 "capacity": found.capacity,
@@ -62,18 +62,7 @@ async def _run(options: argparse.Namespace, scenario: Scenario) -> dict[str, Any
                 "steps": [{"rate": rate, "report": document} for rate, document in found.steps],
                 "markdown": capacity_markdown(found),
             }
-        result = await run(
-            send,
-            scenario,
-            rate=options.rate,
-            duration=options.duration,
-            warmup=options.warmup,
-            arrivals=options.arrivals,
-            seed=options.seed,
-            max_in_flight=options.max_in_flight,
-            max_lag_ms=options.max_lag_ms,
-            progress=progress,
-        )
+        result = await run(send, scenario, rate=options.rate, **common)
     return report(result, load_budgets(options.budgets) if options.budgets else None)
 
 

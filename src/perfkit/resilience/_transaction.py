@@ -334,10 +334,14 @@ def run_read(
 
     .. versionadded:: 0.2.0
     """
+
+    def attempt() -> R:
+        with factory() as handle:  # type: ignore[attr-defined]
+            return fn(handle)
+
     started = clock.monotonic()
     try:
-        with factory() as handle:  # type: ignore[attr-defined]
-            result: R = fn(handle)
+        result = attempt()
     except Exception as exc:
         if not on(exc):
             raise
@@ -346,11 +350,6 @@ def run_read(
         if budget is not None:
             budget.record_success()
         return result
-
-    def attempt() -> R:
-        with factory() as handle:  # type: ignore[attr-defined]
-            return fn(handle)
-
     run = _run(fn, attempts, timeout, wait_initial, wait_max, on, budget, hooks, clock, started)
     retried: R = _retry_sync(attempt, (), {}, first, run)
     return retried
@@ -374,10 +373,14 @@ async def arun_read(
 
     .. versionadded:: 0.2.0
     """
+
+    async def attempt() -> R:
+        async with factory() as handle:  # type: ignore[attr-defined]
+            return await fn(handle)
+
     started = clock.monotonic()
     try:
-        async with factory() as handle:  # type: ignore[attr-defined]
-            result: R = await fn(handle)
+        result = await attempt()
     except Exception as exc:
         if not on(exc):
             raise
@@ -386,11 +389,6 @@ async def arun_read(
         if budget is not None:
             budget.record_success()
         return result
-
-    async def attempt() -> R:
-        async with factory() as handle:  # type: ignore[attr-defined]
-            return await fn(handle)
-
     run = _run(fn, attempts, timeout, wait_initial, wait_max, on, budget, hooks, clock, started)
     retried: R = await _retry_async(attempt, (), {}, first, run)
     return retried
