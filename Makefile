@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 PIP    := $(BIN)/python -m pip install --quiet --disable-pip-version-check
 
 .DEFAULT_GOAL := help
-.PHONY: help demo test lint typecheck pytest bench loadtest clean
+.PHONY: help demo test lint typecheck pytest bench loadtest monitoring clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -48,3 +48,8 @@ loadtest: $(VENV)/.dev-installed  ## the example API under open-model load, judg
 
 clean:  ## remove the virtualenv, caches and the demo database
 	rm -rf $(VENV) var .mypy_cache .ruff_cache .pytest_cache .hypothesis
+
+monitoring: $(VENV)/.dev-installed  ## Prometheus alerts and a Grafana dashboard for the example API, from budgets.json
+	$(BIN)/perfkit-budgets rules budgets.json --selector 'job="bill-api"' -o examples/bill_api/monitoring/alerts.yml
+	$(BIN)/perfkit-budgets dashboard budgets.json --selector 'job="bill-api"' --title "perfkit bill/vote API" \
+		-o examples/bill_api/monitoring/dashboard.json

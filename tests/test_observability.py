@@ -177,6 +177,45 @@ async def test_duration_histogram_uses_route_templates_and_semconv_attributes(
     assert by_method["_OTHER"].attributes["http.response.status_code"] == 405
 
 
+async def test_duration_buckets_are_the_ones_given(
+    engine: sa.Engine, provider: MeterProvider, reader: InMemoryMetricReader
+) -> None:
+    """duration_buckets reach the SDK: a budget's 30 ms threshold gets a boundary."""
+    buckets = (0.002, 0.03, 0.1, 1.0)
+    app = TimingMiddleware(_app(engine), meter_provider=provider, duration_buckets=buckets)
+    async with _client(app) as client:
+        await client.get("/items/1")
+
+    (point,) = _points(reader, "http.server.request.duration")
+    assert tuple(point.explicit_bounds) == buckets
+
+
+@pytest.mark.parametrize(
+    ("buckets", "message"),
+    [
+        ((), "at least one"),
+        ((0.1, 0.05), "increasing"),
+        ((0.1, 0.1), "increasing"),
+        ((0.0, 0.1), "positive"),
+        ((float("inf"),), "positive"),
+        ((True,), "positive"),
+    ],
+)
+def test_bad_duration_buckets_are_refused(buckets: tuple[float, ...], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        TimingMiddleware(_app_stub, duration_buckets=buckets)
+    with pytest.raises(ValueError, match=message):
+        WSGITimingMiddleware(_wsgi_stub, duration_buckets=buckets)
+
+
+async def _app_stub(scope: Any, receive: Any, send: Any) -> None:
+    raise AssertionError("not called")
+
+
+def _wsgi_stub(environ: Any, start_response: Any) -> list[bytes]:
+    raise AssertionError("not called")
+
+
 async def test_ten_thousand_random_urls_make_a_bounded_number_of_series(
     engine: sa.Engine, provider: MeterProvider, reader: InMemoryMetricReader
 ) -> None:

@@ -111,6 +111,46 @@ FASTAPI = [
 ]
 
 
+BUDGETS = [
+    "Budget",
+    "BudgetError",
+    "Budgets",
+    "Check",
+    "duration_buckets",
+    "grafana_dashboard",
+    "le_label",
+    "load_budgets",
+    "prometheus_rules",
+    "to_yaml",
+]
+
+
+LOAD = [
+    "Arrivals",
+    "Budget",
+    "BudgetError",
+    "Budgets",
+    "Capacity",
+    "Check",
+    "HTTPClient",
+    "Recorder",
+    "Request",
+    "RouteStats",
+    "RunResult",
+    "Scenario",
+    "Step",
+    "capacity_markdown",
+    "find_capacity",
+    "load_budgets",
+    "markdown",
+    "passed",
+    "rates",
+    "report",
+    "run",
+    "schedule",
+]
+
+
 OBSERVABILITY = [
     "DB_DURATION",
     "HTTP_DURATION",
@@ -131,6 +171,8 @@ OBSERVABILITY = [
         ("perfkit.http", HTTP),
         ("perfkit.fastapi", FASTAPI),
         ("perfkit.observability", OBSERVABILITY),
+        ("perfkit.budgets", BUDGETS),
+        ("perfkit.load", LOAD),
     ],
 )
 def test_http_and_fastapi_all_are_pinned(module: str, names: list[str]) -> None:

@@ -16,6 +16,9 @@ Configuration comes from the environment:
 ``PERFKIT_TIMING``
     ``off`` leaves out the timing middleware, query timing and ``/metrics``
     (for before/after benchmarks).
+``PERFKIT_BUDGETS``
+    The budgets file whose latency thresholds the request histogram gets bucket
+    boundaries at (default: the repository's ``budgets.json``).
 ``PERFKIT_TEXT_URL``
     The bill-text service behind ``GET /bills/{id}/text``, called through a
     circuit breaker (default: none, the stored summary is served).
@@ -220,7 +223,12 @@ class _API(FastAPI):
         provider = self.state.meter_provider
         if provider is None:
             return stack
-        return TimingMiddleware(stack, meter_provider=provider, exclude=OPERATIONS_PATHS)
+        return TimingMiddleware(
+            stack,
+            meter_provider=provider,
+            exclude=OPERATIONS_PATHS,
+            duration_buckets=telemetry.histogram_buckets(),
+        )
 
 
 def _engine(app: FastAPI) -> sa.Engine:

@@ -10,15 +10,32 @@ from __future__ import annotations
 import functools
 import logging
 import os
+from pathlib import Path
+from typing import Final
 
 from opentelemetry.exporter.prometheus import PrometheusMetricReader
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import MetricReader, PeriodicExportingMetricReader
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
-from perfkit.observability import BufferedStreamHandler, instrument
+from perfkit.budgets import duration_buckets, load_budgets
+from perfkit.observability import HTTP_DURATION_BUCKETS, BufferedStreamHandler, instrument
 
-__all__ = ["CONTENT_TYPE_LATEST", "meter_provider", "prometheus_text"]
+__all__ = ["CONTENT_TYPE_LATEST", "histogram_buckets", "meter_provider", "prometheus_text"]
+
+REPO_BUDGETS: Final = Path(__file__).resolve().parents[2] / "budgets.json"
+
+
+def histogram_buckets() -> tuple[float, ...]:
+    """
+    The request histogram's boundaries: the semantic conventions' plus every latency
+    threshold of ``PERFKIT_BUDGETS`` (default: the repository's ``budgets.json``, when
+    there is one), so the alerts made from the same file count exactly.
+    """
+    path = os.environ.get("PERFKIT_BUDGETS") or (REPO_BUDGETS if REPO_BUDGETS.exists() else None)
+    if path is None:
+        return HTTP_DURATION_BUCKETS
+    return duration_buckets(load_budgets(path))
 
 
 @functools.cache

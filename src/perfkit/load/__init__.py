@@ -14,7 +14,8 @@ generator fell behind, dropped sends or missed the rate; each route is judged ag
 
 from __future__ import annotations
 
-from ._budgets import Budget, BudgetError, Budgets, Check, load_budgets
+from perfkit.budgets import Budget, BudgetError, Budgets, Check, load_budgets
+
 from ._client import HTTPClient
 from ._report import markdown, passed, report
 from ._runner import Recorder, Request, RunResult, Scenario, Step, run

@@ -12,7 +12,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from ._budgets import BudgetError, load_budgets
+from perfkit.budgets import BudgetError, load_budgets
+
 from ._client import HTTPClient
 from ._report import markdown, passed, report
 from ._runner import DEFAULT_MAX_LAG_MS, Request, Scenario, run

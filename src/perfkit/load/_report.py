@@ -7,7 +7,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from ._budgets import Budgets
+from perfkit.budgets import Budgets
+
 from ._runner import RunResult
 from ._stats import PERCENTILES
 

@@ -9,7 +9,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from ._budgets import Budgets
+from perfkit.budgets import Budgets
+
 from ._report import passed, report
 from ._runner import DEFAULT_MAX_LAG_MS, Scenario, Send, run
 from ._schedule import Arrivals

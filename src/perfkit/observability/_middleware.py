@@ -7,6 +7,7 @@ from __future__ import annotations
 import itertools
 import json
 import logging
+import math
 import re
 import secrets
 import time
@@ -47,6 +48,22 @@ _LOG_LINE: Final = (
 )
 
 
+def _checked_buckets(given: Iterable[float]) -> tuple[float, ...]:
+    buckets = tuple(given)
+    if not buckets:
+        raise ValueError("duration_buckets: give at least one boundary")
+    for value in buckets:
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, int | float)
+            or not (0 < value < math.inf)
+        ):
+            raise ValueError(f"duration_buckets: {value!r} is not a positive number of seconds")
+    if list(buckets) != sorted(set(buckets)):
+        raise ValueError(f"duration_buckets: must be increasing, each once: {buckets!r}")
+    return tuple(float(value) for value in buckets)
+
+
 class _Timing:
     """What both middlewares share: options, instruments, the log line."""
 
@@ -61,7 +78,9 @@ class _Timing:
         request_id_header: str,
         logger: logging.Logger | None,
         meter_provider: MeterProvider | None,
+        duration_buckets: Iterable[float],
     ) -> None:
+        buckets = _checked_buckets(duration_buckets)
         self.server_timing = server_timing
         self.log = log
         self.exclude = frozenset(exclude)
@@ -73,7 +92,7 @@ class _Timing:
         if metrics:
             self.record = histogram(
                 meter(meter_provider), HTTP_DURATION, "Duration of HTTP server requests",
-                HTTP_DURATION_BUCKETS,
+                buckets,
             )  # fmt: skip
         self._attributes: dict[tuple[str, str | None, int, str | None], dict[str, Any]] = {}
         self._quoted: dict[str | None, str] = {}
@@ -203,8 +222,17 @@ class TimingMiddleware:
         request_id_header: The header carrying the request id.
         logger: Where log lines go (default: ``perfkit.request``).
         meter_provider: The OpenTelemetry meter provider (default: global).
+        duration_buckets: The histogram's bucket boundaries in seconds (advised
+            to the SDK; a View configured in the SDK wins). Every latency
+            threshold you alert on needs a boundary exactly there:
+            :func:`perfkit.budgets.duration_buckets` adds a budgets file's.
+
+    Raises:
+        ValueError: *duration_buckets* is empty, unsorted, repeats a value, or holds
+            a value that is not a positive finite number.
 
     .. versionadded:: 0.1.0
+    .. versionchanged:: 0.2.0 *duration_buckets*.
     """
 
     def __init__(
@@ -219,6 +247,7 @@ class TimingMiddleware:
         request_id_header: str = "x-request-id",
         logger: logging.Logger | None = None,
         meter_provider: MeterProvider | None = None,
+        duration_buckets: Iterable[float] = HTTP_DURATION_BUCKETS,
     ) -> None:
         self.app = app
         self._timing = _Timing(
@@ -230,6 +259,7 @@ class TimingMiddleware:
             request_id_header=request_id_header,
             logger=logger,
             meter_provider=meter_provider,
+            duration_buckets=duration_buckets,
         )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -340,6 +370,7 @@ class WSGITimingMiddleware:
         request_id_header: str = "x-request-id",
         logger: logging.Logger | None = None,
         meter_provider: MeterProvider | None = None,
+        duration_buckets: Iterable[float] = HTTP_DURATION_BUCKETS,
     ) -> None:
         self.app = app
         self.route = route
@@ -352,6 +383,7 @@ class WSGITimingMiddleware:
             request_id_header=request_id_header,
             logger=logger,
             meter_provider=meter_provider,
+            duration_buckets=duration_buckets,
         )
         self._environ_key = "HTTP_" + request_id_header.upper().replace("-", "_")
 

@@ -23,17 +23,19 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
-__all__ = ["Budget", "BudgetError", "Budgets", "Check", "load_budgets"]
+from perfkit.observability._metrics import HTTP_DURATION_BUCKETS
+
+__all__ = ["Budget", "BudgetError", "Budgets", "Check", "duration_buckets", "load_budgets"]
 
 LATENCY_FIELDS: Final = ("p50_ms", "p95_ms", "p99_ms")
 _FIELDS: Final = (*LATENCY_FIELDS, "max_error_rate", "rate")
 _METHODS: Final = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
-_PERCENTILES: Final = {"p50_ms": 50.0, "p95_ms": 95.0, "p99_ms": 99.0}
+PERCENTILES: Final = {"p50_ms": 50.0, "p95_ms": 95.0, "p99_ms": 99.0}
 
 
 class BudgetError(ValueError):
@@ -101,7 +103,7 @@ class Budget:
         for name in LATENCY_FIELDS:
             limit = getattr(self, name)
             if limit is not None:
-                actual = percentile_ms[_PERCENTILES[name]]
+                actual = percentile_ms[PERCENTILES[name]]
                 checks.append(Check(name, limit, actual, actual <= limit))
         error_rate = errors / count if count else 0.0
         checks.append(
@@ -230,3 +232,17 @@ def _only(mapping: Mapping[str, Any], allowed: set[str], where: str) -> None:
     unknown = sorted(set(mapping) - allowed)
     if unknown:
         raise BudgetError(f"{where}{unknown[0]}: unknown field (allowed: {sorted(allowed)})")
+
+
+def duration_buckets(
+    budgets: Budgets, base: Iterable[float] = HTTP_DURATION_BUCKETS
+) -> tuple[float, ...]:
+    """
+    *base* bucket boundaries (seconds) plus every latency threshold of *budgets*, sorted:
+    pass them to :class:`~perfkit.TimingMiddleware` (``duration_buckets=``) so each
+    threshold the alerts test has a boundary exactly there. Without one, the fraction of
+    requests above 30 ms can only be guessed from the 25 and 50 ms buckets.
+
+    .. versionadded:: 0.2.0
+    """
+    return tuple(sorted({*(float(value) for value in base), *budgets.thresholds_seconds()}))
