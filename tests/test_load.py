@@ -22,6 +22,7 @@ from perfkit.load import (
     Recorder,
     Request,
     RouteStats,
+    RunResult,
     Scenario,
     Step,
     load_budgets,
@@ -29,6 +30,7 @@ from perfkit.load import (
     passed,
     report,
     run,
+    run_in_processes,
     schedule,
 )
 
@@ -444,3 +446,101 @@ async def test_the_client_raises_when_the_server_hangs_up_or_is_not_there() -> N
     await server.wait_closed()
     with pytest.raises(ValueError, match="http://"):
         HTTPClient("https://example.org")
+
+
+# -- several generator processes ----------------------------------------------------------
+
+
+@pytest.fixture
+def recording_server() -> Any:
+    """Answers 200 to every GET and keeps each path it was sent."""
+    import http.server  # noqa: PLC0415
+    import threading  # noqa: PLC0415
+
+    paths: list[str] = []
+
+    class Recording(http.server.BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def do_GET(self) -> None:
+            paths.append(self.path)
+            self.send_response(200)
+            self.send_header("content-length", "2")
+            self.end_headers()
+            self.wfile.write(b"ok")
+
+        def log_message(self, *_args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Recording)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}", paths
+    server.shutdown()
+    server.server_close()
+
+
+NUMBERED = Scenario([Step(1, lambda i, rng: Request("GET /n", "GET", f"/n?i={i}"))])
+
+
+def test_several_processes_share_the_rate_and_merge_into_one_run(recording_server: Any) -> None:
+    """
+    Three processes at 150 req/s for 1 s: 150 requests in one merged result, each request
+    number sent once (fresh keys stay fresh across processes), the run valid.
+    """
+    url, paths = recording_server
+    result = run_in_processes(url, NUMBERED, processes=3, rate=150, duration=1.0, max_lag_ms=1000)
+    assert result.valid, result.problems
+    assert result.rate == 150
+    assert (result.scheduled, result.sent, result.routes["GET /n"].count) == (150, 150, 150)
+    assert sorted(int(path.split("=")[1]) for path in paths) == list(range(150))
+
+
+def test_a_failing_process_is_an_error_with_its_traceback() -> None:
+    with pytest.raises(RuntimeError, match=r"(?s)process 0 failed:.*base_url must be http"):
+        run_in_processes("ftp://x", NUMBERED, processes=2, rate=10, duration=0.2)
+    with pytest.raises(ValueError, match="at least 1"):
+        run_in_processes("http://127.0.0.1:1", NUMBERED, processes=0, rate=10, duration=0.2)
+
+
+def test_run_results_travel_between_processes_and_merge() -> None:
+    """encode/decode round-trips; merge adds counts, rates and histograms, keeps problems."""
+    one = Recorder(rate=10, duration=1, warmup=0)
+    two = Recorder(rate=20, duration=1, warmup=0)
+    for i in range(10):
+        one.scheduled(0.1 * i)
+        one.answered("GET /a", 0.1 * i, 0.0, 0.001, 0.010, 200)
+    for i in range(25):
+        two.scheduled(0.04 * i)
+    for i in range(20):  # five never sent: that process missed its rate
+        two.answered("GET /a", 0.05 * i, 0.0, 0.0, 0.100, 503 if i < 2 else 200)
+    first, second = one.finish(), two.finish()
+    merged = RunResult.decode(json.loads(json.dumps(first.encode())))
+    merged.merge(RunResult.decode(json.loads(json.dumps(second.encode()))), name="process 1")
+    stats = merged.routes["GET /a"]
+    assert (merged.rate, merged.scheduled, merged.sent, stats.count, stats.errors) == (
+        30,
+        35,
+        30,
+        30,
+        2,
+    )
+    assert stats.statuses == {"200": 28, "503": 2}
+    assert first.valid
+    assert merged.problems == ["process 1: rate not reached: 20 of 20 req/s"]
+    assert not merged.valid
+    assert 99 <= stats.percentiles_ms([100.0])[100.0] <= 101
+
+
+def test_the_command_line_runs_several_processes(recording_server: Any, tmp_path: Path) -> None:
+    from perfkit.load._cli import main  # noqa: PLC0415
+
+    url, paths = recording_server
+    out = tmp_path / "report.json"
+    code = main([url, "--scenario", "test_load:NUMBERED", "--rate", "60", "--duration", "0.5",
+                 "--warmup", "0", "--max-lag-ms", "1000", "--processes", "2",
+                 "--arrivals", "constant", "--json", str(out)])  # fmt: skip
+    document = json.loads(out.read_text(encoding="utf-8"))
+    assert code == 0
+    assert document["routes"]["GET /n"]["count"] == 30
+    assert len(set(paths)) == 30

@@ -147,6 +147,7 @@ LOAD = [
     "rates",
     "report",
     "run",
+    "run_in_processes",
     "schedule",
 ]
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 from perfkit.budgets import Budget, BudgetError, Budgets, Check, load_budgets
 
 from ._client import HTTPClient
+from ._processes import run_in_processes
 from ._report import markdown, passed, report
 from ._runner import Recorder, Request, RunResult, Scenario, Step, run
 from ._schedule import Arrivals, schedule
@@ -45,5 +46,6 @@ __all__ = [
     "rates",
     "report",
     "run",
+    "run_in_processes",
     "schedule",
 ]

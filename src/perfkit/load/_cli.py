@@ -15,9 +15,10 @@ from typing import Any
 from perfkit.budgets import BudgetError, load_budgets
 
 from ._client import HTTPClient
+from ._processes import run_in_processes
 from ._report import markdown, passed, report
-from ._runner import DEFAULT_MAX_LAG_MS, Request, Scenario, run
-from ._step import capacity_markdown, find_capacity, rates
+from ._runner import DEFAULT_MAX_LAG_MS, Request, RunResult, Scenario, run
+from ._step import Capacity, capacity_markdown, find_capacity, rates
 
 __all__ = ["main"]
 
@@ -33,38 +34,67 @@ def _scenario(spec: str) -> Scenario:
     return scenario
 
 
+def _progress(line: str) -> None:
+    print(f"  {line}", file=sys.stderr, flush=True)
+
+
+def _common(options: argparse.Namespace) -> dict[str, Any]:
+    return {
+        "duration": options.duration,
+        "warmup": options.warmup,
+        "arrivals": options.arrivals,
+        "seed": options.seed,
+        "max_in_flight": options.max_in_flight,
+        "max_lag_ms": options.max_lag_ms,
+        "progress": _progress,
+    }
+
+
 async def _run(options: argparse.Namespace, scenario: Scenario) -> dict[str, Any]:
+    """One generator process: the run or the capacity search on this event loop."""
     async with HTTPClient(options.target, timeout=options.timeout) as client:
 
         async def send(request: Request) -> int:
             return await client.request(request.method, request.path, json=request.json)
 
-        def progress(line: str) -> None:
-            print(f"  {line}", file=sys.stderr, flush=True)
-
-        common: dict[str, Any] = {
-            "duration": options.duration,
-            "warmup": options.warmup,
-            "arrivals": options.arrivals,
-            "seed": options.seed,
-            "max_in_flight": options.max_in_flight,
-            "max_lag_ms": options.max_lag_ms,
-            "progress": progress,
-        }
         if options.step:
-            budgets = load_budgets(options.budgets)
             found = await find_capacity(
-                send, scenario, budgets=budgets, rates=options.step, **common
-            )
-            return {
-                "capacity": found.capacity,
-                "broke_at": found.broke_at,
-                "reason": found.reason,
-                "steps": [{"rate": rate, "report": document} for rate, document in found.steps],
-                "markdown": capacity_markdown(found),
-            }
-        result = await run(send, scenario, rate=options.rate, **common)
+                send, scenario, budgets=load_budgets(options.budgets), rates=options.step,
+                **_common(options),
+            )  # fmt: skip
+            return _capacity_document(found)
+        result = await run(send, scenario, rate=options.rate, **_common(options))
     return report(result, load_budgets(options.budgets) if options.budgets else None)
+
+
+def _run_processes(options: argparse.Namespace, scenario: Scenario) -> dict[str, Any]:
+    """Several generator processes (no event loop here: they are forked)."""
+
+    def at(rate: float) -> RunResult:
+        return run_in_processes(
+            options.target, scenario, processes=options.processes, rate=rate,
+            timeout=options.timeout, **_common(options),
+        )  # fmt: skip
+
+    if options.step:
+        budgets = load_budgets(options.budgets)
+        found = Capacity()
+        for rate in options.step:
+            _progress(f"step: {rate:,.0f} req/s from {options.processes} processes")
+            if not found.add(rate, at(rate), budgets):
+                break
+        return _capacity_document(found)
+    return report(at(options.rate), load_budgets(options.budgets) if options.budgets else None)
+
+
+def _capacity_document(found: Capacity) -> dict[str, Any]:
+    return {
+        "capacity": found.capacity,
+        "broke_at": found.broke_at,
+        "reason": found.reason,
+        "steps": [{"rate": rate, "report": document} for rate, document in found.steps],
+        "markdown": capacity_markdown(found),
+    }
 
 
 def main(argv: list[str] | None = None, *, scenario: Scenario | None = None) -> int:
@@ -97,6 +127,9 @@ def main(argv: list[str] | None = None, *, scenario: Scenario | None = None) -> 
     parser.add_argument("--max-in-flight", type=int, default=1000)
     parser.add_argument("--max-lag-ms", type=float, default=DEFAULT_MAX_LAG_MS)
     parser.add_argument("--timeout", type=float, default=30.0, help="per request, seconds")
+    parser.add_argument(
+        "--processes", type=int, default=1, help="generator processes sharing the rate"
+    )
     parser.add_argument("--budgets", type=Path, help="budgets.json to judge the run by")
     parser.add_argument("--json", type=Path, help="write the JSON report here")
     parser.add_argument("--markdown", type=Path, help="write the Markdown table here")
@@ -105,11 +138,16 @@ def main(argv: list[str] | None = None, *, scenario: Scenario | None = None) -> 
         parser.error("give exactly one of --rate or --step")
     if options.step and not options.budgets:
         parser.error("--step needs --budgets")
+    if options.processes < 1:
+        parser.error("--processes must be at least 1")
     try:
         if options.budgets:
             load_budgets(options.budgets)  # a bad file fails before the run, not after
         chosen = scenario if scenario is not None else _scenario(options.scenario)
-        document = asyncio.run(_run(options, chosen))
+        if options.processes > 1:
+            document = _run_processes(options, chosen)
+        else:
+            document = asyncio.run(_run(options, chosen))
     except BudgetError as exc:
         print(f"perfkit-load: {exc}", file=sys.stderr)
         return 2

@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -88,15 +88,21 @@ class Scenario:
             msg = "a scenario needs at least one step, each with a positive weight"
             raise ValueError(msg)
 
-    def picker(self, seed: int) -> Callable[[int], Request]:
-        """``pick(i)``: the *i*-th request of a run, the same for the same *seed*."""
+    def picker(
+        self, seed: int, *, process: int = 0, processes: int = 1
+    ) -> Callable[[int], Request]:
+        """
+        ``pick(i)``: the *i*-th request of a run, the same for the same *seed*. In process
+        *process* of *processes*, request *i* is told the number ``i * processes + process``,
+        so the numbers stay unique across the processes of one run (fresh keys stay fresh).
+        """
         rng = random.Random(seed)
         steps = list(self.steps)
         weights = [step.weight for step in steps]
 
         def pick(i: int) -> Request:
             step = rng.choices(steps, weights)[0]
-            return step.make(i, rng)
+            return step.make(i * processes + process, rng)
 
         return pick
 
@@ -142,6 +148,51 @@ class RunResult:
         for stats in self.routes.values():
             merged.merge(stats)
         return merged
+
+    def merge(self, other: RunResult, *, name: str = "") -> None:
+        """
+        Add *other*, a run over the same window (another process's share of the rate), to
+        this one: rates, counts and histograms add up; its problems are kept, prefixed with
+        *name*. A run of several processes is valid when each one was.
+        """
+        self.rate += other.rate
+        self.scheduled += other.scheduled
+        self.sent += other.sent
+        self.dropped += other.dropped
+        self.lag.merge(other.lag)
+        for route, stats in other.routes.items():
+            mine = self.routes.get(route)
+            if mine is None:
+                mine = self.routes[route] = RouteStats()
+            mine.merge(stats)
+        self.problems += [f"{name}: {problem}" if name else problem for problem in other.problems]
+
+    def encode(self) -> dict[str, Any]:
+        """A JSON-able form (histograms compressed), to send from another process."""
+        return {
+            "rate": self.rate,
+            "duration": self.duration,
+            "routes": {route: stats.encode() for route, stats in self.routes.items()},
+            "scheduled": self.scheduled,
+            "sent": self.sent,
+            "dropped": self.dropped,
+            "lag": self.lag.encode(),
+            "problems": list(self.problems),
+        }
+
+    @classmethod
+    def decode(cls, data: Mapping[str, Any]) -> RunResult:
+        """The inverse of :meth:`encode`."""
+        return cls(
+            rate=float(data["rate"]),
+            duration=float(data["duration"]),
+            routes={route: RouteStats.decode(stats) for route, stats in data["routes"].items()},
+            scheduled=int(data["scheduled"]),
+            sent=int(data["sent"]),
+            dropped=int(data["dropped"]),
+            lag=RouteStats.decode(data["lag"]),
+            problems=[str(problem) for problem in data["problems"]],
+        )
 
 
 class Recorder:
@@ -225,6 +276,9 @@ async def run(
     max_in_flight: int = 1000,
     max_lag_ms: float = DEFAULT_MAX_LAG_MS,
     progress: Callable[[str], None] | None = None,
+    begin: float | None = None,
+    process: int = 0,
+    processes: int = 1,
 ) -> RunResult:
     """
     Run *scenario* at *rate* requests per second for *warmup* + *duration* seconds.
@@ -235,13 +289,26 @@ async def run(
     as does a generator more than *max_lag_ms* late at the 99th percentile or one that
     started fewer than 95 % of the requests it scheduled.
 
+    *begin*, *process* and *processes* make this run one process's share of a larger one
+    (:func:`run_in_processes` sets them): the schedule starts at the wall-clock time
+    *begin* (``time.time()``; default: now), and *rate* is this process's part; constant
+    arrivals are shifted by ``process / (rate * processes)`` so that the processes' sends
+    interleave evenly, and request numbers are made unique across processes
+    (:meth:`Scenario.picker`).
+
     .. versionadded:: 0.2.0
     """
     if max_in_flight < 1:
         msg = f"max_in_flight must be at least 1, not {max_in_flight}"
         raise ValueError(msg)
+    if not 0 <= process < processes:
+        msg = f"need 0 <= process < processes, got {process} of {processes}"
+        raise ValueError(msg)
     plan = schedule(rate, warmup + duration, arrivals=arrivals, seed=seed)
-    pick = scenario.picker(seed)
+    if arrivals == "constant" and process:
+        shift = process / (rate * processes)
+        plan = [offset + shift for offset in plan if offset + shift < warmup + duration]
+    pick = scenario.picker(seed, process=process, processes=processes)
     recorder = Recorder(rate=rate, duration=duration, warmup=warmup)
     clock = time.perf_counter
     waiting: set[asyncio.Task[None]] = set()
@@ -254,7 +321,7 @@ async def run(
             status = None
         recorder.answered(request.route, offset, intended, sent, clock(), status)
 
-    start = clock() + 0.01
+    start = clock() + (0.01 if begin is None else max(0.0, begin - time.time()))
     next_report = 1.0
     for i, offset in enumerate(plan):
         intended = start + offset
@@ -273,7 +340,8 @@ async def run(
         if progress is not None and offset >= next_report:
             next_report += 1.0
             phase = "warm-up" if offset < warmup else "measuring"
-            progress(f"{offset:5.1f} s {phase}: {i + 1:,} sent, {len(waiting):,} waiting")
+            who = f"[{process}] " if processes > 1 else ""
+            progress(f"{who}{offset:5.1f} s {phase}: {i + 1:,} sent, {len(waiting):,} waiting")
     if waiting:
         await asyncio.wait(waiting)
     return recorder.finish(max_lag_ms=max_lag_ms)

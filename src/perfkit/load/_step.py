@@ -12,7 +12,7 @@ from typing import Any
 from perfkit.budgets import Budgets
 
 from ._report import passed, report
-from ._runner import DEFAULT_MAX_LAG_MS, Scenario, Send, run
+from ._runner import DEFAULT_MAX_LAG_MS, RunResult, Scenario, Send, run
 from ._schedule import Arrivals
 
 __all__ = ["Capacity", "capacity_markdown", "find_capacity", "rates"]
@@ -50,6 +50,23 @@ class Capacity:
     capacity: float | None = None
     broke_at: float | None = None
     reason: str = ""
+
+    def add(self, rate: float, result: RunResult, budgets: Budgets) -> bool:
+        """Judge the run at *rate*; ``True`` when it held (so the search goes on)."""
+        document = report(result, budgets)
+        self.steps.append((rate, document))
+        if passed(document):
+            self.capacity = rate
+            return True
+        self.broke_at = rate
+        broken = [
+            f"{name} {line}"
+            for name, route in document["routes"].items()
+            for line, check in route.get("budget", {}).items()
+            if not check["ok"]
+        ]
+        self.reason = "; ".join(document["problems"] + broken)
+        return False
 
 
 async def find_capacity(
@@ -89,20 +106,8 @@ async def find_capacity(
             max_lag_ms=max_lag_ms,
             progress=progress,
         )
-        document = report(result, budgets)
-        found.steps.append((rate, document))
-        if passed(document):
-            found.capacity = rate
-            continue
-        found.broke_at = rate
-        broken = [
-            f"{name} {line}"
-            for name, route in document["routes"].items()
-            for line, check in route.get("budget", {}).items()
-            if not check["ok"]
-        ]
-        found.reason = "; ".join(document["problems"] + broken)
-        break
+        if not found.add(rate, result, budgets):
+            break
     return found
 
 
