@@ -544,3 +544,47 @@ def test_the_command_line_runs_several_processes(recording_server: Any, tmp_path
     assert code == 0
     assert document["routes"]["GET /n"]["count"] == 30
     assert len(set(paths)) == 30
+
+
+# -- the percentile plot -----------------------------------------------------------------
+
+
+def test_the_percentile_plot_is_a_png_with_a_curve_per_route(tmp_path: Path) -> None:
+    from perfkit.load import percentile_plot  # noqa: PLC0415
+
+    rng = random.Random(3)
+    fast, slow = RouteStats(), RouteStats()
+    for _ in range(5_000):
+        fast.record(rng.lognormvariate(-6, 0.5), 200)
+        slow.record(rng.lognormvariate(-3, 1.0), 200)
+    out = percentile_plot(
+        {
+            "GET /bills/{bill_id}": fast,
+            "POST /bills/{bill_id}/votes": slow,
+            "GET /none": RouteStats(),
+        },
+        tmp_path / "plots" / "latency.png",
+        budgets=load_budgets(BUDGETS),
+    )
+    data = out.read_bytes()
+    assert data.startswith(b"\x89PNG\r\n\x1a\n")
+    width, height = int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+    assert (width, height) == (990, 605)
+
+
+def test_the_command_line_writes_the_plot(hello_server: str, tmp_path: Path) -> None:
+    from perfkit.load._cli import main  # noqa: PLC0415
+
+    png = tmp_path / "latency.png"
+    code = main([hello_server, "--scenario", "load_scenarios:hello", "--rate", "40",
+                 "--duration", "0.5", "--warmup", "0", "--max-lag-ms", "1000",
+                 "--budgets", str(_budgets_file(tmp_path, 5_000)), "--png", str(png)])  # fmt: skip
+    assert code == 0
+    assert png.read_bytes().startswith(b"\x89PNG")
+    steps = tmp_path / "steps.png"
+    budgets = str(_budgets_file(tmp_path, 5_000))
+    code = main([hello_server, "--scenario", "load_scenarios:hello", "--step", "20:40:2",
+                 "--duration", "0.5", "--warmup", "0", "--max-lag-ms", "1000",
+                 "--budgets", budgets, "--png", str(steps)])  # fmt: skip
+    assert code == 0
+    assert steps.read_bytes().startswith(b"\x89PNG")

@@ -144,6 +144,7 @@ LOAD = [
     "load_budgets",
     "markdown",
     "passed",
+    "percentile_plot",
     "rates",
     "report",
     "run",

@@ -5,9 +5,10 @@ Starts the API as ``make demo`` does (the embedded default: the SQLite demo file
 the in-process cache; ``PERFKIT_DATABASE_URL`` / ``PERFKIT_REDIS_URL`` to use
 PostgreSQL and Redis), makes fresh bills for the vote casts, runs :func:`scenario`
 at ``PERFKIT_LOAD_RATE`` requests per second (default: the budgets' rate) for
-``PERFKIT_LOAD_SECONDS`` (default 20) after a 5 s warm-up, writes
-``var/load/report.json`` and ``var/load/report.md``, and exits with the verdict:
-0 valid and within budget, 1 a budget broken or the run invalid.
+``PERFKIT_LOAD_SECONDS`` (default 20) after a 5 s warm-up from
+``PERFKIT_LOAD_PROCESSES`` generator processes (default 1), writes
+``var/load/report.json``, ``var/load/report.md`` and ``var/load/latency.png``, and exits
+with the verdict: 0 valid and within budget, 1 a budget broken or the run invalid.
 """
 
 from __future__ import annotations
@@ -38,11 +39,11 @@ def scenario(fresh_bills: list[int] | None = None) -> Scenario:
     """
     The example API's mix: mostly reads (a bill, its vote counts, offset pages, the first
     keyset page, a user), plus user creations and vote casts on fresh (bill, user) pairs:
-    vote *n* goes to ``fresh_bills[n % len]`` from user ``n // len + 1``, which no seeded
-    vote and no other request of the run has used.
+    request *i*, a cast, goes to ``fresh_bills[i % len]`` from user ``i // len + 1``, which
+    no seeded vote and no other request of the run has used (request numbers are unique
+    across generator processes too).
     """
     bills = fresh_bills or []
-    casts = [0]
 
     def bill(_i: int, rng: random.Random) -> Request:
         return Request("GET /bills/{bill_id}", "GET", f"/bills/{_pick(rng, SEEDED_BILLS)}")
@@ -64,11 +65,9 @@ def scenario(fresh_bills: list[int] | None = None) -> Scenario:
         body = {"username": f"load{os.getpid()}x{i}", "email": f"load{os.getpid()}x{i}@example.org"}
         return Request("POST /users", "POST", "/users", json=body)
 
-    def vote(_i: int, _rng: random.Random) -> Request:
-        n = casts[0]
-        casts[0] += 1
-        bill_id = bills[n % len(bills)]
-        user_id = n // len(bills) % SEEDED_USERS + 1
+    def vote(i: int, _rng: random.Random) -> Request:
+        bill_id = bills[i % len(bills)]
+        user_id = i // len(bills) % SEEDED_USERS + 1
         path = f"/bills/{bill_id}/votes"
         return Request(
             "POST /bills/{bill_id}/votes", "POST", path, json={"user_id": user_id, "choice": "yes"}
@@ -124,6 +123,8 @@ def main() -> int:
             base, "--rate", str(rate),
             "--duration", seconds, "--warmup", "5", "--budgets", str(BUDGETS),
             "--json", str(OUT / "report.json"), "--markdown", str(OUT / "report.md"),
+            "--png", str(OUT / "latency.png"),
+            "--processes", os.environ.get("PERFKIT_LOAD_PROCESSES", "1"),
         ], scenario=scenario(fresh))  # fmt: skip
     finally:
         server.terminate()

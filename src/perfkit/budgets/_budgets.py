@@ -91,6 +91,14 @@ class Budget:
         """``"GET /bills/{bill_id}"``: how reports name the route."""
         return f"{self.method} {self.route}"
 
+    def limits(self) -> dict[float, float]:
+        """The latency limits by percentile: ``{50.0: 25.0, 95.0: 100.0}`` (ms)."""
+        return {
+            PERCENTILES[name]: getattr(self, name)
+            for name in LATENCY_FIELDS
+            if getattr(self, name) is not None
+        }
+
     def thresholds_seconds(self) -> list[float]:
         """Every latency limit in seconds (histogram bucket boundaries must include them)."""
         return [getattr(self, name) / 1000 for name in LATENCY_FIELDS if getattr(self, name)]

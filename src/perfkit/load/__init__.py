@@ -17,6 +17,7 @@ from __future__ import annotations
 from perfkit.budgets import Budget, BudgetError, Budgets, Check, load_budgets
 
 from ._client import HTTPClient
+from ._plot import percentile_plot
 from ._processes import run_in_processes
 from ._report import markdown, passed, report
 from ._runner import Recorder, Request, RunResult, Scenario, Step, run
@@ -43,6 +44,7 @@ __all__ = [
     "load_budgets",
     "markdown",
     "passed",
+    "percentile_plot",
     "rates",
     "report",
     "run",

@@ -15,9 +15,11 @@ from typing import Any
 from perfkit.budgets import BudgetError, load_budgets
 
 from ._client import HTTPClient
+from ._plot import percentile_plot
 from ._processes import run_in_processes
 from ._report import markdown, passed, report
 from ._runner import DEFAULT_MAX_LAG_MS, Request, RunResult, Scenario, run
+from ._stats import RouteStats
 from ._step import Capacity, capacity_markdown, find_capacity, rates
 
 __all__ = ["main"]
@@ -50,7 +52,10 @@ def _common(options: argparse.Namespace) -> dict[str, Any]:
     }
 
 
-async def _run(options: argparse.Namespace, scenario: Scenario) -> dict[str, Any]:
+Curves = dict[str, RouteStats]
+
+
+async def _run(options: argparse.Namespace, scenario: Scenario) -> tuple[dict[str, Any], Curves]:
     """One generator process: the run or the capacity search on this event loop."""
     async with HTTPClient(options.target, timeout=options.timeout) as client:
 
@@ -62,12 +67,23 @@ async def _run(options: argparse.Namespace, scenario: Scenario) -> dict[str, Any
                 send, scenario, budgets=load_budgets(options.budgets), rates=options.step,
                 **_common(options),
             )  # fmt: skip
-            return _capacity_document(found)
+            return _capacity_document(found), _step_curves(found)
         result = await run(send, scenario, rate=options.rate, **_common(options))
-    return report(result, load_budgets(options.budgets) if options.budgets else None)
+    return _report(options, result)
 
 
-def _run_processes(options: argparse.Namespace, scenario: Scenario) -> dict[str, Any]:
+def _report(options: argparse.Namespace, result: RunResult) -> tuple[dict[str, Any], Curves]:
+    budgets = load_budgets(options.budgets) if options.budgets else None
+    return report(result, budgets), dict(sorted(result.routes.items()))
+
+
+def _step_curves(found: Capacity) -> Curves:
+    return {f"{rate:,.0f} req/s": result.total() for rate, result in found.results}
+
+
+def _run_processes(
+    options: argparse.Namespace, scenario: Scenario
+) -> tuple[dict[str, Any], Curves]:
     """Several generator processes (no event loop here: they are forked)."""
 
     def at(rate: float) -> RunResult:
@@ -83,8 +99,8 @@ def _run_processes(options: argparse.Namespace, scenario: Scenario) -> dict[str,
             _progress(f"step: {rate:,.0f} req/s from {options.processes} processes")
             if not found.add(rate, at(rate), budgets):
                 break
-        return _capacity_document(found)
-    return report(at(options.rate), load_budgets(options.budgets) if options.budgets else None)
+        return _capacity_document(found), _step_curves(found)
+    return _report(options, at(options.rate))
 
 
 def _capacity_document(found: Capacity) -> dict[str, Any]:
@@ -133,6 +149,11 @@ def main(argv: list[str] | None = None, *, scenario: Scenario | None = None) -> 
     parser.add_argument("--budgets", type=Path, help="budgets.json to judge the run by")
     parser.add_argument("--json", type=Path, help="write the JSON report here")
     parser.add_argument("--markdown", type=Path, help="write the Markdown table here")
+    parser.add_argument(
+        "--png",
+        type=Path,
+        help="write the latency-percentile plot here (a curve per route, or per rate in step mode)",
+    )
     options = parser.parse_args(argv)
     if (options.rate is None) == (options.step is None):
         parser.error("give exactly one of --rate or --step")
@@ -145,9 +166,9 @@ def main(argv: list[str] | None = None, *, scenario: Scenario | None = None) -> 
             load_budgets(options.budgets)  # a bad file fails before the run, not after
         chosen = scenario if scenario is not None else _scenario(options.scenario)
         if options.processes > 1:
-            document = _run_processes(options, chosen)
+            document, curves = _run_processes(options, chosen)
         else:
-            document = asyncio.run(_run(options, chosen))
+            document, curves = asyncio.run(_run(options, chosen))
     except BudgetError as exc:
         print(f"perfkit-load: {exc}", file=sys.stderr)
         return 2
@@ -159,6 +180,14 @@ def main(argv: list[str] | None = None, *, scenario: Scenario | None = None) -> 
     if options.markdown:
         options.markdown.parent.mkdir(parents=True, exist_ok=True)
         options.markdown.write_text(table + "\n", encoding="utf-8")
+    if options.png:
+        percentile_plot(
+            curves,
+            options.png,
+            budgets=load_budgets(options.budgets) if options.budgets and not options.step else None,
+            title=f"{options.target}: " + ("capacity search" if options.step else
+                                           f"{options.rate:,.0f} req/s"),
+        )  # fmt: skip
     if options.step:
         return 0 if document["capacity"] is not None else 1
     return 0 if passed(document) else 1

@@ -42,11 +42,13 @@ class Capacity:
             (``None``: not even the first).
         broke_at: The first rate that failed (``None``: none did).
         reason: Why it failed: the run's problems or the budget lines broken.
+        results: ``(rate, result)`` of each step, histograms and all.
 
     .. versionadded:: 0.2.0
     """
 
     steps: list[tuple[float, dict[str, Any]]] = field(default_factory=list)
+    results: list[tuple[float, RunResult]] = field(default_factory=list)
     capacity: float | None = None
     broke_at: float | None = None
     reason: str = ""
@@ -55,6 +57,7 @@ class Capacity:
         """Judge the run at *rate*; ``True`` when it held (so the search goes on)."""
         document = report(result, budgets)
         self.steps.append((rate, document))
+        self.results.append((rate, result))
         if passed(document):
             self.capacity = rate
             return True
