@@ -35,13 +35,14 @@ SEEDED_BILLS: Final = 10_000
 FRESH_BILLS: Final = 200
 
 
-def scenario(fresh_bills: list[int] | None = None) -> Scenario:
+def scenario(fresh_bills: list[int] | None = None, *, first: int = 0) -> Scenario:
     """
     The example API's mix: mostly reads (a bill, its vote counts, offset pages, the first
     keyset page, a user), plus user creations and vote casts on fresh (bill, user) pairs:
     request *i*, a cast, goes to ``fresh_bills[i % len]`` from user ``i // len + 1``, which
     no seeded vote and no other request of the run has used (request numbers are unique
-    across generator processes too).
+    across generator processes too). Several runs against one database each need their
+    own *first* request number (its casts and user names are then new too).
     """
     bills = fresh_bills or []
 
@@ -62,12 +63,14 @@ def scenario(fresh_bills: list[int] | None = None) -> Scenario:
         return Request("GET /users/{user_id}", "GET", f"/users/{_pick(rng, SEEDED_USERS)}")
 
     def new_user(i: int, _rng: random.Random) -> Request:
-        body = {"username": f"load{os.getpid()}x{i}", "email": f"load{os.getpid()}x{i}@example.org"}
+        name = f"load{os.getpid()}x{first + i}"
+        body = {"username": name, "email": f"{name}@example.org"}
         return Request("POST /users", "POST", "/users", json=body)
 
     def vote(i: int, _rng: random.Random) -> Request:
-        bill_id = bills[i % len(bills)]
-        user_id = i // len(bills) % SEEDED_USERS + 1
+        n = first + i
+        bill_id = bills[n % len(bills)]
+        user_id = n // len(bills) % SEEDED_USERS + 1
         path = f"/bills/{bill_id}/votes"
         return Request(
             "POST /bills/{bill_id}/votes", "POST", path, json={"user_id": user_id, "choice": "yes"}
