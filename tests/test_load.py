@@ -448,6 +448,65 @@ async def test_the_client_raises_when_the_server_hangs_up_or_is_not_there() -> N
         HTTPClient("https://example.org")
 
 
+async def _hanging_up_server(answered_per_connection: int) -> tuple[asyncio.Server, list[int]]:
+    """Answers *answered_per_connection* requests per connection, then reads the next one
+    and closes without a word (a server closing a kept-alive connection as a request
+    arrives); keeps how many requests each connection carried."""
+    carried: list[int] = []
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        carried.append(0)
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                length = re.search(rb"(?i)content-length: (\d+)", head)
+                if length:
+                    await reader.readexactly(int(length.group(1)))
+                carried[-1] += 1
+                if carried[-1] > answered_per_connection:
+                    break
+                writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+    return await asyncio.start_server(handle, "127.0.0.1", 0), carried
+
+
+@pytest.mark.anyio
+async def test_a_get_on_a_connection_closed_as_it_went_out_is_sent_again() -> None:
+    """
+    The server closes the kept-alive connection as the second request arrives: a GET goes
+    again on a new connection and succeeds; a POST fails (the server may have acted on it).
+    """
+    server, carried = await _hanging_up_server(answered_per_connection=1)
+    port = server.sockets[0].getsockname()[1]
+    async with HTTPClient(f"http://127.0.0.1:{port}", timeout=5) as client:
+        assert await client.request("GET", "/one") == 200
+        assert await client.request("GET", "/two") == 200  # retried on a new connection
+        with pytest.raises(ConnectionError, match="kept-alive"):
+            await client.request("POST", "/three", json={})
+    server.close()
+    await server.wait_closed()
+    assert carried == [2, 2]  # /one + /two refused; /two + /three refused
+
+
+@pytest.mark.anyio
+async def test_connections_closed_by_the_server_or_idle_too_long_are_not_reused() -> None:
+    server, carried = await _hanging_up_server(answered_per_connection=100)
+    port = server.sockets[0].getsockname()[1]
+    async with HTTPClient(f"http://127.0.0.1:{port}", idle_timeout=0.05) as client:
+        assert await client.request("POST", "/a", json={}) == 200
+        await asyncio.sleep(0.1)  # idle past idle_timeout: a new connection
+        assert await client.request("POST", "/b", json={}) == 200
+        assert await client.request("POST", "/c", json={}) == 200  # reused at once
+    server.close()
+    await server.wait_closed()
+    assert carried == [1, 2]
+
+
 # -- several generator processes ----------------------------------------------------------
 
 

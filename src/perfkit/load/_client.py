@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json as _json
+import time
 from collections import deque
 from typing import Any, Final
 from urllib.parse import urlsplit
@@ -29,13 +30,19 @@ class HTTPClient:
         base_url: ``http://127.0.0.1:8000`` (no TLS: a load test of a service on its own
             network).
         timeout: Seconds a request may take, connecting included.
+        idle_timeout: Seconds a connection may sit idle before it is closed instead of
+            reused: below the server's keep-alive timeout (uvicorn's is 5 s), so the
+            server does not close it just as a request goes out on it. A connection the
+            server has closed is never reused, and a GET or HEAD that finds its reused
+            connection closed before any answer is sent again on a new one (a request
+            with a body is not: it fails, as the server may have seen it).
 
     Use it as an async context manager, or call :meth:`aclose`.
 
     .. versionadded:: 0.2.0
     """
 
-    def __init__(self, base_url: str, *, timeout: float = 30.0) -> None:
+    def __init__(self, base_url: str, *, timeout: float = 30.0, idle_timeout: float = 4.0) -> None:
         parts = urlsplit(base_url)
         if parts.scheme != "http" or not parts.hostname:
             msg = f"base_url must be http://host[:port], not {base_url!r}"
@@ -43,8 +50,10 @@ class HTTPClient:
         self.host = parts.hostname
         self.port = parts.port or 80
         self.timeout = timeout
+        self.idle_timeout = idle_timeout
         self._host_header = f"Host: {parts.netloc}\r\n".encode("latin-1")
-        self._idle: deque[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = deque()
+        # (reader, writer, when it went idle), most recent last
+        self._idle: deque[tuple[asyncio.StreamReader, asyncio.StreamWriter, float]] = deque()
 
     async def __aenter__(self) -> HTTPClient:
         return self
@@ -55,7 +64,7 @@ class HTTPClient:
     async def aclose(self) -> None:
         """Close every idle connection."""
         while self._idle:
-            _, writer = self._idle.popleft()
+            _, writer, _ = self._idle.popleft()
             await _close(writer)
 
     async def request(self, method: str, path: str, *, json: Any = None) -> int:
@@ -63,26 +72,50 @@ class HTTPClient:
         return await asyncio.wait_for(self._request(method, path, json), self.timeout)
 
     async def _request(self, method: str, path: str, body: Any) -> int:
-        if self._idle:
-            reader, writer = self._idle.pop()
-        else:
-            reader, writer = await asyncio.open_connection(self.host, self.port)
+        head = [f"{method} {path} HTTP/1.1\r\n".encode("latin-1"), self._host_header]
+        payload = b""
+        if body is not None:
+            payload = _json.dumps(body, separators=(",", ":")).encode()
+            head.append(b"Content-Type: application/json\r\n")
+        if payload or method in ("POST", "PUT", "PATCH"):
+            head.append(b"Content-Length: %d\r\n" % len(payload))
+        head.append(b"\r\n")
+        message = b"".join(head) + payload
+        connection = self._reusable()
+        if connection is not None:
+            try:
+                return await self._exchange(*connection, message, method)
+            except _ClosedIdle:
+                if method not in ("GET", "HEAD"):
+                    raise ConnectionError("the server closed a kept-alive connection") from None
+        reader, writer = await asyncio.open_connection(self.host, self.port)
         try:
-            head = [f"{method} {path} HTTP/1.1\r\n".encode("latin-1"), self._host_header]
-            payload = b""
-            if body is not None:
-                payload = _json.dumps(body, separators=(",", ":")).encode()
-                head.append(b"Content-Type: application/json\r\n")
-            if payload or method in ("POST", "PUT", "PATCH"):
-                head.append(b"Content-Length: %d\r\n" % len(payload))
-            head.append(b"\r\n")
-            writer.write(b"".join(head) + payload)
+            return await self._exchange(reader, writer, message, method)
+        except _ClosedIdle:
+            raise ConnectionError("the server closed the connection") from None
+
+    def _reusable(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter] | None:
+        now = time.monotonic()
+        while self._idle:
+            reader, writer, since = self._idle.pop()
+            if reader.at_eof() or writer.is_closing() or now - since > self.idle_timeout:
+                writer.close()
+                continue
+            return reader, writer
+        return None
+
+    async def _exchange(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, message: bytes,
+        method: str,
+    ) -> int:  # fmt: skip
+        try:
+            writer.write(message)
             status, keep = await _read_response(reader, head_only=method == "HEAD")
         except BaseException:
             writer.close()  # at once, even when cancelled; the socket is freed by the loop
             raise
         if keep:
-            self._idle.append((reader, writer))
+            self._idle.append((reader, writer, time.monotonic()))
         else:
             await _close(writer)
         return status
@@ -94,10 +127,17 @@ async def _close(writer: asyncio.StreamWriter) -> None:
         await writer.wait_closed()
 
 
+class _ClosedIdle(ConnectionError):
+    """The connection was closed before any byte of an answer came: nothing was answered."""
+
+
 async def _read_response(reader: asyncio.StreamReader, *, head_only: bool) -> tuple[int, bool]:
-    line = await reader.readline()
+    try:
+        line = await reader.readline()
+    except ConnectionResetError:
+        raise _ClosedIdle from None
     if not line:
-        raise ConnectionError("the server closed the connection")
+        raise _ClosedIdle
     parts = line.split(None, 2)
     if len(parts) < 2 or not parts[0].startswith(b"HTTP/1."):
         raise ConnectionError(f"not an HTTP/1.x answer: {line[:80]!r}")
