@@ -43,7 +43,7 @@ import sqlalchemy as sa
 from bill_api.loadtest import SEEDED_USERS, scenario
 from perfkit.load import HTTPClient, Request, load_budgets, report, run
 from perfkit.reference import open_stores, seed
-from servers import PIN_SERVER, Config, group_cpu_seconds, serve, uvicorn
+from servers import PIN_SERVER, Config, serve, uvicorn
 
 ROOT = Path(__file__).resolve().parents[1]
 PG_ADMIN = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"

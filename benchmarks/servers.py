@@ -51,7 +51,13 @@ ROOT = Path(__file__).resolve().parents[1]
 _PIN = shutil.which("taskset") is not None and (os.cpu_count() or 1) >= 2
 PIN_SERVER = ("taskset", "-c", "0") if _PIN else ()
 PIN_LOAD = ("taskset", "-c", "1") if _PIN else ()
-PYTHONPATH = os.pathsep.join([str(ROOT / "benchmarks"), str(ROOT / "examples"), *filter(None, [os.environ.get("EXTRA_PYTHONPATH")])])
+PYTHONPATH = os.pathsep.join(
+    [
+        str(ROOT / "benchmarks"),
+        str(ROOT / "examples"),
+        *filter(None, [os.environ.get("EXTRA_PYTHONPATH")]),
+    ]
+)
 
 
 @dataclass(frozen=True, slots=True)
