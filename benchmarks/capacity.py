@@ -6,7 +6,8 @@ pinned to core 0 (with PostgreSQL's and Redis's processes, when used, so the ser
 "machine" is one core), 2,000 fresh bills are made for the vote casts, and the generator
 (one process, pinned to core 1) runs the make-loadtest scenario (bill, counts, offset
 and keyset pages, users, user creations, vote casts) at rising rates: a 3 s warm-up, then
-``--seconds`` measured, each step ``--factor`` times the last, until a route's p95 passes
+``--seconds`` measured (the first step after ``--warm`` seconds at the start rate, caches
+and pages starting cold), each step ``--factor`` times the last, until a route's p95 passes
 100 ms, its 5xx/failed share passes 1 %, or the run is invalid by the runner's own gate.
 
 Setups:
@@ -116,14 +117,16 @@ def pinned_services(names: tuple[str, ...]) -> Iterator[None]:
                            check=False)  # fmt: skip
 
 
-async def step(port: int, bills: list[int], rate: float, seconds: float, first: int) -> Step:
+async def step(
+    port: int, bills: list[int], rate: float, seconds: float, first: int, warmup: float = 3.0
+) -> Step:
     mix = scenario(bills, first=first)
     async with HTTPClient(f"http://127.0.0.1:{port}", timeout=10) as client:
 
         async def send(request: Request) -> int:
             return await client.request(request.method, request.path, json=request.json)
 
-        result = await run(send, mix, rate=rate, duration=seconds, warmup=3.0,
+        result = await run(send, mix, rate=rate, duration=seconds, warmup=warmup,
                            arrivals="poisson", seed=int(rate))  # fmt: skip
     loose, tight = report(result, LOOSE), report(result, TIGHT)
     routes = loose["routes"].values()
@@ -142,7 +145,9 @@ async def step(port: int, bills: list[int], rate: float, seconds: float, first: 
     )  # fmt: skip
 
 
-def search(config: Config, start: float, factor: float, stop: float, seconds: float) -> list[Step]:
+def search(
+    config: Config, start: float, factor: float, stop: float, seconds: float, warm: float
+) -> list[Step]:
     steps: list[Step] = []
     with serve(config) as (port, _group):
         base = f"http://127.0.0.1:{port}"
@@ -152,8 +157,10 @@ def search(config: Config, start: float, factor: float, stop: float, seconds: fl
             for i in range(FRESH_BILLS)
         ]  # fmt: skip
         assert FRESH_BILLS * SEEDED_USERS >= 2_000_000
+        # The first step's warm-up is long: the caches (and SQLite's pages) start cold.
+        found = asyncio.run(step(port, bills, start, 1.0, 0, warmup=warm))
+        first = int(start * (warm + 1) * 1.2) + 1000
         rate = start
-        first = 0
         while rate <= stop:
             found = asyncio.run(step(port, bills, rate, seconds, first))
             first += int(rate * (seconds + 3) * 1.2) + 1000  # more than this step can send
@@ -185,6 +192,7 @@ def main() -> None:
     parser.add_argument("--start", type=float, default=400.0)
     parser.add_argument("--factor", type=float, default=1.25)
     parser.add_argument("--stop", type=float, default=20000.0)
+    parser.add_argument("--warm", type=float, default=30.0, help="seconds at START first")
     parser.add_argument("--json", type=Path, default=ROOT / "var" / "capacity.json")
     options = parser.parse_args()
     if PIN_SERVER:
@@ -208,7 +216,7 @@ def main() -> None:
             config = Config(f"{backend} {setup}", argv, "/readyz", env=env)
             with pinned_services(services):
                 steps = search(config, options.start, options.factor, options.stop,
-                               options.seconds)  # fmt: skip
+                               options.seconds, options.warm)  # fmt: skip
             results[config.label] = {
                 "steps": [vars(s) for s in steps],
                 "p95_100ms": vars(held) if (held := capacity(steps, "loose_ok")) else None,
