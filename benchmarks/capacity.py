@@ -1,7 +1,8 @@
 """
 The example API's capacity under open-model load: naive vs perfkit with everything on.
 
-For each backend (SQLite; PostgreSQL + Redis) and each setup, the server starts fresh
+For each backend (SQLite; PostgreSQL + Redis) and each setup, the database starts from the
+same seeded state (10,000 bills, 1,000 users, 100,000 votes), the server starts fresh
 pinned to core 0 (with PostgreSQL's and Redis's processes, when used, so the server
 "machine" is one core), 2,000 fresh bills are made for the vote casts, and the generator
 (one process, pinned to core 1) runs the make-loadtest scenario (bill, counts, offset
@@ -30,6 +31,7 @@ import argparse
 import asyncio
 import json
 import os
+import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -79,15 +81,20 @@ class Step:
 
 
 def sqlite_url(directory: Path) -> str:
-    path = directory / "capacity.sqlite3"
-    url = f"sqlite:///{path}"
-    if not path.exists():
-        with open_stores(url) as stores:
+    """A fresh copy of the seeded database (seeded once): every setup starts from the same."""
+    pristine = directory / "capacity-seeded.sqlite3"
+    if not pristine.exists():
+        with open_stores(f"sqlite:///{pristine}") as stores:
             seed(stores.engine)
-    return url
+    path = directory / "capacity.sqlite3"
+    for suffix in ("", "-wal", "-shm"):
+        Path(f"{path}{suffix}").unlink(missing_ok=True)
+    shutil.copyfile(pristine, path)
+    return f"sqlite:///{path}"
 
 
 def postgres_url() -> str:
+    """A freshly seeded database: every setup starts from the same."""
     admin = sa.create_engine(PG_ADMIN, isolation_level="AUTOCOMMIT")
     with admin.connect() as conn:
         conn.execute(sa.text(f"DROP DATABASE IF EXISTS {PG_DATABASE} WITH (FORCE)"))
@@ -202,9 +209,9 @@ def main() -> None:
     app = "bill_api.app:create_app"
     results: dict[str, Any] = {}
     for backend in options.backends.split(","):
-        url = sqlite_url(workdir) if backend == "sqlite" else postgres_url()
         services = () if backend == "sqlite" else ("postgres", "redis-server")
         for setup in options.setups.split(","):
+            url = sqlite_url(workdir) if backend == "sqlite" else postgres_url()
             env = {"PERFKIT_DATABASE_URL": url}
             if setup == "naive":
                 env["PERFKIT_CACHE"] = "off"
