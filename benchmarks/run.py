@@ -169,6 +169,12 @@ BENCHMARKS: Final[tuple[Benchmark, ...]] = (
         databases=False,
     ),
     Benchmark(
+        name="capacity",
+        title="The example API's capacity, naive vs perfkit (open-model load; ~30 min)",
+        run=_script("capacity.py"),
+        databases=False,
+    ),
+    Benchmark(
         name="middleware",
         title="Timing middleware under wrk",
         run=_script("middleware.py"),

@@ -5,7 +5,8 @@ Starts the API as ``make demo`` does (the embedded default: the SQLite demo file
 the in-process cache; ``PERFKIT_DATABASE_URL`` / ``PERFKIT_REDIS_URL`` to use
 PostgreSQL and Redis), makes fresh bills for the vote casts, runs :func:`scenario`
 at ``PERFKIT_LOAD_RATE`` requests per second (default: the budgets' rate) for
-``PERFKIT_LOAD_SECONDS`` (default 20) after a 5 s warm-up from
+``PERFKIT_LOAD_SECONDS`` (default 20) after ``PERFKIT_LOAD_WARMUP`` seconds (default 20:
+the caches start cold) from
 ``PERFKIT_LOAD_PROCESSES`` generator processes (default 1), writes
 ``var/load/report.json``, ``var/load/report.md`` and ``var/load/latency.png``, and exits
 with the verdict: 0 valid and within budget, 1 a budget broken or the run invalid.
@@ -124,7 +125,8 @@ def main() -> int:
         ]
         return load_main([
             base, "--rate", str(rate),
-            "--duration", seconds, "--warmup", "5", "--budgets", str(BUDGETS),
+            "--duration", seconds, "--warmup", os.environ.get("PERFKIT_LOAD_WARMUP", "20"),
+            "--budgets", str(BUDGETS),
             "--json", str(OUT / "report.json"), "--markdown", str(OUT / "report.md"),
             "--png", str(OUT / "latency.png"),
             "--processes", os.environ.get("PERFKIT_LOAD_PROCESSES", "1"),
