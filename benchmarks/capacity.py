@@ -44,7 +44,7 @@ from typing import Any
 import httpx
 import sqlalchemy as sa
 
-from bill_api.loadtest import SEEDED_BILLS, SEEDED_USERS, scenario
+from bill_api.loadtest import SEEDED_USERS, prime, scenario
 from perfkit.load import HTTPClient, Request, load_budgets, report, run
 from perfkit.reference import open_stores, seed
 from servers import PIN_SERVER, Config, serve, uvicorn
@@ -153,22 +153,6 @@ async def step(
     )  # fmt: skip
 
 
-async def prime(port: int) -> None:
-    """Read every bill, vote count, user and listing page once (16 at a time)."""
-    paths = [f"/bills/{i}" for i in range(1, SEEDED_BILLS + 1)]
-    paths += [f"/bills/{i}/votes/counts" for i in range(1, SEEDED_BILLS + 1)]
-    paths += [f"/users/{i}" for i in range(1, SEEDED_USERS + 1)]
-    paths += [f"/bills?page={i}&limit=20" for i in range(1, 51)] + ["/bills?cursor=&limit=20"]
-    queue = iter(paths)
-    async with HTTPClient(f"http://127.0.0.1:{port}", timeout=30) as client:
-
-        async def worker() -> None:
-            for path in queue:
-                await client.request("GET", path)
-
-        await asyncio.gather(*(worker() for _ in range(16)))
-
-
 def search(
     config: Config, start: float, factor: float, stop: float, seconds: float, warm: float
 ) -> list[Step]:
@@ -183,7 +167,7 @@ def search(
         assert FRESH_BILLS * SEEDED_USERS >= 2_000_000
         # Steady state, as a long-running service is in: every record read once (the
         # caches and the database's pages start cold), then the mix for a while.
-        asyncio.run(prime(port))
+        asyncio.run(prime(base))
         asyncio.run(step(port, bills, start, 1.0, 0, warmup=warm))
         first = int(start * (warm + 1) * 1.2) + 1000
         rate = start
