@@ -44,6 +44,7 @@ BUDGETS = load_budgets({
         {"method": "GET", "route": "/b"},
         {"method": "POST", "route": "/c"},
         {"method": "GET", "route": "/quiet"},
+        {"method": "GET", "route": "/nobucket", "p50_ms": 25, "p95_ms": 30, "p99_ms": 250},
         {"method": "GET", "route": "/other"},
     ],
 })  # fmt: skip
@@ -108,6 +109,8 @@ def _input_series() -> list[Any]:
     series += _histogram("/c", "POST", 500, _steady(3, {0.025: 3, 0.1: 3, 0.25: 3}))
     # /quiet: one request every 10 minutes, all slow: under min_rate, no alert.
     series += _histogram("/quiet", "GET", 200, _steady(0.1, {0.025: 0, 0.1: 0, 0.25: 0}))
+    # /nobucket: its 30 ms budget has no bucket at 0.03 to read (no duration_buckets=).
+    series += _histogram("/nobucket", "GET", 200, _steady(6, {0.025: 6, 0.1: 6, 0.25: 6}))
     # Another job's /other, all slow and failing: outside the selector.
     other = _histogram("/other", "GET", 500, _steady(60, {0.025: 0, 0.1: 0, 0.25: 0}))
     for entry in other:
@@ -164,13 +167,15 @@ def test_the_rules_fire_on_recorded_series(promtool: str, tmp_path: Path) -> Non
     """
     promtool test rules: over an hour of recorded series the page and ticket alerts fire
     for a lasting latency breach and an error-rate breach, not for a one-minute blip, a
-    route too quiet to judge or another job's series; an open breaker and a cold cache
-    alert; and the recording rules hold the ratios the alerts use.
+    route too quiet to judge or another job's series; an open breaker, a cold cache and a
+    budget without its bucket alert; and the recording rules hold the ratios the alerts
+    use, under the selector's job label.
     """
     rules = prometheus_rules(BUDGETS, selector=SELECTOR)
     (tmp_path / "rules.yml").write_text(to_yaml(rules), encoding="utf-8")
-    a = {"http_request_method": "GET", "http_route": "/a/{id}"}
-    c = {"http_request_method": "POST", "http_route": "/c"}
+    a = {"job": "api", "http_request_method": "GET", "http_route": "/a/{id}"}
+    c = {"job": "api", "http_request_method": "POST", "http_route": "/c"}
+    missing = {"job": "api", "http_request_method": "GET", "http_route": "/nobucket"}
     latency = [
         _expected(rules, "PerfkitLatencyBudget",
                   {"severity": severity, "budget": "p95_ms", **a}, "10%")
@@ -220,7 +225,19 @@ def test_the_rules_fire_on_recorded_series(promtool: str, tmp_path: Path) -> Non
                             ),
                         ],
                     },
-                    # (60 + 60 + 100 + 0.1) per minute = 3.668 requests/s > the budgets' 3.
+                    {
+                        "eval_time": "45m",
+                        "alertname": "PerfkitBudgetBucketMissing",
+                        "exp_alerts": [
+                            _expected(
+                                rules,
+                                "PerfkitBudgetBucketMissing",
+                                {"severity": "ticket", "le": "0.03", **missing},
+                                "",
+                            )
+                        ],
+                    },
+                    # (60 + 60 + 100 + 0.1 + 6) per minute = 3.768 requests/s > the budgets' 3.
                     {
                         "eval_time": "45m",
                         "alertname": "PerfkitTrafficAboveBudgetRate",
@@ -229,7 +246,7 @@ def test_the_rules_fire_on_recorded_series(promtool: str, tmp_path: Path) -> Non
                                 rules,
                                 "PerfkitTrafficAboveBudgetRate",
                                 {"severity": "ticket"},
-                                "3.668",
+                                "3.768",
                             )
                         ],
                     },
@@ -241,7 +258,7 @@ def test_the_rules_fire_on_recorded_series(promtool: str, tmp_path: Path) -> Non
                         "exp_samples": [
                             {
                                 "labels": "route:http_server_requests:rate5m"
-                                '{http_request_method="GET",http_route="/a/{id}"}',
+                                '{http_request_method="GET",http_route="/a/{id}",job="api"}',
                                 "value": 1,
                             }
                         ],
@@ -252,7 +269,7 @@ def test_the_rules_fire_on_recorded_series(promtool: str, tmp_path: Path) -> Non
                         "exp_samples": [
                             {
                                 "labels": "route:http_server_errors:rate30m"
-                                '{http_request_method="POST",http_route="/c"}',
+                                '{http_request_method="POST",http_route="/c",job="api"}',
                                 "value": 0.05,
                             }
                         ],
@@ -317,7 +334,7 @@ def test_duration_buckets_add_the_thresholds() -> None:
     assert duration_buckets(budgets, base=(0.01, 0.1, 1.0)) == (0.002, 0.01, 0.03, 0.1, 1.0)
     assert le_label(0.03) == "0.03"
     assert le_label(1) == "1.0"
-    assert le_label(1e7) == "1e+07"
+    assert le_label(1e7) == "10000000.0"
 
 
 def test_the_dashboard_has_a_row_per_budget_with_its_lines() -> None:
@@ -494,3 +511,37 @@ def _committed_rules() -> Any:
     import yaml  # noqa: PLC0415 - a reader other than ours, to check what we wrote
 
     return yaml.safe_load((MONITORING / "alerts.yml").read_text(encoding="utf-8"))
+
+
+def test_rules_of_two_services_record_apart() -> None:
+    """The selector's labels stay on the recorded series and in every on(...) match."""
+    rules = prometheus_rules(BUDGETS, selector='job="api", env!~"dev"')
+    recording, alerts = (group["rules"] for group in rules["groups"])
+    assert all("sum by (job, env, http_request_method, http_route" in r["expr"] for r in recording)
+    latency = next(r for r in alerts if r["alert"] == "PerfkitLatencyBudget")
+    assert "and on(job, env, http_request_method, http_route)" in latency["expr"]
+
+
+def test_the_yaml_reads_back_exactly() -> None:
+    """Keys YAML would read as booleans or null, exponents, specials, control characters."""
+    import yaml  # noqa: PLC0415
+
+    document = {
+        "null": 1, "yes": 2, "on": 3, "plain_key": "{{ $value }} \"q\" \\ é",
+        "floats": [1e-07, 1e100, 0.1, float("inf"), -float("inf")],
+        "odd": "a\x7fb\u0085c\nd", "empty": {}, "none": [],
+    }  # fmt: skip
+    assert yaml.safe_load(to_yaml(document)) == document
+    assert to_yaml({}) == "{}\n"
+
+
+def test_an_unreadable_budgets_file_is_a_budget_error(tmp_path: Path) -> None:
+    from perfkit.budgets import BudgetError  # noqa: PLC0415
+
+    with pytest.raises(BudgetError, match="cannot be read"):
+        load_budgets(tmp_path)  # a directory
+    binary = tmp_path / "b.json"
+    binary.write_bytes(b"\xff\xfe{}")
+    with pytest.raises(BudgetError, match="not UTF-8"):
+        load_budgets(binary)
+    assert main(["check", str(tmp_path)]) == 2

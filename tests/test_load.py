@@ -647,3 +647,58 @@ def test_the_command_line_writes_the_plot(hello_server: str, tmp_path: Path) -> 
                  "--budgets", budgets, "--png", str(steps)])  # fmt: skip
     assert code == 0
     assert steps.read_bytes().startswith(b"\x89PNG")
+
+
+def test_a_process_that_dies_is_an_error_and_stops_the_others(recording_server: Any) -> None:
+    """One process exits without a word: RuntimeError naming it, and no process left sending."""
+    import multiprocessing  # noqa: PLC0415
+    import os  # noqa: PLC0415
+
+    url, _paths = recording_server
+
+    def die_in_process_0(i: int, rng: random.Random) -> Request:
+        if i % 2 == 0:  # process 0 of 2 numbers its requests 0, 2, 4...
+            os._exit(3)
+        return Request("GET /n", "GET", f"/n?i={i}")
+
+    with pytest.raises(RuntimeError, match=r"process 0 sent no result \(exit code 3\)"):
+        run_in_processes(
+            url, Scenario([Step(1, die_in_process_0)]), processes=2, rate=20, duration=1.0
+        )
+    assert not multiprocessing.active_children()
+
+
+@pytest.mark.anyio
+async def test_capacity_steps_number_their_requests_past_the_last_step() -> None:
+    """A step search never hands a scenario the same request number twice."""
+    seen: list[int] = []
+
+    def numbered(i: int, rng: random.Random) -> Request:
+        seen.append(i)
+        return Request("GET /n", "GET", "/n")
+
+    async def send(request: Request) -> int:
+        return 200
+
+    budgets = load_budgets({
+        "version": 1, "defaults": {"p95_ms": 1000, "max_error_rate": 0.01, "rate": 1},
+        "routes": [{"method": "GET", "route": "/n"}],
+    })  # fmt: skip
+    from perfkit.load import find_capacity  # noqa: PLC0415
+
+    found = await find_capacity(send, Scenario([Step(1, numbered)]), budgets=budgets,
+                                rates=[50, 100], duration=0.3, max_lag_ms=1000)  # fmt: skip
+    assert found.capacity == 100
+    assert len(seen) == len(set(seen)) == 15 + 30
+
+
+@pytest.mark.anyio
+async def test_a_process_that_starts_after_the_run_began_says_so() -> None:
+    import time  # noqa: PLC0415
+
+    async def send(request: Request) -> int:
+        return 200
+
+    result = await run(send, NUMBERED, rate=20, duration=0.2, begin=time.time() - 0.5,
+                       process=1, processes=2)  # fmt: skip
+    assert any("started 5" in problem for problem in result.problems), result.problems

@@ -39,7 +39,7 @@ import gc
 import inspect
 import logging
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path as FilePath
 from typing import Annotated, Any, Final
@@ -177,10 +177,11 @@ def create_app(
         if provider is not None:
             instrument_engine(opened.engine, meter_provider=provider)
         app.state.stores = opened
-        _tune_gc()
+        restore = _tune_gc()
         try:
             yield
         finally:
+            restore()
             opened.close()
             if cache is not None:
                 await cache.backend.aclose()  # the response cache's async connections
@@ -236,7 +237,7 @@ class _API(FastAPI):
 GC_THRESHOLDS: Final = (10_000, 50, 100)
 
 
-def _tune_gc() -> None:
+def _tune_gc() -> Callable[[], None]:
     """
     Keep the cyclic garbage collector out of the latency tail (docs/benchmarks.md,
     "Capacity"). Everything made at startup lives as long as the process: frozen, no
@@ -244,10 +245,19 @@ def _tune_gc() -> None:
     a full collection walks in 20-60 ms; with CPython's default thresholds (700, 10, 10)
     one ran every few seconds under load and set every route's p95. These thresholds
     collect young objects a tenth as often and full collections rarely; garbage in
-    reference cycles waits longer to be freed (this API makes little).
+    reference cycles waits longer to be freed (this API makes little). Returns what puts
+    the collector back as it was (at shutdown).
     """
+    before = gc.get_threshold()
+    gc.collect()  # startup's garbage goes first: frozen, it would stay
     gc.freeze()
     gc.set_threshold(*GC_THRESHOLDS)
+
+    def restore() -> None:
+        gc.set_threshold(*before)
+        gc.unfreeze()
+
+    return restore
 
 
 def _engine(app: FastAPI) -> sa.Engine:

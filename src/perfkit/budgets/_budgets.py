@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
-from perfkit.observability._metrics import HTTP_DURATION_BUCKETS
+from perfkit._semconv import HTTP_DURATION_BUCKETS
 
 __all__ = ["Budget", "BudgetError", "Budgets", "Check", "duration_buckets", "load_budgets"]
 
@@ -166,6 +166,10 @@ def load_budgets(source: str | Path | Mapping[str, Any]) -> Budgets:
             raise BudgetError(f"{path}: no such file") from None
         except json.JSONDecodeError as exc:
             raise BudgetError(f"{path}: not JSON: {exc}") from None
+        except UnicodeDecodeError as exc:
+            raise BudgetError(f"{path}: not UTF-8 text: {exc}") from None
+        except OSError as exc:
+            raise BudgetError(f"{path}: cannot be read: {exc.strerror or exc}") from None
     if not isinstance(document, Mapping):
         raise BudgetError("the budgets file must be a JSON object")
     _only(document, {"version", "defaults", "routes", "$comment"}, "")

@@ -74,6 +74,10 @@ def prometheus_rules(
     .. versionadded:: 0.2.0
     """
     matchers = matchers_of(selector)
+    # The selector's labels stay on the recorded series: rules of two services (job="a",
+    # job="b") in one Prometheus then record apart instead of into one series.
+    kept = list(dict.fromkeys(re.split(r"[=!]", m, maxsplit=1)[0].strip() for m in matchers))
+    by = ", ".join([*(k for k in kept if k not in ROUTE_LABELS), ROUTE_LABELS])
     if min_rate < 0:
         raise ValueError(f"min_rate must be >= 0, not {min_rate!r}")
     if min_cache_hit_ratio is not None and not 0 < min_cache_hit_ratio <= 1:
@@ -85,17 +89,16 @@ def prometheus_rules(
         recording += [
             {
                 "record": f"{REQUESTS}{window}",
-                "expr": f"sum by ({ROUTE_LABELS}) "
-                f"(rate({DURATION}_count{braces(matchers)}[{window}]))",
+                "expr": f"sum by ({by}) (rate({DURATION}_count{braces(matchers)}[{window}]))",
             },
             {
                 "record": f"{ERRORS}{window}",
-                "expr": f"sum by ({ROUTE_LABELS}) (rate({DURATION}_count"
+                "expr": f"sum by ({by}) (rate({DURATION}_count"
                 f"{braces([*matchers, 'http_response_status_code=~' + quote('5..')])}[{window}]))",
             },
             {
                 "record": f"{WITHIN}{window}",
-                "expr": f"sum by ({ROUTE_LABELS}, le) (rate({DURATION}_bucket"
+                "expr": f"sum by ({by}, le) (rate({DURATION}_bucket"
                 f"{braces([*matchers, 'le=~' + quote(le_pattern)])}[{window}]))",
             },
         ]
@@ -104,8 +107,9 @@ def prometheus_rules(
         for name in LATENCY_FIELDS:
             limit = getattr(budget, name)
             if limit is not None:
-                alerts += _latency_alerts(budget, name, limit, min_rate)
-        alerts += _error_alerts(budget, min_rate)
+                alerts += _latency_alerts(budget, name, limit, min_rate, by)
+        alerts += _error_alerts(budget, min_rate, by)
+        alerts += _bucket_guards(budget, by)
     alerts.append(
         {
             "alert": "PerfkitTrafficAboveBudgetRate",
@@ -144,7 +148,7 @@ def prometheus_rules(
     }
 
 
-def _latency_alerts(budget: Budget, name: str, limit: float, min_rate: float) -> list[Any]:
+def _latency_alerts(budget: Budget, name: str, limit: float, min_rate: float, by: str) -> list[Any]:
     percentile = PERCENTILES[name]
     allowed = round(1 - percentile / 100, 6)
     route = route_matchers(budget)
@@ -159,21 +163,21 @@ def _latency_alerts(budget: Budget, name: str, limit: float, min_rate: float) ->
     return [
         {
             "alert": "PerfkitLatencyBudget",
-            "expr": f"{slow(short)} and on({ROUTE_LABELS}) {slow(long)} "
-            f"and on({ROUTE_LABELS}) {REQUESTS}{short}{braces(route)} > {number(min_rate)}",
+            "expr": f"{slow(short)} and on({by}) {slow(long)} "
+            f"and on({by}) {REQUESTS}{short}{braces(route)} > {number(min_rate)}",
             "labels": {"severity": severity, "budget": name, **_route_labels(budget)},
             "annotations": {
                 "summary": f"{budget.key}: p{number(percentile)} above {number(limit)} ms",
                 "description": f"{{{{ $value | humanizePercentage }}}} of {budget.key} requests "
                 f"took longer than {number(limit)} ms over {short} (and over {long}); "
-                f"the budget allows {number(allowed * 100)} %.",
+                f"the budget allows {_percent(allowed)} %.",
             },
         }
         for severity, short, long in SEVERITIES
     ]
 
 
-def _error_alerts(budget: Budget, min_rate: float) -> list[Any]:
+def _error_alerts(budget: Budget, min_rate: float, by: str) -> list[Any]:
     route = route_matchers(budget)
 
     def failing(window: str) -> str:
@@ -185,18 +189,45 @@ def _error_alerts(budget: Budget, min_rate: float) -> list[Any]:
     return [
         {
             "alert": "PerfkitErrorBudget",
-            "expr": f"{failing(short)} and on({ROUTE_LABELS}) {failing(long)} "
-            f"and on({ROUTE_LABELS}) {REQUESTS}{short}{braces(route)} > {number(min_rate)}",
+            "expr": f"{failing(short)} and on({by}) {failing(long)} "
+            f"and on({by}) {REQUESTS}{short}{braces(route)} > {number(min_rate)}",
             "labels": {"severity": severity, "budget": "max_error_rate", **_route_labels(budget)},
             "annotations": {
-                "summary": f"{budget.key}: 5xx above {number(budget.max_error_rate * 100)} %",
+                "summary": f"{budget.key}: 5xx above {_percent(budget.max_error_rate)} %",
                 "description": f"{{{{ $value | humanizePercentage }}}} of {budget.key} requests "
                 f"answered 5xx over {short} (and over {long}); the budget allows "
-                f"{number(budget.max_error_rate * 100)} %.",
+                f"{_percent(budget.max_error_rate)} %.",
             },
         }
         for severity, short, long in SEVERITIES
     ]
+
+
+def _bucket_guards(budget: Budget, by: str) -> list[Any]:
+    """
+    A latency alert reads the bucket at its threshold; without that bucket (no
+    duration_buckets=, a collector rewriting ``le``) it would stay silent for ever.
+    """
+    route = route_matchers(budget)
+    guards = []
+    for seconds in budget.thresholds_seconds():
+        within = [*route, f"le={quote(le_label(seconds))}"]
+        guards.append({
+            "alert": "PerfkitBudgetBucketMissing",
+            "expr": f"{REQUESTS}30m{braces(route)} > 0 unless on({by}) "
+            f"{WITHIN}30m{braces(within)}",
+            "for": "30m",
+            "labels": {"severity": "ticket", "le": le_label(seconds), **_route_labels(budget)},
+            "annotations": {
+                "summary": f"{budget.key}: no histogram bucket at {le_label(seconds)} s",
+                "description": f"The latency budgets of {budget.key} need a bucket boundary at "
+                f"{le_label(seconds)} s and the series has none, so their alerts cannot fire: "
+                "pass duration_buckets=perfkit.budgets.duration_buckets(budgets) to the "
+                "timing middleware, or regenerate the rules for the le labels your pipeline "
+                "writes.",
+            },
+        })  # fmt: skip
+    return guards
 
 
 def _cache_alert(matchers: list[str], min_rate: float, ratio: float) -> dict[str, Any]:
@@ -217,7 +248,7 @@ def _cache_alert(matchers: list[str], min_rate: float, ratio: float) -> dict[str
         "annotations": {
             "summary": "Cache {{ $labels.perfkit_cache_namespace }}: hit ratio low",
             "description": "{{ $value | humanizePercentage }} of reads hit over 30m "
-            f"(alerting below {number(ratio * 100)} %): the cache is cold, evicting, "
+            f"(alerting below {_percent(ratio)} %): the cache is cold, evicting, "
             "or invalidated too broadly.",
         },
     }
@@ -227,3 +258,8 @@ def _route_labels(budget: Budget) -> dict[str, str]:
     # The query's result carries them too; as rule labels they also keep each route's
     # rule distinct (promtool flags same-named rules with the same labels).
     return {"http_request_method": budget.method, "http_route": budget.route}
+
+
+def _percent(fraction: float) -> str:
+    """0.05 -> ``5``: for people (annotations), where 5.000000000000001 would not do."""
+    return f"{fraction * 100:.6g}"

@@ -34,16 +34,12 @@ _SELECTOR: Final = re.compile(r'\s*[a-zA-Z_][a-zA-Z0-9_]*\s*(=|!=|=~|!~)\s*"(?:[
 
 def le_label(seconds: float) -> str:
     """
-    A bucket boundary as the Prometheus text format writes its ``le`` label (``0.1``,
-    ``1.0``, ``10.0``): Python's client and OpenTelemetry's Prometheus exporter both use
-    the float's ``repr``, and a rule must name the label exactly.
+    A bucket boundary as OpenTelemetry's Prometheus exporter writes its ``le`` label
+    (``0.1``, ``1.0``, ``10.0``: the float's ``repr``); a rule must name the label exactly.
+
+    .. versionadded:: 0.2.0
     """
-    text = repr(float(seconds))
-    dot = text.find(".")
-    if dot > 6 and "e" not in text:  # Go switches to exponents earlier than Python
-        mantissa = f"{text[0]}.{text[1:dot]}{text[dot + 1 :]}".rstrip("0").rstrip(".")
-        return f"{mantissa}e+{dot - 1:02d}"
-    return text
+    return repr(float(seconds))
 
 
 def route_matchers(budget: Budget) -> list[str]:
@@ -88,11 +84,14 @@ def braces(matchers: Iterable[str]) -> str:
     return f"{{{inside}}}" if inside else ""
 
 
+_ESCAPES: Final = {"\\": "\\\\", '"': '\\"', "\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
 def quote(text: str) -> str:
-    """*text* as a PromQL double-quoted string."""
-    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    """*text* as a PromQL double-quoted string (backslash, quote and line breaks escaped)."""
+    return '"' + "".join(_ESCAPES.get(char, char) for char in text) + '"'
 
 
 def number(value: float) -> str:
-    """``5``, ``0.05``: a number as short as it reads."""
-    return f"{value:g}" if value != int(value) else str(int(value))
+    """``5``, ``0.05``, ``1234.5678``: a number as short as it reads, never rounded."""
+    return str(int(value)) if value == int(value) else repr(float(value))

@@ -9,6 +9,7 @@ exactly (PromQL's quotes and braces included) in any YAML 1.1 or 1.2 reader.
 from __future__ import annotations
 
 import json
+import math
 import re
 from collections.abc import Mapping, Sequence
 from typing import Any, Final
@@ -16,10 +17,18 @@ from typing import Any, Final
 __all__ = ["to_yaml"]
 
 _PLAIN_KEY: Final = re.compile(r"[A-Za-z_][A-Za-z0-9_-]*")
+# Words YAML 1.1 reads as booleans or null: quoted even as keys.
+_SPECIAL: Final = frozenset(["y", "n", "yes", "no", "on", "off", "true", "false", "null"])
 
 
 def to_yaml(document: Mapping[str, Any]) -> str:
-    """*document* (mappings, lists, strings, numbers, booleans) as block-style YAML."""
+    """
+    *document* (mappings, lists, strings, numbers, booleans) as block-style YAML.
+
+    .. versionadded:: 0.2.0
+    """
+    if not document:
+        return "{}\n"
     lines: list[str] = []
     _mapping(document, 0, lines)
     return "\n".join(lines) + "\n"
@@ -28,7 +37,8 @@ def to_yaml(document: Mapping[str, Any]) -> str:
 def _mapping(mapping: Mapping[str, Any], indent: int, lines: list[str]) -> None:
     pad = " " * indent
     for key, value in mapping.items():
-        name = key if _PLAIN_KEY.fullmatch(key) else _scalar(key)
+        plain = _PLAIN_KEY.fullmatch(key) and key.lower() not in _SPECIAL
+        name = key if plain else _scalar(key)
         if _is_block(value):
             lines.append(f"{pad}{name}:")
             _block(value, indent + 2, lines)
@@ -64,17 +74,31 @@ def _is_block(value: Any) -> bool:
     )
 
 
-def _scalar(value: Any) -> str:
+def _scalar(value: Any) -> str:  # noqa: PLR0911
     if value is None:
         return "null"
     if isinstance(value, bool):
         return "true" if value else "false"
-    if isinstance(value, int | float):
-        return json.dumps(value)
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        return _float(value)
     if isinstance(value, str):
-        return json.dumps(value, ensure_ascii=False)
+        return json.dumps(value)  # non-ASCII and control characters as \\uXXXX: both read it
     if isinstance(value, Mapping):
         return "{}"
     if isinstance(value, Sequence):
         return "[]"
     raise TypeError(f"cannot write {type(value).__name__} as YAML")
+
+
+def _float(value: float) -> str:
+    if math.isnan(value):
+        return ".nan"
+    if math.isinf(value):
+        return ".inf" if value > 0 else "-.inf"
+    text = repr(value)
+    mantissa, e, exponent = text.partition("e")
+    if e and "." not in mantissa:  # 1e-07 is a string to YAML 1.1; 1.0e-07 is a float
+        text = f"{mantissa}.0e{exponent}"
+    return text

@@ -18,7 +18,7 @@ from ._client import HTTPClient
 from ._plot import percentile_plot
 from ._processes import run_in_processes
 from ._report import markdown, passed, report
-from ._runner import DEFAULT_MAX_LAG_MS, Request, RunResult, Scenario, run
+from ._runner import DEFAULT_MAX_LAG_MS, Request, RunResult, Scenario, numbers_used, run
 from ._stats import RouteStats
 from ._step import Capacity, capacity_markdown, find_capacity, rates
 
@@ -86,18 +86,21 @@ def _run_processes(
 ) -> tuple[dict[str, Any], Curves]:
     """Several generator processes (no event loop here: they are forked)."""
 
-    def at(rate: float) -> RunResult:
+    def at(rate: float, first: int = 0) -> RunResult:
         return run_in_processes(
             options.target, scenario, processes=options.processes, rate=rate,
-            timeout=options.timeout, **_common(options),
+            timeout=options.timeout, first=first, **_common(options),
         )  # fmt: skip
 
     if options.step:
         budgets = load_budgets(options.budgets)
         found = Capacity()
+        first = 0
         for rate in options.step:
             _progress(f"step: {rate:,.0f} req/s from {options.processes} processes")
-            if not found.add(rate, at(rate), budgets):
+            result = at(rate, first)
+            first += numbers_used(rate, options.warmup + options.duration)
+            if not found.add(rate, result, budgets):
                 break
         return _capacity_document(found), _step_curves(found)
     return _report(options, at(options.rate))
@@ -161,6 +164,11 @@ def main(argv: list[str] | None = None, *, scenario: Scenario | None = None) -> 
         parser.error("--step needs --budgets")
     if options.processes < 1:
         parser.error("--processes must be at least 1")
+    if options.png:
+        try:
+            import matplotlib  # noqa: F401, PLC0415 - fail before the run, not after it
+        except ImportError:
+            parser.error("--png needs matplotlib: pip install 'perfkit[load]'")
     try:
         if options.budgets:
             load_budgets(options.budgets)  # a bad file fails before the run, not after
@@ -172,6 +180,14 @@ def main(argv: list[str] | None = None, *, scenario: Scenario | None = None) -> 
     except BudgetError as exc:
         print(f"perfkit-load: {exc}", file=sys.stderr)
         return 2
+    _write(options, document, curves)
+    if options.step:
+        return 0 if document["capacity"] is not None else 1
+    return 0 if passed(document) else 1
+
+
+def _write(options: argparse.Namespace, document: dict[str, Any], curves: Curves) -> None:
+    """Print the table; write the JSON, Markdown and PNG asked for."""
     table = document.pop("markdown") if options.step else markdown(document)
     print(table)
     if options.json:
@@ -188,9 +204,6 @@ def main(argv: list[str] | None = None, *, scenario: Scenario | None = None) -> 
             title=f"{options.target}: " + ("capacity search" if options.step else
                                            f"{options.rate:,.0f} req/s"),
         )  # fmt: skip
-    if options.step:
-        return 0 if document["capacity"] is not None else 1
-    return 0 if passed(document) else 1
 
 
 def _steps(text: str) -> list[float]:

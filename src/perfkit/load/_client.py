@@ -34,8 +34,8 @@ class HTTPClient:
             reused: below the server's keep-alive timeout (uvicorn's is 5 s), so the
             server does not close it just as a request goes out on it. A connection the
             server has closed is never reused, and a GET or HEAD that finds its reused
-            connection closed before any answer is sent again on a new one (a request
-            with a body is not: it fails, as the server may have seen it).
+            connection closed before any answer is sent again on a new one; any other
+            method fails instead, as the server may have acted on it.
 
     Use it as an async context manager, or call :meth:`aclose`.
 

@@ -67,7 +67,7 @@ def percentile_plot(
     axes.set_ylabel("latency from the intended start (ms)")
     axes.set_title(title + ("   (▼ budget)" if budgets is not None else ""))
     axes.grid(True, which="both", alpha=0.3)
-    if curves:
+    if any(stats.count for stats in curves.values()):
         axes.legend(fontsize="small", loc="upper left")
     figure.tight_layout()
     out = Path(path)

@@ -37,6 +37,7 @@ def run_in_processes(
     max_lag_ms: float = DEFAULT_MAX_LAG_MS,
     timeout: float = 30.0,
     progress: Callable[[str], None] | None = None,
+    first: int = 0,
 ) -> RunResult:
     """
     Run *scenario* against *target* (``http://host:port``) at *rate* requests per second,
@@ -47,8 +48,10 @@ def run_in_processes(
     All of them start on one wall-clock instant, each applies the validity gate to itself,
     and the merged result is invalid when any process was (its problems name the
     process). *max_in_flight* is the whole run's, shared out. *progress* hears from the
-    first process. POSIX only (the scenario reaches the processes by ``fork``, so its
-    steps may be closures).
+    first process. POSIX only: the scenario reaches the processes by ``fork`` (so its steps
+    may be closures); call it from a process that runs no other threads, as ``fork`` copies
+    only the calling one. A process that dies makes the run an error, and the others are
+    stopped. *first* is as :func:`run` takes it.
 
     Raises:
         ValueError: *processes* is below 1.
@@ -70,6 +73,7 @@ def run_in_processes(
         "max_lag_ms": max_lag_ms,
         "begin": begin,
         "processes": processes,
+        "first": first,
     }
     children = []
     for process in range(processes):
@@ -87,21 +91,28 @@ def run_in_processes(
     merged = RunResult(rate=0.0, duration=duration)
     failures = []
     wait = _START_SLACK + warmup + duration + timeout + 30
-    for process, (child, receiver) in enumerate(children):
-        answer: dict[str, Any] | None = None
-        if receiver.poll(max(1.0, begin + wait - time.time())):
-            answer = receiver.recv()
-        receiver.close()
-        child.join(timeout=10)
-        if child.is_alive():
-            child.kill()
+    try:
+        for process, (child, receiver) in enumerate(children):
+            answer: dict[str, Any] | None = None
+            try:
+                if receiver.poll(max(1.0, begin + wait - time.time())):
+                    answer = receiver.recv()
+            except (EOFError, OSError):  # the process died without a word
+                answer = None
+            receiver.close()
+            child.join(timeout=10)
+            if answer is None:
+                failures.append(f"process {process} sent no result (exit code {child.exitcode})")
+            elif "error" in answer:
+                failures.append(f"process {process} failed:\n{answer['error']}")
+            else:
+                merged.merge(RunResult.decode(answer["result"]), name=f"process {process}")
+    finally:  # whatever happened here (Ctrl-C too), no process goes on sending
+        for child, receiver in children:
+            receiver.close()
+            if child.is_alive():
+                child.kill()
             child.join()
-        if answer is None:
-            failures.append(f"process {process} sent no result (exit code {child.exitcode})")
-        elif "error" in answer:
-            failures.append(f"process {process} failed:\n{answer['error']}")
-        else:
-            merged.merge(RunResult.decode(answer["result"]), name=f"process {process}")
     if failures:
         raise RuntimeError("\n".join(failures))
     return merged

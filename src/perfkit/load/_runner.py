@@ -20,7 +20,7 @@ from typing import Any, Final
 from ._schedule import Arrivals, schedule
 from ._stats import RouteStats
 
-__all__ = ["Recorder", "Request", "RunResult", "Scenario", "Step", "run"]
+__all__ = ["Recorder", "Request", "RunResult", "Scenario", "Step", "numbers_used", "run"]
 
 DEFAULT_MAX_LAG_MS: Final = 10.0
 MIN_ACHIEVED: Final = 0.95
@@ -89,12 +89,14 @@ class Scenario:
             raise ValueError(msg)
 
     def picker(
-        self, seed: int, *, process: int = 0, processes: int = 1
+        self, seed: int, *, process: int = 0, processes: int = 1, first: int = 0
     ) -> Callable[[int], Request]:
         """
         ``pick(i)``: the *i*-th request of a run, the same for the same *seed*. In process
-        *process* of *processes*, request *i* is told the number ``i * processes + process``,
-        so the numbers stay unique across the processes of one run (fresh keys stay fresh).
+        *process* of *processes*, request *i* is told the number
+        ``first + i * processes + process``, so the numbers stay unique across the processes
+        of one run, and across runs that start where the last one's numbers ended (fresh
+        keys stay fresh).
         """
         rng = random.Random(seed)
         steps = list(self.steps)
@@ -102,7 +104,7 @@ class Scenario:
 
         def pick(i: int) -> Request:
             step = rng.choices(steps, weights)[0]
-            return step.make(i * processes + process, rng)
+            return step.make(first + i * processes + process, rng)
 
         return pick
 
@@ -264,6 +266,15 @@ class Recorder:
 Send = Callable[[Request], Awaitable[int | None]]
 
 
+def numbers_used(rate: float, seconds: float) -> int:
+    """
+    More request numbers than a run of *seconds* (warm-up included) at *rate* can use,
+    whatever its arrivals: where the next run against the same data should start.
+    """
+    expected = rate * seconds
+    return int(expected + 10 * expected**0.5) + 100  # Poisson: ten standard deviations
+
+
 async def run(
     send: Send,
     scenario: Scenario,
@@ -279,6 +290,7 @@ async def run(
     begin: float | None = None,
     process: int = 0,
     processes: int = 1,
+    first: int = 0,
 ) -> RunResult:
     """
     Run *scenario* at *rate* requests per second for *warmup* + *duration* seconds.
@@ -294,7 +306,8 @@ async def run(
     *begin* (``time.time()``; default: now), and *rate* is this process's part; constant
     arrivals are shifted by ``process / (rate * processes)`` so that the processes' sends
     interleave evenly, and request numbers are made unique across processes
-    (:meth:`Scenario.picker`).
+    (:meth:`Scenario.picker`). *first* is the number of the run's first request: runs
+    against one database (the steps of a capacity search) each start past the last.
 
     .. versionadded:: 0.2.0
     """
@@ -308,7 +321,7 @@ async def run(
     if arrivals == "constant" and process:
         shift = process / (rate * processes)
         plan = [offset + shift for offset in plan if offset + shift < warmup + duration]
-    pick = scenario.picker(seed, process=process, processes=processes)
+    pick = scenario.picker(seed, process=process, processes=processes, first=first)
     recorder = Recorder(rate=rate, duration=duration, warmup=warmup)
     clock = time.perf_counter
     waiting: set[asyncio.Task[None]] = set()
@@ -321,7 +334,8 @@ async def run(
             status = None
         recorder.answered(request.route, offset, intended, sent, clock(), status)
 
-    start = clock() + (0.01 if begin is None else max(0.0, begin - time.time()))
+    late = 0.0 if begin is None else time.time() - begin
+    start = clock() + (0.01 if begin is None else max(0.0, -late))
     next_report = 1.0
     for i, offset in enumerate(plan):
         intended = start + offset
@@ -344,4 +358,7 @@ async def run(
             progress(f"{who}{offset:5.1f} s {phase}: {i + 1:,} sent, {len(waiting):,} waiting")
     if waiting:
         await asyncio.wait(waiting)
-    return recorder.finish(max_lag_ms=max_lag_ms)
+    result = recorder.finish(max_lag_ms=max_lag_ms)
+    if late * 1000 > max_lag_ms:  # its schedule started after the others'
+        result.problems.append(f"this process started {late * 1000:.0f} ms after the run began")
+    return result

@@ -12,7 +12,7 @@ from typing import Any
 from perfkit.budgets import Budgets
 
 from ._report import passed, report
-from ._runner import DEFAULT_MAX_LAG_MS, RunResult, Scenario, Send, run
+from ._runner import DEFAULT_MAX_LAG_MS, RunResult, Scenario, Send, numbers_used, run
 from ._schedule import Arrivals
 
 __all__ = ["Capacity", "capacity_markdown", "find_capacity", "rates"]
@@ -89,14 +89,17 @@ async def find_capacity(
     """
     Run *scenario* at each of *rates* in turn until one fails its budgets or its validity
     gate (an invalid run says the generator, not the server, gave out first: the rate
-    before it is still reported, with the reason).
+    before it is still reported, with the reason). Each step numbers its requests past
+    the last step's, so a scenario's fresh keys stay fresh across steps.
 
     .. versionadded:: 0.2.0
     """
     found = Capacity()
+    first = 0
     for rate in rates:
         if progress is not None:
             progress(f"step: {rate:,.0f} req/s")
+        number_from, first = first, first + numbers_used(rate, warmup + duration)
         result = await run(
             send,
             scenario,
@@ -108,6 +111,7 @@ async def find_capacity(
             max_in_flight=max_in_flight,
             max_lag_ms=max_lag_ms,
             progress=progress,
+            first=number_from,
         )
         if not found.add(rate, result, budgets):
             break

@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any, Final
 
 from perfkit._context import REGISTRY
+from perfkit._semconv import HTTP_DURATION_BUCKETS
 
 if TYPE_CHECKING:
     from opentelemetry.metrics import CallbackOptions, Meter, MeterProvider, Observation
@@ -33,11 +34,6 @@ BREAKER_STATE: Final = "perfkit.breaker.state"
 BREAKER_REJECTIONS: Final = "perfkit.breaker.rejections"
 RETRY_ATTEMPTS: Final = "perfkit.retry.attempts"
 
-# The OpenTelemetry semantic conventions' advised boundaries (seconds).
-HTTP_DURATION_BUCKETS: Final = (
-    0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0,
-)  # fmt: skip
-DB_DURATION_BUCKETS: Final = (0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0)
 
 _STATE_VALUES: Final = {"closed": 0, "half-open": 1, "open": 2}
 

@@ -349,12 +349,15 @@ class WSGITimingMiddleware:
     """
     The WSGI twin of :class:`TimingMiddleware` (same header, log line and metrics).
 
+    *duration_buckets* works as :class:`TimingMiddleware`'s does.
+
     WSGI has no standard place for the matched route: pass *route* — a
     function of the environ returning the route template, or ``None`` — to
     fill ``http.route``. Timing ends when the response body is closed, so
     streamed bodies are timed whole.
 
     .. versionadded:: 0.1.0
+    .. versionchanged:: 0.2.0 *duration_buckets*.
     """
 
     def __init__(

@@ -12,8 +12,9 @@ from sqlalchemy import event
 from sqlalchemy.engine import Engine
 
 from perfkit._context import CURRENT
+from perfkit._semconv import DB_DURATION_BUCKETS
 
-from ._metrics import DB_DURATION, DB_DURATION_BUCKETS, Recorder, histogram, meter
+from ._metrics import DB_DURATION, Recorder, histogram, meter
 
 if TYPE_CHECKING:
     from opentelemetry.metrics import MeterProvider
