@@ -193,6 +193,14 @@ def test_http_needs_no_framework() -> None:
     assert set() == {"fastapi", "starlette", "pydantic", "redis"} & loaded
 
 
+def test_budgets_need_nothing_heavy() -> None:
+    """import perfkit.budgets (what a deploy step runs to make alerts) loads no SQLAlchemy,
+    OpenTelemetry, HdrHistogram or matplotlib."""
+    loaded = _modules_after("import perfkit.budgets")
+
+    assert set() == {"sqlalchemy", "opentelemetry", "hdrh", "matplotlib"} & loaded
+
+
 def test_all_is_pinned_and_sorted() -> None:
     """perfkit.__all__ is exactly the public set, sorted, and every name resolves."""
     assert perfkit.__all__ == PUBLIC
