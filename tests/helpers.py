@@ -5,6 +5,7 @@ Small test helpers shared by several test modules.
 from __future__ import annotations
 
 import asyncio
+import socket
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -117,3 +118,11 @@ async def asgi_request(
 
     await app(scope, receive, send)
     return reply
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port

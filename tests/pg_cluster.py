@@ -19,13 +19,14 @@ import pwd
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 import time
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
+
+from helpers import free_port
 
 PG_USER = "postgres"
 _START_TIMEOUT = 30.0
@@ -99,13 +100,6 @@ def _private_dir(prefix: str) -> Path:
     return path
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 def _alive(pid: int) -> bool:
     """True while *pid* exists and is not a zombie."""
     try:
@@ -145,7 +139,7 @@ class PostgresCluster:
         bindir = find_bindir()
         assert bindir is not None
         self.bindir = bindir
-        self.port = _free_port()
+        self.port = free_port()
         self.dir = _private_dir("perfkit-pg-")
         self.datadir = self.dir / "data"
         self.logfile = self.dir / "server.log"

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import socket
 import subprocess
 import time
 from pathlib import Path
@@ -20,6 +19,7 @@ from sqlalchemy.engine import Engine
 
 from conftest import REQUIRE_SERVICES
 from fault_load import serve
+from helpers import free_port
 from perfkit.budgets import (
     duration_buckets,
     grafana_dashboard,
@@ -51,15 +51,20 @@ BUDGETS = load_budgets({
 SELECTOR = 'job="api"'
 
 
-@pytest.fixture(scope="module")
-def promtool() -> str:
-    found = shutil.which("promtool")
+def _installed(tool: str) -> str:
+    """The path of *tool* (Debian's prometheus package); skip, or fail when required."""
+    found = shutil.which(tool)
     if found is None:
-        message = "promtool is not installed (Debian: apt-get install prometheus)"
+        message = f"{tool} is not installed (Debian: apt-get install prometheus)"
         if REQUIRE_SERVICES:
             pytest.fail(f"{message}; PERFKIT_REQUIRE_SERVICES is set", pytrace=False)
         pytest.skip(message)
     return found
+
+
+@pytest.fixture(scope="module")
+def promtool() -> str:
+    return _installed("promtool")
 
 
 def _promtool(promtool: str, *args: str, cwd: Path) -> str:
@@ -389,20 +394,7 @@ def test_the_cli_writes_rules_and_a_dashboard(tmp_path: Path) -> None:
 
 @pytest.fixture(scope="module")
 def prometheus_binary() -> str:
-    found = shutil.which("prometheus")
-    if found is None:
-        message = "prometheus is not installed (Debian: apt-get install prometheus)"
-        if REQUIRE_SERVICES:
-            pytest.fail(f"{message}; PERFKIT_REQUIRE_SERVICES is set", pytrace=False)
-        pytest.skip(message)
-    return found
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
+    return _installed("prometheus")
 
 
 def _query(base: str, expr: str) -> list[Any]:
@@ -425,7 +417,7 @@ def test_a_real_prometheus_scrapes_the_example_and_evaluates_every_rule_and_pane
 
     seed(sqlite_engine, users=20, bills=20, votes=50)
     shutil.copy(MONITORING / "alerts.yml", tmp_path / "alerts.yml")
-    port = _free_port()
+    port = free_port()
     base = f"http://127.0.0.1:{port}"
     with (
         open_stores(sqlite_engine, cache=make_cache(None)) as stores,

@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import textwrap
@@ -19,6 +18,7 @@ from pathlib import Path
 import pytest
 import redis
 
+from helpers import free_port
 from perfkit import CircuitBreaker, db
 from perfkit.cache import MISSING, Cache, MemoryBackend, RedisBackend, TieredBackend
 from perfkit.reference import codec, open_stores
@@ -162,17 +162,10 @@ def test_a_write_in_one_process_is_never_read_stale_in_another_once_delivered(
 # -- a Redis of our own, made slow and then brought back ---------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 @pytest.fixture
 def own_redis(tmp_path: Path) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
     """A redis-server this test starts (and may freeze), on a free loopback port."""
-    port = _free_port()
+    port = free_port()
     process = subprocess.Popen(
         ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
          "--appendonly", "no", "--dir", str(tmp_path)],

@@ -5,7 +5,6 @@ The demo as a user runs it: ``python -m bill_api`` under a real uvicorn on loopb
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -15,21 +14,16 @@ from pathlib import Path
 import httpx
 import pytest
 
+from helpers import free_port
+
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]]:
     """The demo server on a fresh SQLite file; yields (base URL, its output so far)."""
     database = tmp_path_factory.mktemp("demo") / "demo.sqlite3"
-    port = _free_port()
+    port = free_port()
     env = {
         **os.environ,
         "PYTHONPATH": str(ROOT / "examples"),

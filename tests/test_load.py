@@ -11,6 +11,8 @@ import json
 import multiprocessing
 import random
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -264,29 +266,41 @@ async def test_a_real_run_shows_a_server_stall_in_full() -> None:
 # -- the command line -------------------------------------------------------------------
 
 
-@pytest.fixture
-def hello_server() -> Any:
+@contextmanager
+def _serving(body: bytes) -> Iterator[tuple[str, list[str]]]:
+    """A threaded HTTP/1.1 server answering every GET 200 with *body*; the paths it saw."""
     import http.server  # noqa: PLC0415
     import threading  # noqa: PLC0415
 
-    class Hello(http.server.BaseHTTPRequestHandler):
+    paths: list[str] = []
+
+    class Answer(http.server.BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
 
         def do_GET(self) -> None:
+            paths.append(self.path)
             self.send_response(200)
-            self.send_header("content-length", "2")
+            self.send_header("content-length", str(len(body)))
             self.end_headers()
-            self.wfile.write(b"hi")
+            self.wfile.write(body)
 
         def log_message(self, *_args: object) -> None:
             pass
 
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Hello)
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Answer)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
-    server.server_close()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}", paths
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.fixture
+def hello_server() -> Iterator[str]:
+    with _serving(b"hi") as (url, _paths):
+        yield url
 
 
 def _budgets_file(tmp_path: Path, p95_ms: float) -> Path:
@@ -497,9 +511,9 @@ async def test_a_get_on_a_connection_closed_as_it_went_out_is_sent_again() -> No
 async def test_connections_closed_by_the_server_or_idle_too_long_are_not_reused() -> None:
     server, carried = await _hanging_up_server(answered_per_connection=100)
     port = server.sockets[0].getsockname()[1]
-    async with HTTPClient(f"http://127.0.0.1:{port}", idle_timeout=0.05) as client:
+    async with HTTPClient(f"http://127.0.0.1:{port}", idle_timeout=0.5) as client:
         assert await client.request("POST", "/a", json={}) == 200
-        await asyncio.sleep(0.1)  # idle past idle_timeout: a new connection
+        await asyncio.sleep(0.6)  # idle past idle_timeout: a new connection
         assert await client.request("POST", "/b", json={}) == 200
         assert await client.request("POST", "/c", json={}) == 200  # reused at once
     server.close()
@@ -511,32 +525,10 @@ async def test_connections_closed_by_the_server_or_idle_too_long_are_not_reused(
 
 
 @pytest.fixture
-def recording_server() -> Any:
+def recording_server() -> Iterator[tuple[str, list[str]]]:
     """Answers 200 to every GET and keeps each path it was sent."""
-    import http.server  # noqa: PLC0415
-    import threading  # noqa: PLC0415
-
-    paths: list[str] = []
-
-    class Recording(http.server.BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-
-        def do_GET(self) -> None:
-            paths.append(self.path)
-            self.send_response(200)
-            self.send_header("content-length", "2")
-            self.end_headers()
-            self.wfile.write(b"ok")
-
-        def log_message(self, *_args: object) -> None:
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Recording)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}", paths
-    server.shutdown()
-    server.server_close()
+    with _serving(b"ok") as served:
+        yield served
 
 
 NUMBERED = Scenario([Step(1, lambda i, rng: Request("GET /n", "GET", f"/n?i={i}"))])

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import gzip
 import os
-import socket
 import subprocess
 import sys
 import threading
@@ -27,6 +26,7 @@ from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
     ExportMetricsServiceResponse,
 )
 
+from helpers import free_port
 from perfkit.reference import open_stores, seed
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -111,13 +111,6 @@ def receiver() -> Iterator[Receiver]:
         thread.join(timeout=10)
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 def test_the_example_exports_request_durations_over_otlp(
     receiver: Receiver, tmp_path: Path
 ) -> None:
@@ -130,7 +123,7 @@ def test_the_example_exports_request_durations_over_otlp(
     database = tmp_path / "api.sqlite3"
     with open_stores(f"sqlite:///{database}") as stores:
         seed(stores.engine, users=10, bills=10, votes=20)
-    port = _free_port()
+    port = free_port()
     receiver.refuse = 1
     env = {
         **os.environ,

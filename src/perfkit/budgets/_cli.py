@@ -49,11 +49,9 @@ def main(argv: list[str] | None = None) -> int:
         if options.command == "check":
             for budget in budgets:
                 limits = ", ".join(
-                    f"{name[:3]} <= {value:g} ms"
-                    for name, value in (("p50_ms", budget.p50_ms), ("p95_ms", budget.p95_ms),
-                                        ("p99_ms", budget.p99_ms))
-                    if value is not None
-                )  # fmt: skip
+                    f"p{percentile:g} <= {limit:g} ms"
+                    for percentile, limit in budget.limits().items()
+                )
                 print(
                     f"{budget.key}: {limits}, errors <= {budget.max_error_rate:.2%} "
                     f"at {budget.rate:g} req/s"

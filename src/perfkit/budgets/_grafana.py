@@ -166,11 +166,7 @@ def _route_latency(budget: Budget, matchers: list[str]) -> dict[str, Any]:
         limit = getattr(budget, name)
         if limit is not None:
             lines.append((limit / 1000, _COLOURS[name]))
-    limits = ", ".join(
-        f"p{PERCENTILES[name]:g} ≤ {getattr(budget, name):g} ms"
-        for name in LATENCY_FIELDS
-        if getattr(budget, name) is not None
-    )
+    limits = ", ".join(f"p{p:g} ≤ {limit:g} ms" for p, limit in budget.limits().items())
     panel = _timeseries(f"Latency (budget: {limits})", "s", queries)
     _threshold_lines(panel, lines)
     return panel
