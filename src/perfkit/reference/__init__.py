@@ -16,7 +16,16 @@ Example::
 from __future__ import annotations
 
 from .models import Base, Bill, BillStatus, User, Vote, VoteChoice
-from .records import BillRecord, UserRecord, VoteCounts, VoteRecord, codec
+from .records import (
+    BillRecord,
+    NewBill,
+    NewUser,
+    NewVote,
+    UserRecord,
+    VoteCounts,
+    VoteRecord,
+    codec,
+)
 from .seed import SeedSummary, seed
 from .stores import BillStore, Stores, UserStore, VoteStore, open_stores
 
@@ -26,6 +35,9 @@ __all__ = [
     "BillRecord",
     "BillStatus",
     "BillStore",
+    "NewBill",
+    "NewUser",
+    "NewVote",
     "SeedSummary",
     "Stores",
     "User",

@@ -11,14 +11,23 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, fields
 from datetime import datetime
-from typing import Any
+from typing import Any, NotRequired, TypedDict
 
 from perfkit.cache import JSONCodec
 from perfkit.pagination import Page
 
 from .models import BillStatus, VoteChoice
 
-__all__ = ["BillRecord", "UserRecord", "VoteCounts", "VoteRecord", "codec"]
+__all__ = [
+    "BillRecord",
+    "NewBill",
+    "NewUser",
+    "NewVote",
+    "UserRecord",
+    "VoteCounts",
+    "VoteRecord",
+    "codec",
+]
 
 
 class _Record:
@@ -102,6 +111,42 @@ class VoteCounts(_Record):
         Return the counts and their total as a JSON-ready dict.
         """
         return {**_Record.to_dict(self), "total": self.total}
+
+
+class NewUser(TypedDict):
+    """
+    One item of :meth:`~perfkit.reference.UserStore.create_many`.
+
+    .. versionadded:: 0.2.0
+    """
+
+    username: str
+    email: str
+
+
+class NewBill(TypedDict):
+    """
+    One item of :meth:`~perfkit.reference.BillStore.create_many`.
+
+    .. versionadded:: 0.2.0
+    """
+
+    title: str
+    sponsor_id: int
+    summary: NotRequired[str]
+    status: NotRequired[BillStatus | str]
+
+
+class NewVote(TypedDict):
+    """
+    One item of :meth:`~perfkit.reference.VoteStore.cast_many`.
+
+    .. versionadded:: 0.2.0
+    """
+
+    bill_id: int
+    user_id: int
+    choice: VoteChoice | str
 
 
 def codec() -> JSONCodec:

@@ -20,6 +20,7 @@ from sqlalchemy.engine import URL, Connection, Engine, Row
 from sqlalchemy.exc import IntegrityError
 
 from perfkit import db as _db
+from perfkit.batch import DEFAULT_CHUNK_SIZE, BatchResult
 from perfkit.cache import Cache
 from perfkit.errors import CommitOutcomeUnknown, Conflict, NotFound
 from perfkit.pagination import (
@@ -31,10 +32,19 @@ from perfkit.pagination import (
     paginate_keyset,
     validate_page,
 )
+from perfkit.reference import _batch
 from perfkit.reference import _validate as v
 from perfkit.reference import cache_keys as keys
 from perfkit.reference.models import Base, Bill, BillStatus, User, Vote, VoteChoice, utcnow
-from perfkit.reference.records import BillRecord, UserRecord, VoteCounts, VoteRecord
+from perfkit.reference.records import (
+    BillRecord,
+    NewBill,
+    NewUser,
+    NewVote,
+    UserRecord,
+    VoteCounts,
+    VoteRecord,
+)
 from perfkit.resilience import run_in_transaction, run_read
 
 if TYPE_CHECKING:
@@ -310,6 +320,35 @@ class UserStore:
         self._db.invalidate(keys=_user_keys(user.id, **values), tags=tags)
         return user
 
+    def create_many(
+        self, users: Iterable[NewUser], *, chunk_size: int = DEFAULT_CHUNK_SIZE
+    ) -> BatchResult[UserRecord]:
+        """
+        Create many users: one transaction and one ``INSERT`` per chunk of *chunk_size*.
+
+        Each item succeeds or fails alone, and the result says which: an
+        item is :class:`~perfkit.errors.InvalidInput` if malformed, and
+        :class:`~perfkit.errors.Conflict` if its username or email is taken
+        (by a stored user or an earlier item). Chunks commit in order; if one
+        fails as a whole (the database stays unreachable past the write
+        deadline), the error is raised and the chunks before it stay
+        committed (running the batch again reports them as conflicts).
+        Invalidates what :meth:`create` does, once per chunk.
+
+        Raises:
+            ValueError: *chunk_size* is not from 1 to 10,000.
+
+        Example::
+
+            result = stores.users.create_many(
+                [{"username": "ada", "email": "ada@example.org"}, ...]
+            )
+            [item.error for item in result.failed]
+
+        .. versionadded:: 0.2.0
+        """
+        return _batch.create_users(self._db, users, chunk_size)
+
     def update(
         self, user_id: int, *, username: str | None = None, email: str | None = None
     ) -> UserRecord:
@@ -489,6 +528,25 @@ class BillStore:
         bill = self._db.transact(work, verify=created, touches=tags)
         self._db.invalidate(keys=[keys.BILL.format(bill_id=bill.id)], tags=tags)
         return bill
+
+    def create_many(
+        self, bills: Iterable[NewBill], *, chunk_size: int = DEFAULT_CHUNK_SIZE
+    ) -> BatchResult[BillRecord]:
+        """
+        Create many bills: one transaction and one ``INSERT`` per chunk of *chunk_size*.
+
+        An item fails alone: :class:`~perfkit.errors.InvalidInput` if
+        malformed, :class:`~perfkit.errors.NotFound` if its sponsor does not
+        exist. Chunks commit in order, as in
+        :meth:`UserStore.create_many`; invalidates what :meth:`create` does,
+        once per chunk.
+
+        Raises:
+            ValueError: *chunk_size* is not from 1 to 10,000.
+
+        .. versionadded:: 0.2.0
+        """
+        return _batch.create_bills(self._db, bills, chunk_size)
 
     def update(
         self,
@@ -692,6 +750,33 @@ class VoteStore:
         vote = self._db.transact(work, verify=cast, touches=tags)
         self._db.invalidate(keys=[keys.VOTE.format(vote_id=vote.id)], tags=tags)
         return vote
+
+    def cast_many(
+        self, votes: Iterable[NewVote], *, chunk_size: int = DEFAULT_CHUNK_SIZE
+    ) -> BatchResult[VoteRecord]:
+        """
+        Cast many votes: one transaction and, unless items fail, one statement per chunk.
+
+        Each item succeeds or fails alone, and the result says which:
+        :class:`~perfkit.errors.InvalidInput` (a malformed id or choice),
+        :class:`~perfkit.errors.NotFound` (no such bill or user) or
+        :class:`~perfkit.errors.Conflict` (the user has voted on that bill,
+        before or in an earlier item). Chunks commit in order, as in
+        :meth:`UserStore.create_many`; invalidates what :meth:`cast` does
+        (each bill's counts and lists), once per chunk.
+
+        Raises:
+            ValueError: *chunk_size* is not from 1 to 10,000.
+
+        Example::
+
+            stores.votes.cast_many(
+                {"bill_id": bill.id, "user_id": user.id, "choice": "yes"} for user in users
+            )
+
+        .. versionadded:: 0.2.0
+        """
+        return _batch.cast_votes(self._db, votes, chunk_size)
 
     def counts(self, bill_id: int) -> VoteCounts:
         """

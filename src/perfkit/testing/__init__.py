@@ -1,6 +1,7 @@
 """
 Helpers for testing code that uses perfkit: a clock you move by hand,
-retries that do not sleep, and the cache backend contract as a pytest suite.
+retries that do not sleep, a guard on how many queries a block runs (against
+N+1 queries), and the cache backend contract as a pytest suite.
 
 :class:`BackendContract` needs pytest and is imported on first use, so
 ``perfkit.testing`` itself does not.
@@ -17,10 +18,20 @@ from typing import TYPE_CHECKING, Any
 
 from perfkit.resilience._retry import TESTING
 
+from ._queries import QueryLog, assert_max_queries, count_queries
+
 if TYPE_CHECKING:
     from ._backend_contract import BackendContract
 
-__all__ = ["BackendContract", "FakeClock", "retries_without_sleep", "set_retry_testing"]
+__all__ = [
+    "BackendContract",
+    "FakeClock",
+    "QueryLog",
+    "assert_max_queries",
+    "count_queries",
+    "retries_without_sleep",
+    "set_retry_testing",
+]
 
 
 def __getattr__(name: str) -> Any:
