@@ -10,6 +10,8 @@ perfkit's FastAPI integration (``pip install perfkit[app]``).
   the database and the cache probed, 503 while a critical one is down).
 * :class:`JSONBytes`: records to JSON bytes with orjson, skipping FastAPI's
   validation of the return value.
+* :class:`ExportResponse`: a listing streamed as NDJSON or CSV, batch by
+  batch (from :func:`perfkit.pagination.keyset_batches`).
 * :class:`Pagination` / :data:`Paginated`: ``page``/``limit``/``cursor``
   validated once, JSON bodies for :class:`~perfkit.pagination.Page` and
   :class:`~perfkit.pagination.CursorPage`, and RFC 8288 ``Link`` headers.
@@ -20,6 +22,7 @@ live in :mod:`perfkit.http`, which a plain Starlette app can use alone.
 
 from __future__ import annotations
 
+from ._export import EXPORT_FORMATS, ExportFormat, ExportResponse
 from ._health import health_routes
 from ._install import DEFAULT_MAX_BODY_BYTES, DEFAULT_RETRY_AFTER, install
 from ._json import JSONBytes
@@ -29,6 +32,9 @@ from ._pagination import Paginated, Pagination, cursor_body, page_body
 __all__ = [
     "DEFAULT_MAX_BODY_BYTES",
     "DEFAULT_RETRY_AFTER",
+    "EXPORT_FORMATS",
+    "ExportFormat",
+    "ExportResponse",
     "JSONBytes",
     "Paginated",
     "Pagination",

@@ -1,7 +1,7 @@
 """
 perfkit's HTTP layer, pure ASGI (no framework needed): a response cache on the
 data cache's tags, conditional requests, compression, a request-body limit and
-one JSON error envelope, and readiness probes.
+one JSON error envelope, readiness probes, and streamed NDJSON/CSV exports.
 
 FastAPI users get the envelope, the body limit, pagination and OpenAPI wired
 by :mod:`perfkit.fastapi`; the response cache and compression wrap any ASGI app.
@@ -21,27 +21,45 @@ from ._envelope import (
     send_error,
     send_error_for,
 )
+from ._export import (
+    CSV_MEDIA_TYPE,
+    NDJSON_MEDIA_TYPE,
+    CSVEncoder,
+    acsv_chunks,
+    andjson_chunks,
+    csv_chunks,
+    ndjson_batch,
+    ndjson_chunks,
+)
 from ._health import DEFAULT_PROBE_TIMEOUT, Probe, Readiness, cache_probe, database_probe
 from ._response_cache import ResponseCache, tag_response
 from ._routes import CachedRoute, Principal
 
 __all__ = [
+    "CSV_MEDIA_TYPE",
     "DEFAULT_PROBE_TIMEOUT",
     "ERROR_SCHEMA",
     "ERROR_STATUS",
+    "NDJSON_MEDIA_TYPE",
     "BodyLimit",
+    "CSVEncoder",
     "CachedRoute",
     "Compression",
     "Principal",
     "Probe",
     "Readiness",
     "ResponseCache",
+    "acsv_chunks",
+    "andjson_chunks",
     "cache_probe",
+    "csv_chunks",
     "database_probe",
     "encode_error",
     "error_body",
     "error_headers",
     "error_status",
+    "ndjson_batch",
+    "ndjson_chunks",
     "send_error",
     "send_error_for",
     "tag_response",

@@ -5,6 +5,8 @@ Pagination for SQLAlchemy 2 ``select()`` statements, sync and async.
   ``pages``, ``has_next``, ``has_prev``; the count exact, cached or skipped.
 * :func:`paginate_keyset` / :func:`apaginate_keyset`: signed cursors whose
   pages cost the same at any depth.
+* :func:`keyset_batches` / :func:`akeyset_batches`: a whole query in keyset
+  batches, for streamed exports in constant memory.
 """
 
 from __future__ import annotations
@@ -20,16 +22,20 @@ from ._offset import (
     paginate,
     validate_page,
 )
+from ._stream import DEFAULT_BATCH_SIZE, akeyset_batches, keyset_batches
 
 __all__ = [
+    "DEFAULT_BATCH_SIZE",
     "DEFAULT_MAX_LIMIT",
     "MAX_PAGE",
     "CountStrategy",
     "CursorPage",
     "Page",
+    "akeyset_batches",
     "apaginate",
     "apaginate_keyset",
     "count_tag",
+    "keyset_batches",
     "paginate",
     "paginate_keyset",
     "validate_page",

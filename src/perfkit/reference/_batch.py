@@ -11,7 +11,7 @@ Only a chunk with failed items runs a second query, to tell each one why.
 from __future__ import annotations
 
 from collections import defaultdict, deque
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from functools import cache
 from typing import TYPE_CHECKING, Any, Final, TypeVar, cast
 
@@ -81,32 +81,35 @@ def _run(
     results: list[ItemResult[T]] = []
     offset = 0
     for chunk in chunked(items, validate_chunk_size(chunk_size)):
+        slots: list[ItemResult[T] | None] = [None] * len(chunk)
         valid: list[tuple[int, V]] = []
         for index, item in enumerate(chunk, offset):
             try:
                 valid.append((index, validate(item)))
             except InvalidInput as exc:
-                results.append(ItemResult(index, error=exc))
-        offset += len(chunk)
+                slots[index - offset] = ItemResult(index, error=exc)
         if valid:
-            results.extend(write(valid))
-    results.sort(key=lambda result: result.index)
+            for result in write(valid):
+                slots[result.index - offset] = result
+        offset += len(chunk)
+        results.extend(cast("list[ItemResult[T]]", slots))  # write() answers every valid item
     return BatchResult(tuple(results))
 
 
 def _first_of_each(
-    valid: list[tuple[int, V]], key: Callable[[V], Iterable[tuple[str, object]]]
+    valid: list[tuple[int, V]], key: Callable[[V], tuple[Hashable, ...]]
 ) -> tuple[list[tuple[int, V]], list[ItemResult[Any]]]:
     """The items whose keys no earlier item of the chunk has; the rest as Conflicts."""
-    seen: dict[tuple[str, object], int] = {}
+    seen: dict[tuple[int, Hashable], int] = {}
     unique: list[tuple[int, V]] = []
     repeats: list[ItemResult[Any]] = []
     for index, value in valid:
-        clash = next((seen[k] for k in key(value) if k in seen), None)
+        keys_of = [(n, k) for n, k in enumerate(key(value))]  # the n-th key of one item
+        clash = next((seen[k] for k in keys_of if k in seen), None)
         if clash is not None:
             repeats.append(ItemResult(index, error=Conflict(f"repeats item {clash} of this batch")))
             continue
-        for k in key(value):
+        for k in keys_of:
             seen[k] = index
         unique.append((index, value))
     return unique, repeats
@@ -114,16 +117,32 @@ def _first_of_each(
 
 # -- votes --------------------------------------------------------------------------------------
 
-Ballot = tuple[int, int, str]  # bill_id, user_id, choice
+Ballot = tuple[int, int, VoteChoice]  # bill_id, user_id, choice
+
+_BALLOT_FIELDS: Final = frozenset({"bill_id", "user_id", "choice"})
+_CHOICES: Final = {choice.value: choice for choice in VoteChoice}
 
 
 def _ballot(item: object) -> Ballot:
+    if type(item) is dict and item.keys() == _BALLOT_FIELDS:  # the usual item, checked fast
+        bill, user, picked = item["bill_id"], item["user_id"], _CHOICES.get(item["choice"])
+        if (
+            type(bill) is int
+            and type(user) is int
+            and 0 < bill <= v.MAX_ID
+            and 0 < user <= v.MAX_ID
+            and picked is not None
+        ):
+            return bill, user, picked
     fields = _fields(item, ("bill_id", "user_id", "choice"))
     return (
         v.record_id("bill_id", fields["bill_id"]),
         v.record_id("user_id", fields["user_id"]),
-        v.choice("choice", fields["choice"], VoteChoice).value,
+        v.choice("choice", fields["choice"], VoteChoice),
     )
+
+
+_VOTE_KEY: Final = (_VOTES.c.id, _VOTES.c.bill_id, _VOTES.c.user_id)
 
 
 @cache
@@ -146,7 +165,7 @@ def _cast_statement(dialect: str) -> tuple[RowSource, Any]:
         _insert(dialect)(_VOTES)
         .from_select(["bill_id", "user_id", "choice", "created_at"], picked)
         .on_conflict_do_nothing(index_elements=["bill_id", "user_id"])
-        .returning(*_VOTES.c)
+        .returning(*_VOTE_KEY)  # the rest is the input's and the chunk's timestamp
     )
     return rows, stmt
 
@@ -159,7 +178,7 @@ _EXISTING: Final = sa.union_all(
         _USERS.c.id.in_(sa.bindparam("user_ids", expanding=True))
     ),
 )
-_MARKED_VOTES: Final = sa.select(*_VOTES.c).where(
+_MARKED_VOTES: Final = sa.select(*_VOTE_KEY).where(
     _VOTES.c.created_at == _NOW, _VOTES.c.bill_id.in_(sa.bindparam("bill_ids", expanding=True))
 )
 
@@ -168,24 +187,24 @@ def cast_votes(db: _Database, items: Iterable[object], chunk_size: int) -> Batch
     """The body of :meth:`VoteStore.cast_many`."""
 
     def write(valid: list[tuple[int, Ballot]]) -> list[ItemResult[VoteRecord]]:
-        unique, repeats = _first_of_each(valid, lambda b: [("pair", (b[0], b[1]))])
+        unique, repeats = _first_of_each(valid, lambda b: ((b[0], b[1]),))
         now = utcnow()
 
         def finish(conn: Connection, rows: Sequence[Any]) -> list[ItemResult[VoteRecord]]:
-            stored = {(row.bill_id, row.user_id): VoteRecord(*row) for row in rows}
-            results: list[ItemResult[VoteRecord]] = []
-            missing = [(i, b) for i, b in unique if (b[0], b[1]) not in stored]
+            ids = {(bill, user): vote_id for vote_id, bill, user in rows}
             found: set[tuple[str, int]] = set()
-            if missing:
+            if len(ids) < len(unique):
+                missing = [b for _, b in unique if (b[0], b[1]) not in ids]
                 params = {
-                    "bill_ids": sorted({b[0] for _, b in missing}),
-                    "user_ids": sorted({b[1] for _, b in missing}),
+                    "bill_ids": sorted({b[0] for b in missing}),
+                    "user_ids": sorted({b[1] for b in missing}),
                 }
                 found = {(kind, key) for kind, key in conn.execute(_EXISTING, params)}
-            for index, (bill, user, _choice) in unique:
-                record = stored.get((bill, user))
-                if record is not None:
-                    results.append(ItemResult(index, record))
+            results: list[ItemResult[VoteRecord]] = []
+            for index, (bill, user, choice) in unique:
+                vote_id = ids.get((bill, user))
+                if vote_id is not None:
+                    results.append(ItemResult(index, VoteRecord(vote_id, bill, user, choice, now)))
                 elif ("bill", bill) not in found:
                     results.append(ItemResult(index, error=NotFound("bill", bill)))
                 elif ("user", user) not in found:
@@ -197,7 +216,8 @@ def cast_votes(db: _Database, items: Iterable[object], chunk_size: int) -> Batch
 
         def work(conn: Connection) -> list[ItemResult[VoteRecord]]:
             rows, stmt = _cast_statement(conn.dialect.name)
-            params = {**rows.params([b for _, b in unique]), "now": now}
+            ballots = [(b, u, c.value) for _, (b, u, c) in unique]
+            params = {**rows.params(ballots), "now": now}
             return finish(conn, conn.execute(stmt, params).all())
 
         def verify(conn: Connection) -> list[ItemResult[VoteRecord]] | None:
@@ -208,25 +228,24 @@ def cast_votes(db: _Database, items: Iterable[object], chunk_size: int) -> Batch
             rows = [row for row in marked if (row.bill_id, row.user_id) in pairs]
             return finish(conn, rows) if rows else None
 
-        touches = _vote_tags(b for _, b in unique)
-        results = db.transact(work, verify=verify, touches=touches) if unique else []
-        created = [r.value for r in results if r.value is not None]
+        if not unique:
+            return repeats
+        # The tags of every item that may go in: invalidating one whose item failed is harmless.
+        tags = _vote_tags(unique)
+        results = db.transact(work, verify=verify, touches=tags)
+        created = [r.value.id for r in results if r.value is not None]
         if created:
-            db.invalidate(
-                keys=[keys.VOTE.format(vote_id=vote.id) for vote in created],
-                tags=_vote_tags((vote.bill_id, vote.user_id) for vote in created),
-            )
+            db.invalidate(keys=[f"vote:{vote_id}" for vote_id in created], tags=tags)
         return results + repeats
 
     return _run(items, chunk_size, _ballot, write)
 
 
-def _vote_tags(pairs: Iterable[tuple[int, int] | Ballot]) -> list[str]:
+def _vote_tags(unique: list[tuple[int, Ballot]]) -> list[str]:
     tags = {count_tag("votes")}
-    for pair in pairs:
-        tags.add(keys.votes_of_bill_tag(pair[0]))
-        tags.add(keys.votes_of_user_tag(pair[1]))
-    return sorted(tags)
+    tags.update({keys.votes_of_bill_tag(bill) for _, (bill, _u, _c) in unique})
+    tags.update({keys.votes_of_user_tag(user) for _, (_b, user, _c) in unique})
+    return list(tags)
 
 
 # -- users --------------------------------------------------------------------------------------
@@ -274,7 +293,7 @@ def create_users(
     """The body of :meth:`UserStore.create_many`."""
 
     def write(valid: list[tuple[int, Account]]) -> list[ItemResult[UserRecord]]:
-        unique, repeats = _first_of_each(valid, lambda a: [("username", a[0]), ("email", a[1])])
+        unique, repeats = _first_of_each(valid, lambda a: a)  # username, email
         now = utcnow()
 
         def finish(conn: Connection, rows: Sequence[Any]) -> list[ItemResult[UserRecord]]:
