@@ -121,7 +121,7 @@ def main() -> None:
                 engine, rounds=options.rounds, loop=options.loop, bulk=options.bulk
             )
         rows.append(
-            f"| {name} | {loop_rate:,.0f} | {bulk_rate:,.0f} | {bulk_rate / loop_rate:.1f}× |"
+            f"| {name} | {loop_rate:,.0f} | {bulk_rate:,.0f} | {bulk_rate / loop_rate:.1f}x |"
         )
     print(
         f"{options.loop:,} votes by `cast` in a loop vs {options.bulk:,} by `cast_many` "
