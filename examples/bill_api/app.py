@@ -23,6 +23,11 @@ Configuration comes from the environment:
     The bill-text service behind ``GET /bills/{id}/text``, called through a
     circuit breaker (default: none, the stored summary is served).
 
+Bulk writes (``POST /users/batch``, ``/bills/batch``, ``/votes/batch``; at most
+1,000 items) answer 200 with one result per item, each with the status it would
+have had alone. Exports (``GET /bills/export``, ``/bills/{id}/votes/export``;
+``?format=ndjson`` or ``csv``) stream every row in keyset batches.
+
 Every error is a JSON body ``{"error": {"code": ..., "message": ...}}`` with a
 4xx status: 400 malformed JSON, 404 unknown id or route, 405 wrong method,
 409 conflict, 413 body too large, 415 body not sent as JSON, 422 invalid
@@ -47,7 +52,7 @@ from typing import Annotated, Any, Final
 import sqlalchemy as sa
 from fastapi import Body, Depends, FastAPI, Path, Query, Request
 from fastapi.responses import Response
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 from bill_api import telemetry
 from bill_api.text import BillText
@@ -60,16 +65,33 @@ from perfkit import (
     instrument_engine,
 )
 from perfkit.cache import Cache, MemoryBackend, RedisBackend, TieredBackend
-from perfkit.fastapi import JSONBytes, Pagination, error_responses, health_routes, install
+from perfkit.fastapi import (
+    ExportFormat,
+    ExportResponse,
+    JSONBytes,
+    Pagination,
+    error_responses,
+    health_routes,
+    install,
+)
 from perfkit.http import (
+    BATCH_SCHEMA,
     CachedRoute,
     Compression,
     ResponseCache,
+    batch_body,
     cache_probe,
     database_probe,
     tag_response,
 )
-from perfkit.reference import Stores, cache_keys, codec, open_stores
+from perfkit.reference import (
+    BillRecord,
+    Stores,
+    VoteRecord,
+    cache_keys,
+    codec,
+    open_stores,
+)
 
 __all__ = ["DEFAULT_DATABASE_URL", "create_app"]
 
@@ -80,6 +102,7 @@ DEFAULT_DATABASE_URL: Final = f"sqlite:///{DEMO_DATABASE}"
 MAX_BODY_BYTES: Final = 64 * 1024
 MAX_ID: Final = 2**63 - 1
 MAX_LIMIT: Final = 100
+MAX_BATCH: Final = 1_000
 OPERATIONS_PATHS: Final = ("/healthz", "/readyz", "/metrics")
 
 Id = Annotated[int, Path(ge=1, le=MAX_ID, description="A positive row id")]
@@ -113,6 +136,33 @@ class BillChanges(_Body):
 class NewVote(_Body):
     user_id: int
     choice: str
+
+
+class Ballot(NewVote):
+    bill_id: int
+
+
+# Bulk bodies: {"items": [...]}, 1 to 1,000 items. A malformed item (a wrong type, a
+# missing field) fails the request (422); one the stores refuse fails alone.
+class NewUsers(_Body):
+    items: Annotated[list[NewUser], Field(min_length=1, max_length=MAX_BATCH)]
+
+
+class NewBills(_Body):
+    items: Annotated[list[NewBill], Field(min_length=1, max_length=MAX_BATCH)]
+
+
+class Ballots(_Body):
+    items: Annotated[list[Ballot], Field(min_length=1, max_length=MAX_BATCH)]
+
+
+BATCH_REPLY: Final[dict[int | str, dict[str, Any]]] = {
+    200: {
+        "description": "Every item's result, in input order",
+        "content": {"application/json": {"schema": BATCH_SCHEMA}},
+    }
+}
+Format = Annotated[ExportFormat, Query(description="ndjson (one JSON object per line) or csv")]
 
 
 def _record(record: Any) -> dict[str, Any]:
@@ -272,6 +322,8 @@ def _stores(request: Request) -> Stores:
 
 def _install_routes(app: FastAPI) -> None:
     _install_operations_routes(app)
+    _install_bulk_routes(app)
+    _install_export_routes(app)  # before /bills/{bill_id}, which would take "export" for an id
 
     # The hot reads answer JSONBytes: the record encoded by orjson, no pydantic pass.
     @app.get("/users/{user_id}", response_class=JSONBytes)
@@ -390,6 +442,50 @@ def _install_routes(app: FastAPI) -> None:
             lambda after: votes.get_by_user_id_keyset(user_id, limit=limit, cursor=after),
             item=_record,
         )
+
+
+def _install_bulk_routes(app: FastAPI) -> None:
+    @app.post("/users/batch", response_class=JSONBytes, responses=BATCH_REPLY)
+    def create_users(request: Request, body: Annotated[NewUsers, Body()]) -> JSONBytes:
+        users = _stores(request).users
+        result = users.create_many({"username": u.username, "email": u.email} for u in body.items)
+        return JSONBytes(batch_body(result))
+
+    @app.post("/bills/batch", response_class=JSONBytes, responses=BATCH_REPLY)
+    def create_bills(request: Request, body: Annotated[NewBills, Body()]) -> JSONBytes:
+        result = _stores(request).bills.create_many(
+            {"title": b.title, "sponsor_id": b.sponsor_id, "summary": b.summary, "status": b.status}
+            for b in body.items
+        )
+        return JSONBytes(batch_body(result))
+
+    @app.post("/votes/batch", response_class=JSONBytes, responses=BATCH_REPLY)
+    def cast_votes(request: Request, body: Annotated[Ballots, Body()]) -> JSONBytes:
+        result = _stores(request).votes.cast_many(
+            {"bill_id": b.bill_id, "user_id": b.user_id, "choice": b.choice} for b in body.items
+        )
+        return JSONBytes(batch_body(result))
+
+
+def _install_export_routes(app: FastAPI) -> None:
+    @app.get("/bills/export", response_class=ExportResponse)
+    def export_bills(
+        request: Request,
+        format: Format = "ndjson",
+        status: Annotated[str | None, Query(max_length=32)] = None,
+    ) -> ExportResponse:
+        batches = _stores(request).bills.export(status=status)
+        return ExportResponse(batches, format=format, fields=BillRecord, filename="bills")
+
+    @app.get("/bills/{bill_id}/votes/export", response_class=ExportResponse)
+    def export_bill_votes(
+        request: Request,
+        bill_id: Id,
+        format: Format = "ndjson",
+    ) -> ExportResponse:
+        batches = _stores(request).votes.export_by_bill(bill_id)
+        name = f"bill-{bill_id}-votes"
+        return ExportResponse(batches, format=format, fields=VoteRecord, filename=name)
 
 
 def _install_operations_routes(app: FastAPI) -> None:

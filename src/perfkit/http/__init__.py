@@ -9,6 +9,7 @@ by :mod:`perfkit.fastapi`; the response cache and compression wrap any ASGI app.
 
 from __future__ import annotations
 
+from ._batch import BATCH_SCHEMA, batch_body
 from ._body_limit import BodyLimit
 from ._compression import Compression
 from ._envelope import (
@@ -36,6 +37,7 @@ from ._response_cache import ResponseCache, tag_response
 from ._routes import CachedRoute, Principal
 
 __all__ = [
+    "BATCH_SCHEMA",
     "CSV_MEDIA_TYPE",
     "DEFAULT_PROBE_TIMEOUT",
     "ERROR_SCHEMA",
@@ -51,6 +53,7 @@ __all__ = [
     "ResponseCache",
     "acsv_chunks",
     "andjson_chunks",
+    "batch_body",
     "cache_probe",
     "csv_chunks",
     "database_probe",

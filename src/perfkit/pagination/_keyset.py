@@ -19,6 +19,9 @@ from ._cursor import Cursor, decode_cursor, encode_cursor, fingerprint_of, resol
 from ._offset import DEFAULT_MAX_LIMIT, _is_int
 
 if TYPE_CHECKING:
+    from typing import TypeAlias
+
+    AnySelect: TypeAlias = Select[*tuple[Any, ...]]
     from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 __all__ = ["CursorPage", "apaginate_keyset", "paginate_keyset"]
@@ -97,13 +100,13 @@ class _Key:
 
 @dataclass(frozen=True, slots=True)
 class _Plan:
-    stmt: Select[Any]
+    stmt: AnySelect
     keys: tuple[_Key, ...]
     width: int  # columns of the caller's select
     appended: bool
     fingerprint: str
 
-    def page_stmt(self, cursor: Cursor | None, limit: int) -> tuple[Select[Any], bool]:
+    def page_stmt(self, cursor: Cursor | None, limit: int) -> tuple[AnySelect, bool]:
         reverse = cursor is not None and cursor.direction == "prev"
         stmt = self.stmt.order_by(*(key.ordering(reverse=reverse) for key in self.keys))
         if cursor is not None:
@@ -141,7 +144,7 @@ class _Plan:
 
 def paginate_keyset(
     bind: Bind,
-    stmt: Select[Any],
+    stmt: AnySelect,
     *,
     limit: int,
     cursor: str | None = None,
@@ -189,7 +192,7 @@ def paginate_keyset(
 
 async def apaginate_keyset(
     bind: AsyncBind,
-    stmt: Select[Any],
+    stmt: AnySelect,
     *,
     limit: int,
     cursor: str | None = None,
@@ -214,7 +217,7 @@ async def apaginate_keyset(
 
 
 def _prepare(
-    stmt: Select[Any],
+    stmt: AnySelect,
     limit: int,
     cursor: str | None,
     max_limit: int,
@@ -276,7 +279,7 @@ _SHAPES: dict[Any, _Shape] = {}
 _MAX_SHAPES: Final = 512
 
 
-def _plan(stmt: Select[Any]) -> _Plan:
+def _plan(stmt: AnySelect) -> _Plan:
     clauses = list(stmt._order_by_clauses)  # no public accessor in SQLAlchemy 2
     if not clauses:
         msg = "keyset pagination needs an ORDER BY"
@@ -313,7 +316,7 @@ def _plan(stmt: Select[Any]) -> _Plan:
     return _Plan(base, tuple(keys), shape.width, bool(extra), fingerprint)
 
 
-def _shape(stmt: Select[Any], parsed: list[tuple[ColumnElement[Any], bool, bool]]) -> _Shape:
+def _shape(stmt: AnySelect, parsed: list[tuple[ColumnElement[Any], bool, bool]]) -> _Shape:
     descriptions = stmt.column_descriptions
     returned = [_column_of(d.get("expr")) for d in descriptions]
     positions = tuple(
@@ -328,7 +331,7 @@ def _shape(stmt: Select[Any], parsed: list[tuple[ColumnElement[Any], bool, bool]
     return _Shape(positions, len(descriptions), "\x1f".join(parts))
 
 
-def _froms(stmt: Select[Any]) -> list[Any]:
+def _froms(stmt: AnySelect) -> list[Any]:
     # get_final_froms() compiles the statement; these two do not.
     found = list(stmt.columns_clause_froms)
     found += [f for f in stmt._from_obj if f not in found]  # explicit select_from()/join()
@@ -356,7 +359,7 @@ def _parse(clause: Any) -> tuple[ColumnElement[Any], bool, bool]:
 
 
 def _tiebreak(
-    stmt: Select[Any], parsed: list[tuple[ColumnElement[Any], bool, bool]]
+    stmt: AnySelect, parsed: list[tuple[ColumnElement[Any], bool, bool]]
 ) -> list[tuple[ColumnElement[Any], bool, bool]]:
     froms = _froms(stmt)
     table = next((f for f in froms if isinstance(f, sa.Table) and f.primary_key), None)

@@ -14,6 +14,9 @@ from ._cursor import Cursor
 from ._keyset import _Plan, _plan
 
 if TYPE_CHECKING:
+    from typing import TypeAlias
+
+    AnySelect: TypeAlias = Select[*tuple[Any, ...]]
     from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 __all__ = ["DEFAULT_BATCH_SIZE", "akeyset_batches", "keyset_batches"]
@@ -22,7 +25,7 @@ DEFAULT_BATCH_SIZE: Final = 1_000
 MAX_BATCH_SIZE: Final = 100_000
 
 
-def _start(stmt: Select[Any], batch_size: int) -> _Plan:
+def _start(stmt: AnySelect, batch_size: int) -> _Plan:
     if isinstance(batch_size, bool) or not isinstance(batch_size, int):
         msg = f"batch_size must be an integer, not {batch_size!r}"
         raise ValueError(msg)
@@ -32,14 +35,14 @@ def _start(stmt: Select[Any], batch_size: int) -> _Plan:
     return _plan(stmt)
 
 
-def _batch_stmt(plan: _Plan, last: Any, batch_size: int) -> Select[Any]:
+def _batch_stmt(plan: _Plan, last: Any, batch_size: int) -> AnySelect:
     cursor = None if last is None else Cursor("next", plan.values(last))
     stmt, _ = plan.page_stmt(cursor, batch_size - 1)  # page_stmt reads one row past its limit
     return stmt
 
 
 def keyset_batches(
-    bind: Bind, stmt: Select[Any], *, batch_size: int = DEFAULT_BATCH_SIZE
+    bind: Bind, stmt: AnySelect, *, batch_size: int = DEFAULT_BATCH_SIZE
 ) -> Iterator[list[Any]]:
     """
     Yield every row of *stmt* in lists of at most *batch_size*, each read by keyset.
@@ -80,7 +83,7 @@ def _walk(bind: Bind, plan: _Plan, batch_size: int) -> Iterator[list[Any]]:
     while True:
         query = _batch_stmt(plan, last, batch_size)
 
-        def fetch(handle: Any, q: Select[Any] = query) -> list[Any]:
+        def fetch(handle: Any, q: AnySelect = query) -> list[Any]:
             return list(handle.execute(q).all())
 
         rows = read_from(bind, fetch)
@@ -93,7 +96,7 @@ def _walk(bind: Bind, plan: _Plan, batch_size: int) -> Iterator[list[Any]]:
 
 
 def akeyset_batches(
-    bind: AsyncBind, stmt: Select[Any], *, batch_size: int = DEFAULT_BATCH_SIZE
+    bind: AsyncBind, stmt: AnySelect, *, batch_size: int = DEFAULT_BATCH_SIZE
 ) -> AsyncIterator[list[Any]]:
     """
     The asyncio twin of :func:`keyset_batches`, for an ``AsyncEngine``,

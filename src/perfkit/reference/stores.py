@@ -11,7 +11,7 @@ declares how to tell, after a lost COMMIT, whether it was applied.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Final, ParamSpec, TypeAlias, TypeVar, cast
 
@@ -23,11 +23,13 @@ from perfkit import db as _db
 from perfkit.batch import DEFAULT_CHUNK_SIZE, BatchResult
 from perfkit.cache import Cache
 from perfkit.errors import CommitOutcomeUnknown, Conflict, NotFound
+from perfkit.pagination import DEFAULT_BATCH_SIZE as DEFAULT_EXPORT_BATCH
 from perfkit.pagination import (
     CountStrategy,
     CursorPage,
     Page,
     count_tag,
+    keyset_batches,
     paginate,
     paginate_keyset,
     validate_page,
@@ -471,6 +473,29 @@ class BillStore:
         """
         return self._db.keyset(self._list(status), limit=limit, cursor=cursor).map(_bill)
 
+    def export(
+        self, *, status: BillStatus | str | None = None, batch_size: int = DEFAULT_EXPORT_BATCH
+    ) -> Iterator[list[BillRecord]]:
+        """
+        Every bill (or those in *status*), oldest id first, in lists of *batch_size*.
+
+        Each batch is one keyset query on a fresh connection (never the
+        cache): memory stays at one batch, nothing is held between batches,
+        and a bill that exists throughout the walk comes out exactly once
+        (the key, the id, never changes) with its values as of its batch.
+        Stop iterating and no further query runs.
+
+        Raises:
+            InvalidInput: *status* is not a bill status.
+            ValueError: *batch_size* is not from 1 to 100,000.
+
+        .. versionadded:: 0.2.0
+        """
+        stmt: AnySelect = sa.select(*_BILL_COLUMNS).order_by(Bill.id)
+        if status is not None:
+            stmt = stmt.where(Bill.status == v.choice("status", status, BillStatus))
+        return _records(keyset_batches(self._db.engine, stmt, batch_size=batch_size), _bill)
+
     @staticmethod
     def _list(status: BillStatus | str | None) -> AnySelect:
         stmt = sa.select(*_BILL_COLUMNS).order_by(Bill.created_at.desc(), Bill.id.desc())
@@ -713,6 +738,29 @@ class VoteStore:
         )
         return page.map(_vote)
 
+    def export_by_bill(
+        self, bill_id: int, *, batch_size: int = DEFAULT_EXPORT_BATCH
+    ) -> Iterator[list[VoteRecord]]:
+        """
+        Every vote on bill *bill_id*, oldest first, in lists of *batch_size*.
+
+        The bill is looked up before this returns (so an HTTP layer can
+        answer 404 before it starts a body); then each batch is one keyset
+        query, as in :meth:`BillStore.export`.
+
+        Raises:
+            NotFound: there is no bill *bill_id*.
+            ValueError: *batch_size* is not from 1 to 100,000.
+
+        .. versionadded:: 0.2.0
+        """
+        key = v.record_id("bill_id", bill_id)
+        stmt: AnySelect = sa.select(*_VOTE_COLUMNS).where(Vote.bill_id == key).order_by(Vote.id)
+        batches = keyset_batches(self._db.engine, stmt, batch_size=batch_size)
+        if self._db.one(_BILL_EXISTS, key) is None:
+            raise NotFound("bill", key)
+        return _records(batches, _vote)
+
     def _load_by_user(self, user_id: int, page: int, limit: int) -> Page[VoteRecord]:
         stmt = sa.select(*_VOTE_COLUMNS).where(Vote.user_id == user_id).order_by(Vote.id)
         return self._page(stmt, page, limit, exists=_USER_EXISTS, entity="user", key=user_id)
@@ -820,6 +868,11 @@ class VoteStore:
             return result
 
         return self._db.read(read).map(_vote)
+
+
+def _records(batches: Iterator[list[AnyRow]], record: Callable[[AnyRow], R]) -> Iterator[list[R]]:
+    for rows in batches:
+        yield [record(row) for row in rows]
 
 
 def _raise_taken(rows: Iterable[AnyRow], values: dict[str, str]) -> None:
