@@ -31,14 +31,6 @@ def statements(engine: Engine) -> Iterator[list[str]]:
         event.remove(engine, "before_cursor_execute", record)
 
 
-def queries(seen: list[str]) -> list[str]:
-    """
-    The statements in *seen* other than BEGIN/COMMIT/ROLLBACK.
-    """
-    control = ("BEGIN", "COMMIT", "ROLLBACK")
-    return [s for s in seen if not s.lstrip().upper().startswith(control)]
-
-
 def delete_keys(client: Any, prefix: str) -> None:
     """Delete every Redis key under ``<prefix>:`` (a test's own keys)."""
     names = list(client.scan_iter(match=f"{prefix}:*", count=1000))

@@ -14,9 +14,9 @@ from hypothesis import strategies as st
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
-from helpers import queries, statements
 from perfkit import Cache, InvalidPage, MemoryBackend, Page, apaginate, db, paginate
 from perfkit.pagination import MAX_PAGE, count_tag, validate_page
+from perfkit.testing import count_queries
 
 metadata = sa.MetaData()
 items = sa.Table(
@@ -66,7 +66,7 @@ def test_walking_pages_yields_every_row_once(n: int, limit: int) -> None:
 def test_count_none_skips_the_count_and_still_knows_has_next() -> None:
     """count='none' runs one query with limit+1 and leaves total/pages empty."""
     engine = _engine(5)
-    with engine.connect() as conn, statements(engine) as seen:
+    with engine.connect() as conn, count_queries(engine) as seen:
         middle = paginate(conn, ORDERED, page=2, limit=2, count="none")
         last = paginate(conn, ORDERED, page=3, limit=2, count="none")
 
@@ -78,17 +78,17 @@ def test_count_none_skips_the_count_and_still_knows_has_next() -> None:
         True,
     )
     assert (last.has_next, [row.id for row in last.items]) == (False, [5])
-    assert len(queries(seen)) == 2
+    assert seen.count == 2
 
 
 def test_exact_count_skips_the_count_when_one_page_holds_everything() -> None:
     """A short first page is its own total: no COUNT query is sent."""
     engine = _engine(3)
-    with engine.connect() as conn, statements(engine) as seen:
+    with engine.connect() as conn, count_queries(engine) as seen:
         page = paginate(conn, ORDERED, page=1, limit=10)
 
     assert (page.total, page.pages, page.has_next) == (3, 1, False)
-    assert len(queries(seen)) == 1
+    assert seen.count == 1
 
 
 def test_exact_count_is_right_with_distinct_and_joins() -> None:
@@ -182,10 +182,10 @@ def test_cached_count_is_reused_until_its_table_tag_is_invalidated() -> None:
     """count='cached' runs COUNT once; a write's count_tag invalidation makes it count again."""
     engine = _engine(12)
     cache = Cache(MemoryBackend(), namespace="counts")
-    with engine.connect() as conn, statements(engine) as seen:
+    with engine.connect() as conn, count_queries(engine) as seen:
         first = paginate(conn, ORDERED, page=2, limit=5, count="cached", cache=cache)
         again = paginate(conn, ORDERED, page=3, limit=5, count="cached", cache=cache)
-    counts = [s for s in queries(seen) if "count(" in s.lower()]
+    counts = [s for s in seen.statements if "count(" in s.lower()]
     assert (first.total, again.total, len(counts)) == (12, 12, 1)
 
     with engine.begin() as conn:
