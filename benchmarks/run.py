@@ -193,6 +193,18 @@ BENCHMARKS: Final[tuple[Benchmark, ...]] = (
         databases=False,
     ),
     Benchmark(
+        name="batch",
+        title="Bulk vote casting against cast in a loop",
+        run=_script("batch.py", "--postgres", POSTGRES_URL),
+        databases=False,
+    ),
+    Benchmark(
+        name="export",
+        title="Streamed exports at 1,000,000 rows against loading the listing whole",
+        run=_script("export.py", "--postgres", POSTGRES_URL),
+        databases=False,
+    ),
+    Benchmark(
         name="stale_check_instructions",
         title="The stale-snapshot check's cost per read, in instructions (callgrind)",
         run=_script("stale_check_instructions.py"),

@@ -59,6 +59,9 @@ REFERENCE = [
     "BillRecord",
     "BillStatus",
     "BillStore",
+    "NewBill",
+    "NewUser",
+    "NewVote",
     "SeedSummary",
     "Stores",
     "User",
@@ -76,22 +79,32 @@ REFERENCE = [
 
 
 HTTP = [
+    "BATCH_SCHEMA",
+    "CSV_MEDIA_TYPE",
     "DEFAULT_PROBE_TIMEOUT",
     "ERROR_SCHEMA",
     "ERROR_STATUS",
+    "NDJSON_MEDIA_TYPE",
     "BodyLimit",
+    "CSVEncoder",
     "CachedRoute",
     "Compression",
     "Principal",
     "Probe",
     "Readiness",
     "ResponseCache",
+    "acsv_chunks",
+    "andjson_chunks",
+    "batch_body",
     "cache_probe",
+    "csv_chunks",
     "database_probe",
     "encode_error",
     "error_body",
     "error_headers",
     "error_status",
+    "ndjson_batch",
+    "ndjson_chunks",
     "send_error",
     "send_error_for",
     "tag_response",
@@ -100,6 +113,9 @@ HTTP = [
 FASTAPI = [
     "DEFAULT_MAX_BODY_BYTES",
     "DEFAULT_RETRY_AFTER",
+    "EXPORT_FORMATS",
+    "ExportFormat",
+    "ExportResponse",
     "JSONBytes",
     "Paginated",
     "Pagination",
@@ -153,6 +169,36 @@ LOAD = [
 ]
 
 
+PAGINATION = [
+    "DEFAULT_BATCH_SIZE",
+    "DEFAULT_MAX_LIMIT",
+    "MAX_PAGE",
+    "CountStrategy",
+    "CursorPage",
+    "Page",
+    "akeyset_batches",
+    "apaginate",
+    "apaginate_keyset",
+    "count_tag",
+    "keyset_batches",
+    "paginate",
+    "paginate_keyset",
+    "validate_page",
+]
+
+BATCH = ["DEFAULT_CHUNK_SIZE", "BatchResult", "ItemResult", "RowSource", "chunked"]
+
+TESTING = [
+    "BackendContract",
+    "FakeClock",
+    "QueryLog",
+    "assert_max_queries",
+    "count_queries",
+    "retries_without_sleep",
+    "set_retry_testing",
+]
+
+
 OBSERVABILITY = [
     "DB_DURATION",
     "HTTP_DURATION",
@@ -175,6 +221,9 @@ OBSERVABILITY = [
         ("perfkit.observability", OBSERVABILITY),
         ("perfkit.budgets", BUDGETS),
         ("perfkit.load", LOAD),
+        ("perfkit.pagination", PAGINATION),
+        ("perfkit.batch", BATCH),
+        ("perfkit.testing", TESTING),
     ],
 )
 def test_http_and_fastapi_all_are_pinned(module: str, names: list[str]) -> None:

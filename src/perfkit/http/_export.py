@@ -36,16 +36,26 @@ CSV_MEDIA_TYPE: Final = "text/csv; charset=utf-8"
 _FORMULA_START: Final = ("=", "+", "-", "@", "\t", "\r")
 
 
+def _as_mapping(value: Any) -> Any:
+    asdict = getattr(value, "_asdict", None)  # SQLAlchemy rows, named tuples
+    if asdict is None:
+        msg = f"cannot encode {type(value).__name__} as JSON"
+        raise TypeError(msg)
+    # Keys as plain str: orjson refuses str subclasses (SQLAlchemy's quoted_name) as keys.
+    return {str(key): item for key, item in asdict().items()}
+
+
 def ndjson_batch(batch: Iterable[Any]) -> bytes:
     """
     One batch as NDJSON: each item on its own line, encoded by orjson.
 
-    Items may be dicts, dataclasses (records), or anything orjson encodes.
+    Items may be dicts, dataclasses (records), SQLAlchemy rows (as their
+    mappings), or anything else orjson encodes.
     """
     import orjson  # noqa: PLC0415 - perfkit[http]; loaded when an export runs
 
     dumps = orjson.dumps
-    return b"".join([dumps(item) + b"\n" for item in batch])
+    return b"".join([dumps(item, default=_as_mapping) + b"\n" for item in batch])
 
 
 def ndjson_chunks(batches: Iterable[Iterable[Any]]) -> Iterator[bytes]:
