@@ -186,3 +186,20 @@ def pg_cluster() -> Iterator[PostgresCluster]:
         yield cluster
     finally:
         cluster.cleanup()
+
+
+RABBITMQ_URL = os.environ.get("PERFKIT_TEST_RABBITMQ_URL", "amqp://guest:guest@127.0.0.1:5672/")
+
+
+@pytest.fixture(scope="session")
+def rabbitmq_url() -> str:
+    """The RabbitMQ URL of the test service, checked to answer."""
+    import pika  # noqa: PLC0415 - only the queue tests load it
+
+    try:
+        parameters = pika.URLParameters(RABBITMQ_URL)
+        parameters.socket_timeout = 2
+        pika.BlockingConnection(parameters).close()
+    except Exception as exc:
+        service_unavailable("RabbitMQ", RABBITMQ_URL, exc)
+    return RABBITMQ_URL

@@ -1,0 +1,251 @@
+"""
+The relay: committed outbox rows handed to a queue, at least once, in order, then marked.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import logging
+import random
+import threading
+import zlib
+from collections.abc import Callable, Iterator, Sequence
+from datetime import UTC, datetime
+from typing import Final, Protocol
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+
+from perfkit import db as _db
+
+from ._outbox import Event, Outbox
+
+__all__ = ["InProcessPublisher", "Publisher", "Relay"]
+
+log = logging.getLogger("perfkit.outbox")
+
+DEFAULT_BATCH_SIZE: Final = 100
+MAX_BATCH_SIZE: Final = 10_000
+
+
+class Publisher(Protocol):
+    """
+    Where the relay hands events: a queue engine, or a handler in process.
+
+    :meth:`publish` returns only once every event is durably in the queue's
+    hands (a broker's publisher confirm); it raises if any may not be. The
+    relay marks the events relayed only after it returns, so an event is
+    never lost, but may be published twice (after a crash between the two):
+    consumers deduplicate on :attr:`Event.id`.
+
+    .. versionadded:: 0.2.0
+    """
+
+    def publish(self, events: Sequence[Event]) -> None:
+        """Hand *events* over, in order."""
+        ...
+
+
+class InProcessPublisher:
+    """
+    Call *handler* with each event, in this process: the embedded default, no broker.
+
+    The outbox table is then the queue: an event whose handler raises stays
+    pending, and the relay offers it again after a backoff (the events
+    before it in the batch were handled and are offered again too: handlers
+    must be idempotent on :attr:`Event.id`, as with any queue).
+
+    .. versionadded:: 0.2.0
+    """
+
+    __slots__ = ("_handler",)
+
+    def __init__(self, handler: Callable[[Event], object]) -> None:
+        self._handler = handler
+
+    def publish(self, events: Sequence[Event]) -> None:
+        """Handle each event in order; the first failure stops the batch."""
+        for event in events:
+            self._handler(event)
+
+
+class Relay:
+    """
+    Move committed events from an :class:`Outbox` to a :class:`Publisher`.
+
+    Each step reads up to *batch_size* pending events in position order
+    (short read, no lock held), publishes them, then marks them relayed (a
+    short write). A relay that crashes anywhere loses nothing: what it had
+    not marked is published again when it, or another, resumes. One relay
+    runs at a time per outbox: :meth:`run` first takes a lock that dies with
+    its process (a PostgreSQL advisory lock on a connection of its own; on
+    SQLite, an exclusive ``flock`` beside the database file), and a second
+    relay waits as a standby.
+
+    Order: events of one key are published in the order their transactions
+    committed, whenever one committed before the next began (positions come
+    from a sequence, so they follow that order). Concurrent transactions
+    have no order between them to keep.
+
+    Args:
+        engine: The database the outbox is in.
+        outbox: The outbox.
+        publisher: Where events go.
+        batch_size: Events per step (1 to 10,000).
+        poll_interval: Seconds between steps that found nothing.
+        max_backoff: The most seconds between attempts after failures
+            (doubling from *poll_interval*, with jitter).
+
+    Example::
+
+        relay = Relay(engine, outbox, DramatiqPublisher(deliver))
+        relay.run()  # until stop() or a signal
+
+    .. versionadded:: 0.2.0
+    """
+
+    def __init__(
+        self,
+        engine: Engine,
+        outbox: Outbox,
+        publisher: Publisher,
+        *,
+        batch_size: int = DEFAULT_BATCH_SIZE,
+        poll_interval: float = 0.2,
+        max_backoff: float = 30.0,
+    ) -> None:
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int):
+            msg = f"batch_size must be an integer, not {batch_size!r}"
+            raise ValueError(msg)
+        if not 1 <= batch_size <= MAX_BATCH_SIZE:
+            msg = f"batch_size must be from 1 to {MAX_BATCH_SIZE:,}, not {batch_size}"
+            raise ValueError(msg)
+        if not poll_interval > 0 or not max_backoff >= poll_interval:
+            msg = "poll_interval must be positive and max_backoff at least poll_interval"
+            raise ValueError(msg)
+        self._engine = engine
+        self._writer = _db.for_writes(engine)
+        self._outbox = outbox
+        self._publisher = publisher
+        self._batch_size = batch_size
+        self._poll = poll_interval
+        self._max_backoff = max_backoff
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        table = outbox.table
+        self._pending = (
+            sa.select(table.c.position, table.c.id, table.c.key, table.c.type)
+            .add_columns(table.c.payload, table.c.created_at)
+            .where(table.c.published_at.is_(None))
+            .order_by(table.c.position)
+            .limit(sa.bindparam("limit", type_=sa.Integer()))
+        )
+        self._mark = (
+            table.update()
+            .where(table.c.position.in_(sa.bindparam("positions", expanding=True)))
+            .values(published_at=sa.bindparam("now", type_=table.c.published_at.type))
+        )
+
+    def run_once(self) -> int:
+        """
+        Publish one batch of pending events and mark it; return how many (0: none pending).
+
+        Raises whatever the read, the publisher or the mark raised: the batch
+        then stays pending.
+        """
+        with self._engine.connect() as conn:
+            rows = conn.execute(self._pending, {"limit": self._batch_size}).all()
+        if not rows:
+            return 0
+        events = [
+            Event(row.id, row.key, row.type, json.loads(row.payload), row.created_at, row.position)
+            for row in rows
+        ]
+        self._publisher.publish(events)
+        with self._writer.begin() as conn:
+            positions = [event.position for event in events]
+            conn.execute(self._mark, {"positions": positions, "now": datetime.now(UTC)})
+        return len(events)
+
+    def pending(self) -> int:
+        """How many events wait to be relayed."""
+        table = self._outbox.table
+        stmt = sa.select(sa.func.count()).where(table.c.published_at.is_(None))
+        with self._engine.connect() as conn:
+            return int(conn.execute(stmt).scalar_one())
+
+    def run(self) -> None:
+        """
+        Take the relay lock, then relay until :meth:`stop`; failures back off and retry.
+        """
+        self._stop.clear()
+        with self._lock() as held:
+            if not held:
+                return  # stopped while waiting as a standby
+            failures = 0
+            while not self._stop.is_set():
+                try:
+                    relayed = self.run_once()
+                except Exception:
+                    failures += 1
+                    delay = min(self._max_backoff, self._poll * 2**failures)
+                    log.exception("outbox relay step failed; again in %.1f s", delay)
+                    self._stop.wait(delay * random.uniform(0.5, 1.0))
+                    continue
+                failures = 0
+                if relayed < self._batch_size:
+                    self._stop.wait(self._poll)
+
+    def start(self) -> None:
+        """Run :meth:`run` in a daemon thread (relay in process); :meth:`stop` ends it."""
+        if self._thread is not None and self._thread.is_alive():
+            msg = "this relay is running already"
+            raise RuntimeError(msg)
+        self._thread = threading.Thread(target=self.run, name="perfkit-outbox-relay", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float | None = 10.0) -> None:
+        """Stop after the current step (and join the thread :meth:`start` made)."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+            self._thread = None
+
+    @contextlib.contextmanager
+    def _lock(self) -> Iterator[bool]:
+        name = self._outbox.table.name
+        url = self._engine.url
+        if self._engine.dialect.name == "postgresql":
+            key = zlib.crc32(f"perfkit-outbox:{name}".encode())
+            with self._engine.connect() as conn:
+                while not conn.execute(sa.select(sa.func.pg_try_advisory_lock(key))).scalar():
+                    conn.commit()
+                    if self._stop.wait(self._poll * 5):
+                        yield False
+                        return
+                conn.commit()
+                try:
+                    yield True
+                finally:
+                    conn.execute(sa.select(sa.func.pg_advisory_unlock(key)))
+                    conn.commit()
+            return
+        path = url.database if self._engine.dialect.name == "sqlite" else None
+        if not path or path == ":memory:" or path.startswith("file:"):
+            yield True  # one process: nothing to share the outbox with
+            return
+        with open(f"{path}.{name}.relay-lock", "a+b") as handle:
+            while True:
+                try:
+                    fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if self._stop.wait(self._poll * 5):
+                        yield False
+                        return
+            try:
+                yield True
+            finally:
+                fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
