@@ -43,7 +43,7 @@ def outbox(engine: Engine) -> Outbox:
 
 def _pending(engine: Engine, box: Outbox) -> list[tuple[str, str]]:
     table = box.table
-    stmt = sa.select(table.c.key, table.c.type).where(table.c.published_at.is_(None))
+    stmt = sa.select(table.c.key, table.c.type)
     with engine.connect() as conn:
         return [tuple(row) for row in conn.execute(stmt.order_by(table.c.position))]
 
@@ -118,7 +118,7 @@ def test_event_messages_round_trip() -> None:
 
 
 def test_relay_publishes_in_order_then_marks(engine: Engine, outbox: Outbox) -> None:
-    """run_once hands a batch over in position order and marks it; then nothing is pending."""
+    """run_once hands a batch over in position order and deletes it; then nothing is pending."""
     with engine.begin() as conn:
         for n in range(5):
             outbox.add(conn, type="t", key=f"k:{n % 2}", payload={"n": n})
@@ -130,7 +130,7 @@ def test_relay_publishes_in_order_then_marks(engine: Engine, outbox: Outbox) -> 
 
 
 def test_a_failing_publisher_leaves_the_batch_pending(engine: Engine, outbox: Outbox) -> None:
-    """The publisher raises: nothing is marked, and the next step offers the same events."""
+    """The publisher raises: nothing is deleted, and the next step offers the same events."""
     with engine.begin() as conn:
         outbox.add(conn, type="t", key="k", payload={"n": 1})
     calls: list[str] = []

@@ -74,12 +74,18 @@ def instrument_engine(
     attributes: dict[str, dict[str, str]] = {}
 
     def before(
-        _conn: Any, _cursor: Any, _stmt: str, _params: Any, context: Any, _many: bool
+        conn: Any, _cursor: Any, _stmt: str, _params: Any, context: Any, _many: bool
     ) -> None:
-        setattr(context, _STARTED, time.perf_counter())
+        if context is None:  # a statement of SQLAlchemy's own small path (or the outbox's)
+            conn.info[_STARTED] = time.perf_counter()
+        else:
+            setattr(context, _STARTED, time.perf_counter())
 
-    def after(_conn: Any, _cursor: Any, stmt: str, _params: Any, context: Any, _many: bool) -> None:
-        started = getattr(context, _STARTED, None)
+    def after(conn: Any, _cursor: Any, stmt: str, _params: Any, context: Any, _many: bool) -> None:
+        if context is None:
+            started = conn.info.pop(_STARTED, None)
+        else:
+            started = getattr(context, _STARTED, None)
         if started is None:
             return
         elapsed = time.perf_counter() - started

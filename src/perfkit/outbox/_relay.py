@@ -12,7 +12,6 @@ import random
 import threading
 import zlib
 from collections.abc import Callable, Iterator, Sequence
-from datetime import UTC, datetime
 from typing import Final, Protocol
 
 import sqlalchemy as sa
@@ -36,7 +35,7 @@ class Publisher(Protocol):
 
     :meth:`publish` returns only once every event is durably in the queue's
     hands (a broker's publisher confirm); it raises if any may not be. The
-    relay marks the events relayed only after it returns, so an event is
+    relay deletes the events only after it returns, so an event is
     never lost, but may be published twice (after a crash between the two):
     consumers deduplicate on :attr:`Event.id`.
 
@@ -76,9 +75,9 @@ class Relay:
     Move committed events from an :class:`Outbox` to a :class:`Publisher`.
 
     Each step reads up to *batch_size* pending events in position order
-    (short read, no lock held), publishes them, then marks them relayed (a
-    short write). A relay that crashes anywhere loses nothing: what it had
-    not marked is published again when it, or another, resumes. One relay
+    (short read, no lock held), publishes them, then deletes them (a short
+    write). A relay that crashes anywhere loses nothing: what it had not
+    deleted is published again when it, or another, resumes. One relay
     runs at a time per outbox: :meth:`run` first takes a lock that dies with
     its process (a PostgreSQL advisory lock on a connection of its own; on
     SQLite, an exclusive ``flock`` beside the database file), and a second
@@ -138,22 +137,19 @@ class Relay:
         self._pending = (
             sa.select(table.c.position, table.c.id, table.c.key, table.c.type)
             .add_columns(table.c.payload, table.c.created_at)
-            .where(table.c.published_at.is_(None))
             .order_by(table.c.position)
             .limit(sa.bindparam("limit", type_=sa.Integer()))
         )
-        self._mark = (
-            table.update()
-            .where(table.c.position.in_(sa.bindparam("positions", expanding=True)))
-            .values(published_at=sa.bindparam("now", type_=table.c.published_at.type))
+        self._done = table.delete().where(
+            table.c.position.in_(sa.bindparam("positions", expanding=True))
         )
 
     def run_once(self) -> int:
         """
-        Publish one batch of pending events and mark it; return how many (0: none pending).
+        Publish one batch of pending events, then delete it; return how many (0: none pending).
 
-        Raises whatever the read, the publisher or the mark raised: the batch
-        then stays pending.
+        Raises whatever the read, the publisher or the delete raised: the
+        batch then stays pending.
         """
         with self._engine.connect() as conn:
             rows = conn.execute(self._pending, {"limit": self._batch_size}).all()
@@ -165,14 +161,12 @@ class Relay:
         ]
         self._publisher.publish(events)
         with self._writer.begin() as conn:
-            positions = [event.position for event in events]
-            conn.execute(self._mark, {"positions": positions, "now": datetime.now(UTC)})
+            conn.execute(self._done, {"positions": [event.position for event in events]})
         return len(events)
 
     def pending(self) -> int:
         """How many events wait to be relayed."""
-        table = self._outbox.table
-        stmt = sa.select(sa.func.count()).where(table.c.published_at.is_(None))
+        stmt = sa.select(sa.func.count()).select_from(self._outbox.table)
         with self._engine.connect() as conn:
             return int(conn.execute(stmt).scalar_one())
 

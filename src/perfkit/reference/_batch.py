@@ -24,6 +24,7 @@ from perfkit.errors import Conflict, InvalidInput, NotFound
 from perfkit.pagination import count_tag
 from perfkit.reference import _validate as v
 from perfkit.reference import cache_keys as keys
+from perfkit.reference import events as ev
 from perfkit.reference.models import Bill, BillStatus, User, Vote, VoteChoice, utcnow
 from perfkit.reference.records import BillRecord, UserRecord, VoteRecord
 
@@ -218,7 +219,14 @@ def cast_votes(db: _Database, items: Iterable[object], chunk_size: int) -> Batch
             rows, stmt = _cast_statement(conn.dialect.name)
             ballots = [(b, u, c.value) for _, (b, u, c) in unique]
             params = {**rows.params(ballots), "now": now}
-            return finish(conn, conn.execute(stmt, params).all())
+            results = finish(conn, conn.execute(stmt, params).all())
+            if db.outbox is not None:
+                stored = [r.value for r in results if r.value is not None]
+                db.emit(
+                    conn,
+                    [(ev.VOTE_CAST, ev.event_key(v.bill_id), ev.vote_payload(v)) for v in stored],
+                )
+            return results
 
         def verify(conn: Connection) -> list[ItemResult[VoteRecord]] | None:
             # The chunk's votes carry its timestamp, to the microsecond: if any is there, all are.

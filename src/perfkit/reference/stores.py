@@ -37,6 +37,7 @@ from perfkit.pagination import (
 from perfkit.reference import _batch
 from perfkit.reference import _validate as v
 from perfkit.reference import cache_keys as keys
+from perfkit.reference import events as ev
 from perfkit.reference.models import Base, Bill, BillStatus, User, Vote, VoteChoice, utcnow
 from perfkit.reference.records import (
     BillRecord,
@@ -50,6 +51,8 @@ from perfkit.reference.records import (
 from perfkit.resilience import run_in_transaction, run_read
 
 if TYPE_CHECKING:
+    from perfkit.outbox import Outbox
+
     AnyRow: TypeAlias = Row[*tuple[Any, ...]]
     AnySelect: TypeAlias = sa.Select[*tuple[Any, ...]]
 
@@ -106,7 +109,15 @@ class _Database:
     What a store works on: an engine for reads, one for writes, an optional cache.
     """
 
-    __slots__ = ("cache", "cursor_secret", "engine", "read_deadline", "write_deadline", "writer")
+    __slots__ = (
+        "cache",
+        "cursor_secret",
+        "engine",
+        "outbox",
+        "read_deadline",
+        "write_deadline",
+        "writer",
+    )
 
     def __init__(
         self,
@@ -114,8 +125,10 @@ class _Database:
         cache: Cache | None,
         cursor_secret: str | bytes | None,
         deadlines: tuple[float, float] = (READ_DEADLINE, WRITE_DEADLINE),
+        outbox: Outbox | None = None,
     ) -> None:
         self.engine = engine
+        self.outbox = outbox
         self.writer = _db.for_writes(engine)
         self.cache = cache
         self.cursor_secret = cursor_secret
@@ -208,6 +221,11 @@ class _Database:
                 # Whatever failed after a lost COMMIT, the write may be stored.
                 self.invalidate(keys=touches_keys, tags=touches)
             raise
+
+    def emit(self, conn: Connection, events: Iterable[tuple[str, str, dict[str, Any]]]) -> None:
+        """Write *events* (type, key, payload) to the outbox in *conn*'s transaction, if any."""
+        if self.outbox is not None:
+            self.outbox.add_many(conn, events)
 
     def exists(self, conn: Connection, stmt: AnySelect, key: int) -> bool:
         return conn.execute(stmt, {"key": key}).first() is not None
@@ -622,7 +640,11 @@ class BillStore:
                 .values(**changes, updated_at=utcnow())
                 .returning(*_BILL_COLUMNS)
             )
-            return _bill(conn.execute(stmt).one()), True
+            bill = _bill(conn.execute(stmt).one())
+            if "status" in changes:
+                payload = {"bill": bill.to_dict(), "previous_status": record.status.value}
+                self._db.emit(conn, [(ev.BILL_STATUS_CHANGED, ev.event_key(key), payload)])
+            return bill, True
 
         def updated(conn: Connection) -> tuple[BillRecord, bool] | None:
             row = conn.execute(_BILL_BY_ID, {"key": key}).first()
@@ -785,7 +807,9 @@ class VoteStore:
                 raise NotFound("user", user)
             values = {"bill_id": bill, "user_id": user, "choice": picked, "created_at": utcnow()}
             message = f"user {user} has already voted on bill {bill}"
-            return _vote(_insert_one(conn, _INSERT_VOTE, message, values))
+            vote = _vote(_insert_one(conn, _INSERT_VOTE, message, values))
+            self._db.emit(conn, [(ev.VOTE_CAST, ev.event_key(bill), ev.vote_payload(vote))])
+            return vote
 
         def cast(conn: Connection) -> VoteRecord | None:
             # One vote per (bill, user): if it is there with this choice, it is this one.
@@ -916,7 +940,7 @@ class Stores:
     connections (only when :func:`open_stores` created the engine).
     """
 
-    __slots__ = ("_owns_engine", "bills", "cache", "engine", "users", "votes")
+    __slots__ = ("_owns_engine", "bills", "cache", "engine", "outbox", "users", "votes")
 
     def __init__(
         self,
@@ -927,10 +951,13 @@ class Stores:
         cursor_secret: str | bytes | None = None,
         read_deadline: float = READ_DEADLINE,
         write_deadline: float = WRITE_DEADLINE,
+        outbox: Outbox | None = None,
     ) -> None:
-        database = _Database(engine, cache, cursor_secret, (read_deadline, write_deadline))
+        deadlines = (read_deadline, write_deadline)
+        database = _Database(engine, cache, cursor_secret, deadlines, outbox)
         self.engine = engine
         self.cache = cache
+        self.outbox = outbox
         self.users = UserStore(database)
         self.bills = BillStore(database)
         self.votes = VoteStore(database)
@@ -963,6 +990,7 @@ def open_stores(
     cursor_secret: str | bytes | None = None,
     read_deadline: float = READ_DEADLINE,
     write_deadline: float = WRITE_DEADLINE,
+    outbox: Outbox | None = None,
 ) -> Stores:
     """
     Open the reference stores on *database*.
@@ -988,6 +1016,10 @@ def open_stores(
             (SQLite busy, serialization failures, deadlocks, lost
             connections). After both, the failure is raised: the HTTP layer
             answers it 503 (:func:`perfkit.fastapi.install`).
+        outbox: Write an event for every vote cast and every bill status
+            change into this :class:`~perfkit.outbox.Outbox`, in the write's
+            own transaction (:mod:`perfkit.reference.events`); its table is
+            created with the schema.
 
     Example::
 
@@ -1003,6 +1035,8 @@ def open_stores(
     engine = _db.create_engine(database) if not isinstance(database, Engine) else database
     if create_schema:
         Base.metadata.create_all(engine)
+        if outbox is not None:
+            outbox.create(engine)
     return Stores(
         engine,
         owns_engine=owns_engine,
@@ -1010,4 +1044,5 @@ def open_stores(
         cursor_secret=cursor_secret,
         read_deadline=read_deadline,
         write_deadline=write_deadline,
+        outbox=outbox,
     )

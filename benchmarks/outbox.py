@@ -1,0 +1,181 @@
+"""
+The outbox: what an event costs a write, and how long it takes to reach a consumer.
+
+Cost per write: ``votes.cast`` on the reference stores (SQLite file, memory cache),
+with and without an outbox writing its ``vote.cast`` event in the same transaction.
+Counted in instructions with callgrind (SQLite runs in process, so its own work is in
+the count; wall-clock ratios on this machine move more than the gap judged): a fresh
+Python casts N and 3N votes; the difference over 2N is per cast. On PostgreSQL, where
+the server's work is in another process, it is wall-clock: medians of interleaved rounds.
+
+Delivery latency: events written at 100/s, one per transaction; a relay in a thread
+(``poll_interval`` 10 ms) publishes through dramatiq to RabbitMQ (publisher confirms) and
+a dramatiq worker in the same process receives them. Latency runs from just before the
+write's COMMIT to the worker's call, median and p99 of 1,000 events; also with ``InProcessPublisher``.
+
+Usage: ``python benchmarks/outbox.py [--casts N] [--postgres URL] [--amqp URL]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import callgrind
+
+SEEDED_USERS = 20_000
+
+
+def _stores(url: str, *, outbox: bool) -> Any:
+    from perfkit import Cache, MemoryBackend  # noqa: PLC0415
+    from perfkit.outbox import Outbox  # noqa: PLC0415
+    from perfkit.reference import open_stores  # noqa: PLC0415
+
+    cache = Cache(MemoryBackend(), namespace=f"o{outbox}", ttl=60)
+    return open_stores(url, cache=cache, outbox=Outbox() if outbox else None)
+
+
+def child(variant: str, casts: int) -> None:
+    """*casts* votes on fresh pairs, with or without the outbox (a fresh seeded database)."""
+    from perfkit import db  # noqa: PLC0415
+    from perfkit.reference import Base, seed  # noqa: PLC0415
+
+    with tempfile.TemporaryDirectory() as tmp:
+        url = f"sqlite:///{Path(tmp) / 'outbox.sqlite3'}"
+        engine = db.create_engine(url)
+        Base.metadata.create_all(engine)
+        seed(engine, users=SEEDED_USERS, bills=10, votes=0)
+        engine.dispose()
+        stores = _stores(url, outbox=variant == "outbox")
+        for user in range(1, casts + 2):
+            stores.votes.cast(bill_id=1, user_id=user, choice="yes")
+        stores.close()
+
+
+def wall_clock(url: str, rounds: int, casts: int) -> tuple[float, float]:
+    """Median µs per cast without and with the outbox, interleaved rounds."""
+    from perfkit.reference import Base, seed  # noqa: PLC0415
+
+    plain, boxed = _stores(url, outbox=False), _stores(url, outbox=True)
+    Base.metadata.drop_all(plain.engine)
+    Base.metadata.create_all(plain.engine)
+    seed(plain.engine, users=SEEDED_USERS, bills=200, votes=0)
+    timings: dict[bool, list[float]] = {False: [], True: []}
+    user = 1
+    for number in range(rounds):
+        for with_outbox in (False, True) if number % 2 else (True, False):
+            stores = boxed if with_outbox else plain
+            started = time.perf_counter()
+            for _ in range(casts):
+                stores.votes.cast(
+                    bill_id=1 + user // SEEDED_USERS, user_id=1 + user % SEEDED_USERS, choice="no"
+                )
+                user += 1
+            timings[with_outbox].append((time.perf_counter() - started) / casts * 1e6)
+    plain.close()
+    boxed.close()
+    return statistics.median(timings[False]), statistics.median(timings[True])
+
+
+def delivery(url: str, amqp: str | None, events: int = 1_000) -> tuple[float, float]:
+    """Median and p99 ms from commit to consumer, through RabbitMQ (or in process)."""
+    from perfkit import db  # noqa: PLC0415
+    from perfkit.outbox import Event, InProcessPublisher, Outbox, Relay  # noqa: PLC0415
+
+    engine = db.create_engine(url)
+    box = Outbox()
+    box.table.drop(engine, checkfirst=True)
+    box.create(engine)
+    committed: dict[int, float] = {}
+    latencies: list[float] = []
+    done = threading.Event()
+
+    def receive(message: dict[str, Any]) -> None:
+        arrived = time.perf_counter()
+        number = Event.from_message(message).payload["n"]
+        latencies.append(arrived - committed[number])
+        if len(latencies) == events:
+            done.set()
+
+    worker = broker = None
+    if amqp is None:
+        publisher: Any = InProcessPublisher(lambda event: receive(event.to_message()))
+    else:
+        import dramatiq  # noqa: PLC0415
+        from dramatiq.brokers.rabbitmq import RabbitmqBroker  # noqa: PLC0415
+
+        from perfkit.outbox import DramatiqPublisher  # noqa: PLC0415
+
+        queue = f"perfkit-bench-{uuid.uuid4().hex[:6]}"
+        broker = RabbitmqBroker(url=amqp, confirm_delivery=True)
+        actor = dramatiq.actor(receive, broker=broker, queue_name=queue, max_retries=0)
+        worker = dramatiq.Worker(broker, worker_threads=1, worker_timeout=10)
+        worker.start()
+        publisher = DramatiqPublisher(actor)
+    relay = Relay(engine, box, publisher, poll_interval=0.01)
+    relay.start()
+    for number in range(events):
+        with engine.begin() as conn:
+            box.add(conn, type="bench", key="k", payload={"n": number})
+            committed[number] = time.perf_counter()  # the COMMIT follows (the relay may be quicker)
+        time.sleep(0.01)
+    done.wait(60)
+    relay.stop()
+    if worker is not None and broker is not None:
+        worker.stop()
+        broker.channel.queue_delete(queue)
+        broker.close()
+    engine.dispose()
+    ordered = sorted(latencies)
+    return statistics.median(ordered) * 1e3, ordered[int(len(ordered) * 0.99) - 1] * 1e3
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--casts", type=int, default=300)
+    parser.add_argument("--postgres", help="PostgreSQL URL for the wall-clock and delivery rows")
+    parser.add_argument("--amqp", default="amqp://guest:guest@127.0.0.1:5672/")
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    parser.add_argument("n", nargs="?", type=int, help=argparse.SUPPRESS)
+    options = parser.parse_args()
+    if options.child:
+        child(options.child, options.n)
+        return
+    counts = callgrind.per_iteration(__file__, ["plain", "outbox"], options.casts)
+    added = counts["outbox"] - counts["plain"]
+    print("### What an event costs a write\n")
+    print("| database | measure | cast | cast + outbox event | added |")
+    print("|---|---|---|---|---|")
+    print(
+        f"| SQLite | instructions per cast (callgrind) | {counts['plain']:,.0f} "
+        f"| {counts['outbox']:,.0f} | {added:,.0f} ({100 * added / counts['plain']:.1f}%) |"
+    )
+    if options.postgres:
+        plain, boxed = wall_clock(options.postgres, rounds=7, casts=200)
+        print(
+            f"| PostgreSQL | µs per cast (median of 7 interleaved rounds) | {plain:,.0f} "
+            f"| {boxed:,.0f} | {boxed - plain:,.0f} ({100 * (boxed - plain) / plain:.1f}%) |"
+        )
+    print("\n### Delivery latency, commit to consumer (1,000 events at 100/s)\n")
+    print("| database | publisher | median (ms) | p99 (ms) |")
+    print("|---|---|---|---|")
+    with tempfile.TemporaryDirectory() as tmp:
+        sqlite_url = f"sqlite:///{Path(tmp) / 'delivery.sqlite3'}"
+        targets = [("SQLite", sqlite_url)]
+        if options.postgres:
+            targets.append(("PostgreSQL", options.postgres))
+        for name, url in targets:
+            for label, amqp in (("in process", None), ("dramatiq + RabbitMQ", options.amqp)):
+                median, p99 = delivery(url, amqp)
+                print(f"| {name} | {label} | {median:.1f} | {p99:.1f} |", flush=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
