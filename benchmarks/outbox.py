@@ -11,7 +11,8 @@ the server's work is in another process, it is wall-clock: medians of interleave
 Delivery latency: events written at 100/s, one per transaction; a relay in a thread
 (``poll_interval`` 10 ms) publishes through dramatiq to RabbitMQ (publisher confirms) and
 a dramatiq worker in the same process receives them. Latency runs from just before the
-write's COMMIT to the worker's call, median and p99 of 1,000 events; also with ``InProcessPublisher``.
+write's COMMIT to the worker's call, median and p99 of 1,000 events; also with
+``InProcessPublisher``.
 
 Usage: ``python benchmarks/outbox.py [--casts N] [--postgres URL] [--amqp URL]``
 """

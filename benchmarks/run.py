@@ -205,6 +205,12 @@ BENCHMARKS: Final[tuple[Benchmark, ...]] = (
         databases=False,
     ),
     Benchmark(
+        name="outbox",
+        title="Outbox: cost per write (callgrind) and delivery latency",
+        run=_script("outbox.py", "--postgres", POSTGRES_URL),
+        databases=False,
+    ),
+    Benchmark(
         name="stale_check_instructions",
         title="The stale-snapshot check's cost per read, in instructions (callgrind)",
         run=_script("stale_check_instructions.py"),
