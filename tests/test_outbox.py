@@ -394,3 +394,78 @@ def test_a_relay_killed_mid_batch_resumes_without_loss(
         second.wait(timeout=10)
     assert pending_after_kill == 60  # nothing of the killed batch was marked
     assert ids == queue[1].first_order(f"{run}:k")
+
+
+# -- the row's own statement path ----------------------------------------------------------------
+
+
+def test_the_event_insert_is_seen_by_query_counts_and_timing(
+    engine: Engine, outbox: Outbox
+) -> None:
+    """The outbox's INSERT fires the cursor events: counted, and timed as a query."""
+    from perfkit._context import CURRENT  # noqa: PLC0415
+    from perfkit.observability import RequestTiming  # noqa: PLC0415
+    from perfkit.observability._sqlalchemy import instrument_engine  # noqa: PLC0415
+    from perfkit.testing import count_queries  # noqa: PLC0415
+
+    instrument_engine(engine, metrics=False)
+    timing = RequestTiming()
+    token = CURRENT.set(timing)
+    try:
+        with count_queries(engine) as log, engine.begin() as conn:
+            outbox.add(conn, type="t", key="k", payload={})
+    finally:
+        CURRENT.reset(token)
+    assert [f"INSERT INTO {outbox.table.name}"] == [
+        s[: len(s.split("(")[0])].strip() for s in log.statements
+    ]
+    assert (timing.db_queries, timing.db_seconds > 0) == (1, True)
+
+
+def test_a_failing_event_insert_raises_sqlalchemys_error(sqlite_engine: Engine) -> None:
+    """A driver error comes out wrapped, as any statement's would (retries classify it)."""
+    box = Outbox(name="missing_table")
+    with (
+        pytest.raises(sa.exc.OperationalError, match="no such table"),
+        sqlite_engine.begin() as conn,
+    ):
+        box.add(conn, type="t", key="k", payload={})
+
+
+# -- the reference stores ------------------------------------------------------------------------
+
+
+def _events(engine: Engine, box: Outbox) -> list[tuple[str, str, dict[str, Any]]]:
+    import json  # noqa: PLC0415
+
+    table = box.table
+    stmt = sa.select(table.c.type, table.c.key, table.c.payload).order_by(table.c.position)
+    with engine.connect() as conn:
+        return [(t, k, json.loads(p)) for t, k, p in conn.execute(stmt)]
+
+
+def test_store_writes_record_their_events_and_failed_writes_none(engine: Engine) -> None:
+    """cast, cast_many and status changes write events in their transactions; a refused
+    write, a rolled-back one or an update that changes no status writes none."""
+    from perfkit.errors import Conflict  # noqa: PLC0415
+    from perfkit.reference import open_stores, seed  # noqa: PLC0415
+
+    seed(engine, users=5, bills=2, votes=0)
+    box = Outbox()
+    box.table.drop(engine, checkfirst=True)
+    with open_stores(engine, outbox=box) as stores:
+        vote = stores.votes.cast(bill_id=1, user_id=1, choice="yes")
+        with pytest.raises(Conflict):
+            stores.votes.cast(bill_id=1, user_id=1, choice="no")
+        stores.votes.cast_many(
+            [{"bill_id": 2, "user_id": u, "choice": "no"} for u in (1, 2)]
+            + [{"bill_id": 1, "user_id": 1, "choice": "no"}]  # taken: no event
+        )
+        stores.bills.update(2, title="Renamed")  # no status change: no event
+        stores.bills.update(2, status="passed")
+    events = _events(engine, box)
+    expected = [("vote.cast", "bill:1"), ("vote.cast", "bill:2"), ("vote.cast", "bill:2")]
+    expected.append(("bill.status_changed", "bill:2"))
+    assert expected == [(t, k) for t, k, _ in events]
+    assert vote.to_dict() == events[0][2]
+    assert (events[3][2]["bill"]["status"], events[3][2]["previous_status"]) == ("passed", "draft")
