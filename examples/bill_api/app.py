@@ -19,6 +19,12 @@ Configuration comes from the environment:
 ``PERFKIT_BUDGETS``
     The budgets file whose latency thresholds the request histogram gets bucket
     boundaries at (default: the repository's ``budgets.json``).
+``PERFKIT_AMQP_URL``
+    Send the API's events (vote casts, bill status changes, written to an
+    outbox in each write's transaction) through this RabbitMQ, relayed by
+    ``python -m bill_api.relay`` and consumed by ``dramatiq bill_api.worker``
+    (default: none, a relay thread in this process consumes them;
+    :mod:`bill_api.events`).
 ``PERFKIT_TEXT_URL``
     The bill-text service behind ``GET /bills/{id}/text``, called through a
     circuit breaker (default: none, the stored summary is served).
@@ -54,7 +60,7 @@ from fastapi import Body, Depends, FastAPI, Path, Query, Request
 from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, Field
 
-from bill_api import telemetry
+from bill_api import events, telemetry
 from bill_api.text import BillText
 from perfkit import (
     CircuitBreaker,
@@ -84,6 +90,7 @@ from perfkit.http import (
     database_probe,
     tag_response,
 )
+from perfkit.outbox import InProcessPublisher, Relay
 from perfkit.reference import (
     BillRecord,
     Stores,
@@ -223,15 +230,22 @@ def create_app(
             yield
             return
         url = database_url or os.environ.get("PERFKIT_DATABASE_URL") or DEFAULT_DATABASE_URL
-        opened = open_stores(url, cache=cache)
+        outbox = events.outbox()
+        opened = open_stores(url, cache=cache, outbox=outbox)
         if provider is not None:
             instrument_engine(opened.engine, meter_provider=provider)
         app.state.stores = opened
+        relay = None
+        if events.amqp_url() is None:  # embedded: the events are consumed in this process
+            relay = Relay(opened.engine, outbox, InProcessPublisher(events.handle))
+            relay.start()
         restore = _tune_gc()
         try:
             yield
         finally:
             restore()
+            if relay is not None:
+                relay.stop()
             opened.close()
             if cache is not None:
                 await cache.backend.aclose()  # the response cache's async connections

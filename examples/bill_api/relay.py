@@ -1,0 +1,44 @@
+"""
+The outbox relay of the API's events: ``python -m bill_api.relay`` (needs ``PERFKIT_AMQP_URL``).
+
+It reads the events committed to the outbox of ``PERFKIT_DATABASE_URL`` (default: the
+demo database) and publishes them to RabbitMQ for ``dramatiq bill_api.worker``, until
+SIGINT or SIGTERM. A second relay started on the same database waits as a standby.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+from types import FrameType
+
+from bill_api import events
+from bill_api.app import DEFAULT_DATABASE_URL
+from perfkit import db
+from perfkit.outbox import DramatiqPublisher, Relay
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    logging.getLogger("pika").setLevel(logging.WARNING)
+    from bill_api.worker import deliver  # noqa: PLC0415 - needs PERFKIT_AMQP_URL
+
+    url = os.environ.get("PERFKIT_DATABASE_URL") or DEFAULT_DATABASE_URL
+    engine = db.create_engine(url)
+    outbox = events.outbox()
+    outbox.create(engine)
+    relay = Relay(engine, outbox, DramatiqPublisher(deliver))
+
+    def stop(_signum: int, _frame: FrameType | None) -> None:
+        relay.stop(timeout=None)
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    logging.getLogger("bill_api.relay").info("relaying %s to %s", url, events.QUEUE)
+    relay.run()
+    engine.dispose()
+
+
+if __name__ == "__main__":
+    main()
