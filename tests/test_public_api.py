@@ -188,6 +188,16 @@ PAGINATION = [
 
 BATCH = ["DEFAULT_CHUNK_SIZE", "BatchResult", "ItemResult", "RowSource", "chunked"]
 
+OUTBOX = [
+    "DEFAULT_TABLE",
+    "DramatiqPublisher",
+    "Event",
+    "InProcessPublisher",
+    "Outbox",
+    "Publisher",
+    "Relay",
+]
+
 TESTING = [
     "BackendContract",
     "FakeClock",
@@ -223,6 +233,7 @@ OBSERVABILITY = [
         ("perfkit.load", LOAD),
         ("perfkit.pagination", PAGINATION),
         ("perfkit.batch", BATCH),
+        ("perfkit.outbox", OUTBOX),
         ("perfkit.testing", TESTING),
     ],
 )
@@ -281,7 +292,8 @@ def _modules_after(code: str) -> set[str]:
 
 # Optional integrations: never loaded by importing perfkit or perfkit.reference.
 OPTIONAL = {"redis", "fastapi", "starlette", "uvicorn", "opentelemetry.sdk", "greenlet",
-            "aiosqlite", "psycopg", "sqlalchemy.ext.asyncio", "pydantic"}  # fmt: skip
+            "aiosqlite", "psycopg", "sqlalchemy.ext.asyncio", "pydantic", "dramatiq",
+            "pika"}  # fmt: skip
 # Loaded only by the parts that use them: not by `import perfkit` nor `import perfkit.cache`.
 HEAVY = OPTIONAL | {"sqlalchemy", "tenacity", "opentelemetry", "pybreaker"}
 
@@ -302,8 +314,8 @@ HOMES = {
 
 
 def test_import_stays_light() -> None:
-    """import perfkit.reference loads no optional integration."""
-    loaded = _modules_after("import perfkit, perfkit.reference")
+    """import perfkit.reference (and perfkit.outbox) loads no optional integration."""
+    loaded = _modules_after("import perfkit, perfkit.reference, perfkit.outbox")
 
     assert set() == OPTIONAL & loaded
 
