@@ -16,7 +16,6 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from helpers import queries, statements
 from perfkit import Conflict, InvalidCursor, InvalidInput, InvalidPage, NotFound
 from perfkit.reference import (
     Bill,
@@ -30,6 +29,7 @@ from perfkit.reference import (
     VoteCounts,
     seed,
 )
+from perfkit.testing import count_queries
 
 
 def _count(stores: Stores, table: type[Any]) -> int:
@@ -359,12 +359,12 @@ class StoreContract:
         for user, choice in zip(users, ["yes", "yes", "yes", "no", "no", "abstain"], strict=True):
             stores.votes.cast(bill_id=bill.id, user_id=user.id, choice=choice)
 
-        with statements(stores.engine) as seen:
+        with count_queries(stores.engine) as seen:
             counts = stores.votes.counts(bill.id)
 
         assert VoteCounts(bill_id=bill.id, yes=3, no=2, abstain=1) == counts
         assert counts.total == 6
-        assert len(queries(seen)) == 1
+        assert seen.count == 1
 
     def test_counts_of_bill_without_votes_are_zero(self, stores: Stores) -> None:
         """A bill nobody voted on counts zero of each choice."""
