@@ -127,7 +127,7 @@ def test_cast_many_stores_each_vote_and_says_why_others_failed(cached: Stores) -
     assert "user 1 has already voted on bill 1" in messages[0]
     assert "bill with id=99" in messages[1]
     assert "user with id=99" in messages[2]
-    assert "repeats item 5" in messages[4]
+    assert "user 3 has already voted on bill 2" in messages[4]  # repeats item 5, stored
     assert messages[6:8] == ["choice: is required", "weight: is not a field of this item"]
     stored = result.stored
     assert [(v.bill_id, v.user_id, v.choice) for v in stored] == [(1, 2, "yes"), (2, 3, "abstain")]
@@ -197,7 +197,7 @@ def test_create_many_users_reports_taken_and_repeated_names(cached: Stores) -> N
     assert [f"username {taken.username!r} is taken", f"email {taken.email!r} is taken"] == (
         messages[:2]
     )
-    assert "repeats item 0" in messages[2]
+    assert messages[2] == "username 'fresh' is taken"  # by item 0
     assert result.stored[0] == cached.users.get_by_username("fresh")  # invalidated
 
 
@@ -338,3 +338,26 @@ def test_errors_are_the_documented_types(cached: Stores) -> None:
         [{"bill_id": 1, "user_id": 1, "choice": "x"}, {"bill_id": 77, "user_id": 1, "choice": "no"}]
     )
     assert [InvalidInput, NotFound] == [type(item.error) for item in result.failed]
+
+
+def test_a_repeat_of_an_item_that_failed_gets_its_own_result(cached: Stores) -> None:
+    """A repeat goes in after the item it repeats: stored if that one was refused, a
+    Conflict if it was stored, and whatever it would have got alone otherwise."""
+    taken = cached.users.get_by_id(1)
+    assert taken is not None
+    users = cached.users.create_many(
+        [
+            {"username": taken.username, "email": "shared@example.org"},  # taken: refused
+            {"username": "second", "email": "shared@example.org"},  # alone it goes in
+            {"username": "third", "email": "shared@example.org"},  # the second has it now
+        ]
+    )
+    assert _kinds(users) == ["Conflict", "ok", "Conflict"]
+    votes = cached.votes.cast_many(
+        [
+            {"bill_id": 99, "user_id": 2, "choice": "yes"},
+            {"bill_id": 99, "user_id": 2, "choice": "no"},  # alone: no such bill either
+            {"bill_id": 1, "user_id": 2, "choice": ["yes"]},  # not a string: invalid
+        ]
+    )
+    assert _kinds(votes) == ["NotFound", "NotFound", "InvalidInput"]

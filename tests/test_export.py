@@ -11,6 +11,7 @@ import enum
 import io
 import json
 import threading
+import time
 import tracemalloc
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
@@ -94,6 +95,9 @@ def test_keyset_batches_refuse_a_bad_batch_size(size: Any, sqlite_engine: Engine
         keyset_batches(sqlite_engine, sa.select(Bill.id).order_by(Bill.id), batch_size=size)
     with pytest.raises(ValueError, match="ORDER BY"):
         keyset_batches(sqlite_engine, sa.select(Bill.id))
+    unselected = sa.select(Bill.title, Bill.status).order_by(Bill.created_at)
+    with pytest.raises(ValueError, match="needs the ORDER BY columns"):
+        keyset_batches(sqlite_engine, unselected)
 
 
 def test_akeyset_batches_walk_an_async_engine(tmp_path: Path) -> None:
@@ -365,7 +369,6 @@ async def test_a_client_that_disconnects_stops_the_export(sqlite_engine: Engine)
 def test_a_client_that_hangs_up_on_uvicorn_stops_the_export(sqlite_engine: Engine) -> None:
     """Over a real socket: the client reads a little and closes; the queries stop."""
     import socket  # noqa: PLC0415
-    import time  # noqa: PLC0415
 
     from fault_load import serve  # noqa: PLC0415
 

@@ -14,6 +14,7 @@ import sys
 import threading
 import time
 import uuid
+import zlib
 from collections import defaultdict
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -469,3 +470,60 @@ def test_store_writes_record_their_events_and_failed_writes_none(engine: Engine)
     assert expected == [(t, k) for t, k, _ in events]
     assert vote.to_dict() == events[0][2]
     assert (events[3][2]["bill"]["status"], events[3][2]["previous_status"]) == ("passed", "draft")
+
+
+def test_add_on_a_connection_that_has_not_begun_joins_its_transaction(
+    engine: Engine, outbox: Outbox
+) -> None:
+    """Commit-as-you-go: the event is the connection's first statement, and still commits
+    with commit() and goes with rollback(), like any statement would."""
+    with engine.connect() as conn:
+        outbox.add(conn, type="kept", key="k", payload={})
+        conn.commit()
+        outbox.add(conn, type="lost", key="k", payload={})
+        conn.rollback()
+    assert _pending(engine, outbox) == [("k", "kept")]
+
+
+def test_a_stop_before_run_is_kept_and_backoff_stays_finite(sqlite_engine: Engine) -> None:
+    """stop() then run(): run returns at once; a thousand failures still back off finitely."""
+    box = Outbox()
+    box.create(sqlite_engine)
+    relay = Relay(sqlite_engine, box, InProcessPublisher(print), max_backoff=30)
+    relay.stop()
+    started = time.monotonic()
+    relay.run()
+    assert time.monotonic() - started < 1
+    assert 0 < relay._backoff(2_000) <= 30
+
+
+def test_a_relay_whose_lock_connection_dies_takes_it_again(pg_engine: Engine) -> None:
+    """PostgreSQL: the relay's lock connection is killed; it stops, takes the lock again on
+    a new connection, and relays what was written meanwhile."""
+    box = Outbox(name="outbox_lock_death")
+    box.table.drop(pg_engine, checkfirst=True)
+    box.create(pg_engine)
+    seen: list[int] = []
+    relay = Relay(pg_engine, box, InProcessPublisher(lambda e: seen.append(e.payload["n"])),
+                  poll_interval=0.02, max_backoff=0.1)  # fmt: skip
+    relay.start()
+    try:
+        with pg_engine.begin() as conn:
+            box.add(conn, type="t", key="k", payload={"n": 1})
+        _wait_until(lambda: seen == [1])
+        ours = "locktype = 'advisory' AND objid = :key"  # the relay's key: crc32 of the table
+        key = {"key": zlib.crc32(b"perfkit-outbox:outbox_lock_death")}
+        kill = sa.text(f"SELECT pg_terminate_backend(pid) FROM pg_locks WHERE {ours}")
+        with pg_engine.begin() as conn:
+            assert conn.execute(kill, key).all()  # the relay held it
+        with pg_engine.begin() as conn:
+            box.add(conn, type="t", key="k", payload={"n": 2})
+        _wait_until(lambda: seen == [1, 2])
+        with pg_engine.connect() as conn:
+            held = conn.execute(
+                sa.text("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'")
+            )
+            assert held.scalar_one() == 1  # taken again
+    finally:
+        relay.stop()
+        box.table.drop(pg_engine)

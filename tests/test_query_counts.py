@@ -150,7 +150,7 @@ STORE_CALLS: dict[str, tuple[int, Callable[[Stores], Any]]] = {
     "votes.get_by_user_id_keyset": (2, lambda s: s.votes.get_by_user_id_keyset(3, limit=5)),
     "votes.cast": (3, lambda s: s.votes.cast(bill_id=41, user_id=1, choice="yes")),
     "votes.cast_many": (
-        2,
+        1,
         lambda s: s.votes.cast_many(
             {"bill_id": 41, "user_id": u, "choice": "no"} for u in range(1, 61)
         ),
@@ -240,7 +240,7 @@ ROUTES: dict[tuple[str, str], tuple[int, str, Any]] = {
     ("GET", "/bills/{bill_id}/votes/export"): (2, "/bills/3/votes/export", None),
     ("POST", "/bills/{bill_id}/votes"): (3, "/bills/41/votes", {"user_id": 1, "choice": "yes"}),
     ("POST", "/votes/batch"): (
-        2,
+        1,
         "/votes/batch",
         {"items": [{"bill_id": 41, "user_id": u, "choice": "no"} for u in range(2, 60)]},
     ),

@@ -11,7 +11,6 @@ from __future__ import annotations
 import logging
 import os
 import signal
-from types import FrameType
 
 from bill_api import events
 from bill_api.app import DEFAULT_DATABASE_URL
@@ -29,14 +28,12 @@ def main() -> None:
     outbox = events.outbox()
     outbox.create(engine)
     relay = Relay(engine, outbox, DramatiqPublisher(deliver))
-
-    def stop(_signum: int, _frame: FrameType | None) -> None:
-        relay.stop(timeout=None)
-
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
+    stops = {signal.SIGINT, signal.SIGTERM}
+    signal.pthread_sigmask(signal.SIG_BLOCK, stops)  # delivered to sigwait below, not a handler
     logging.getLogger("bill_api.relay").info("relaying %s to %s", url, events.QUEUE)
-    relay.run()
+    relay.start()  # in a thread; this one waits for a signal, then stops it
+    signal.sigwait(stops)
+    relay.stop(timeout=None)
     engine.dispose()
 
 

@@ -45,7 +45,7 @@ DEFAULT_CHUNK_SIZE: Final = 1_000
 @dataclass(frozen=True, slots=True)
 class ItemResult(Generic[T]):
     """
-    What became of one item of a batch.
+    What became of one item of a batch: exactly one of *value* and *error* is set.
 
     Attributes:
         index: The item's position in the input (from 0).
@@ -129,8 +129,9 @@ class RowSource:
     Values must be ``int``, ``float``, ``str``, ``bool`` or ``None``: bind anything
     else (a timestamp shared by the chunk) as its own parameter.
 
-    :attr:`ordinal` numbers the rows in the order given: ``ORDER BY`` it in
-    an ``INSERT ... SELECT`` and generated ids follow the input's order.
+    :attr:`ordinal` numbers the rows in the order given (from 1 on
+    PostgreSQL, from 0 on SQLite: order by it, do not read it): ``ORDER BY``
+    it in an ``INSERT ... SELECT`` and generated ids follow the input's order.
 
     Args:
         dialect: ``"postgresql"`` or ``"sqlite"`` (``conn.dialect.name``).
@@ -212,4 +213,9 @@ class RowSource:
                 f"{self.name}_{column}": [row[i] for row in rows]
                 for i, column in enumerate(self._names)
             }
-        return {f"{self.name}_rows": json.dumps(rows, ensure_ascii=False)}
+        try:
+            text = json.dumps(rows, ensure_ascii=False, allow_nan=False)
+        except ValueError:
+            msg = "RowSource values must be finite numbers (NaN and infinity are not JSON)"
+            raise ValueError(msg) from None
+        return {f"{self.name}_rows": text}

@@ -38,7 +38,7 @@ class ExportResponse(StreamingResponse):
     the export's size. Sync batches are read in the thread pool, one batch
     per step; when the client disconnects, the server stops asking for the
     next batch, so no further query runs. The response carries
-    ``Cache-Control: no store`` and, with *filename*, a
+    ``Cache-Control: no-store`` and, with *filename*, a
     ``Content-Disposition: attachment``. Compression
     (:class:`perfkit.http.Compression`) compresses it as it streams.
 

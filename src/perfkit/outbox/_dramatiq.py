@@ -19,10 +19,12 @@ class DramatiqPublisher:
     """
     Send each event to a dramatiq *actor* as its one argument (:meth:`Event.to_message`).
 
-    The actor's broker must confirm what it accepts
+    A RabbitMQ broker must confirm what it accepts
     (``RabbitmqBroker(confirm_delivery=True)``): only then does a send that
-    returns mean the message is in RabbitMQ, and the relay may mark it. A
-    broker without confirms is refused. The worker starts with dramatiq's
+    returns mean the message is in RabbitMQ, and the relay may delete the
+    event. One without confirms is refused. (Redis brokers answer each
+    enqueue before it returns.) RabbitMQ keeps the order; a worker with one
+    process and one thread handles it in that order. The worker starts with dramatiq's
     own command (``dramatiq yourapp.worker``); it acknowledges a message
     after the actor returns, so a worker killed mid-message leaves it to
     RabbitMQ to deliver again.
@@ -48,7 +50,7 @@ class DramatiqPublisher:
         if getattr(broker, "confirm_delivery", None) is False:
             msg = (
                 "the actor's broker does not confirm deliveries: a publish could be lost "
-                "after the relay marked it; use RabbitmqBroker(confirm_delivery=True)"
+                "after the relay deleted it; use RabbitmqBroker(confirm_delivery=True)"
             )
             raise ValueError(msg)
         self._actor = actor

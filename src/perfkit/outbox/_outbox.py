@@ -154,7 +154,7 @@ class Outbox:
         )
 
     def create(self, engine: Engine) -> None:
-        """Create the table (and its index) if it is missing."""
+        """Create the table if it is missing."""
         self.table.create(engine, checkfirst=True)
 
     def add(
@@ -184,6 +184,13 @@ class Outbox:
         # them), but no compiled statement and no result object: half the instructions
         # of exec_driver_sql (docs/benchmarks.md, "Outbox").
         dialect = conn.dialect
+        cursor_execute = getattr(conn, "_cursor_execute", None)  # private: fall back without
+        if cursor_execute is None:
+            return int(
+                conn.execute(self._insert, dict(zip(_COLUMNS, row, strict=True))).scalar_one()
+            )
+        if not conn.in_transaction():
+            conn.begin()  # what conn.execute() would do (autobegin): commit() then commits it
         if dialect.name == "sqlite" and dialect.paramstyle == "qmark":
             created = row[4].replace(tzinfo=None)  # UTC already; SQLAlchemy's text format:
             params: tuple[Any, ...] = (
@@ -193,7 +200,7 @@ class Outbox:
             sql = self._driver_sql.get("sqlite") or self._sql(dialect, "?", "")
             cursor = conn.connection.cursor()
             try:
-                conn._cursor_execute(cursor, sql, params)
+                cursor_execute(cursor, sql, params)
                 return int(cursor.lastrowid)
             finally:
                 cursor.close()
@@ -203,13 +210,17 @@ class Outbox:
             )
             cursor = conn.connection.cursor()
             try:
-                conn._cursor_execute(cursor, sql, row)
+                cursor_execute(cursor, sql, row)
                 fetched = cursor.fetchone()
                 assert fetched is not None  # RETURNING of an INSERT of one row
                 return int(fetched[0])
             finally:
                 cursor.close()
-        return int(conn.execute(self._insert, dict(zip(_COLUMNS, row, strict=True))).scalar_one())
+        return self._compiled_insert(conn, row)
+
+    def _compiled_insert(self, conn: Connection, row: _Row) -> int:
+        values = dict(zip(_COLUMNS, row, strict=True))
+        return int(conn.execute(self._insert, values).scalar_one())
 
     def _sql(self, dialect: Any, marker: str, suffix: str) -> str:
         quote = dialect.identifier_preparer.quote

@@ -5,7 +5,6 @@ The relay: committed outbox rows handed to a queue, at least once, in order, the
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import logging
 import random
@@ -172,64 +171,113 @@ class Relay:
 
     def run(self) -> None:
         """
-        Take the relay lock, then relay until :meth:`stop`; failures back off and retry.
+        Take the relay lock, then relay until :meth:`stop`.
+
+        Every failure backs off (doubling from *poll_interval* up to
+        *max_backoff*, with jitter) and is tried again: a step's, the lock's,
+        and the lock's own connection dying (on PostgreSQL it is checked
+        before each step; if it is gone, so is the lock, and the relay stops
+        publishing until it holds the lock again).
         """
-        self._stop.clear()
-        with self._lock() as held:
-            if not held:
-                return  # stopped while waiting as a standby
+        failures = 0
+        while not self._stop.is_set():
+            try:
+                with self._lock() as alive:
+                    if alive is None:
+                        return  # stopped while waiting as a standby
+                    failures = 0
+                    self._relay_while(alive)
+            except Exception:
+                failures += 1
+                delay = self._backoff(failures)
+                log.exception(
+                    "outbox relay lost its lock or could not take it; again in %.1f s", delay
+                )
+                self._stop.wait(delay)
+
+    def _relay_while(self, alive: Callable[[], None]) -> None:
+        """Relay until stopped (raises if the lock died)."""
+        failures = 0
+        while not self._stop.is_set():
+            alive()  # raises when the lock's connection is gone
+            try:
+                relayed = self.run_once()
+            except Exception:
+                failures += 1
+                delay = self._backoff(failures)
+                log.exception("outbox relay step failed; again in %.1f s", delay)
+                self._stop.wait(delay)
+                continue
             failures = 0
-            while not self._stop.is_set():
-                try:
-                    relayed = self.run_once()
-                except Exception:
-                    failures += 1
-                    delay = min(self._max_backoff, self._poll * 2**failures)
-                    log.exception("outbox relay step failed; again in %.1f s", delay)
-                    self._stop.wait(delay * random.uniform(0.5, 1.0))
-                    continue
-                failures = 0
-                if relayed < self._batch_size:
-                    self._stop.wait(self._poll)
+            if relayed < self._batch_size:
+                self._stop.wait(self._poll)
+
+    def _backoff(self, failures: int) -> float:
+        capped: float = min(self._max_backoff, self._poll * 2 ** min(failures, 32))
+        return capped * random.uniform(0.5, 1.0)
 
     def start(self) -> None:
-        """Run :meth:`run` in a daemon thread (relay in process); :meth:`stop` ends it."""
+        """
+        Run :meth:`run` in a daemon thread (relay in process); :meth:`stop` ends it.
+
+        Raises:
+            RuntimeError: this relay's thread is still running (a :meth:`stop`
+                whose join timed out included).
+        """
         if self._thread is not None and self._thread.is_alive():
             msg = "this relay is running already"
             raise RuntimeError(msg)
+        self._stop.clear()
         self._thread = threading.Thread(target=self.run, name="perfkit-outbox-relay", daemon=True)
         self._thread.start()
 
     def stop(self, timeout: float | None = 10.0) -> None:
-        """Stop after the current step (and join the thread :meth:`start` made)."""
+        """
+        Stop after the current step, and join the thread :meth:`start` made.
+
+        A stop before :meth:`run` begins counts: it returns at once. Call it
+        from another thread, not from a signal handler (``threading.Event``
+        is not safe there: run the relay with :meth:`start` and stop it from
+        the main thread, as ``examples/bill_api/relay.py`` does).
+        """
         self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout)
-            self._thread = None
+        thread = self._thread
+        if thread is not None:
+            thread.join(timeout)
+            if not thread.is_alive():
+                self._thread = None
 
     @contextlib.contextmanager
-    def _lock(self) -> Iterator[bool]:
+    def _lock(self) -> Iterator[Callable[[], None] | None]:
+        """Hold the relay lock; yield a check that raises if it was lost (None: stopped first)."""
         name = self._outbox.table.name
-        url = self._engine.url
         if self._engine.dialect.name == "postgresql":
             key = zlib.crc32(f"perfkit-outbox:{name}".encode())
             with self._engine.connect() as conn:
                 while not conn.execute(sa.select(sa.func.pg_try_advisory_lock(key))).scalar():
                     conn.commit()
                     if self._stop.wait(self._poll * 5):
-                        yield False
+                        yield None
                         return
                 conn.commit()
-                try:
-                    yield True
-                finally:
-                    conn.execute(sa.select(sa.func.pg_advisory_unlock(key)))
+
+                def alive() -> None:
+                    conn.execute(_PING)  # a dead connection raises: its lock died with it
                     conn.commit()
+
+                try:
+                    yield alive
+                finally:
+                    with contextlib.suppress(Exception):  # gone with the connection anyway
+                        conn.execute(sa.select(sa.func.pg_advisory_unlock(key)))
+                        conn.commit()
             return
-        path = url.database if self._engine.dialect.name == "sqlite" else None
-        if not path or path == ":memory:" or path.startswith("file:"):
-            yield True  # one process: nothing to share the outbox with
+        path = _lock_path(self._engine)
+        if path is None:
+            yield _nothing  # one process: nothing to share the outbox with
             return
+        import fcntl  # noqa: PLC0415 - POSIX; only the SQLite file lock needs it
+
         with open(f"{path}.{name}.relay-lock", "a+b") as handle:
             while True:
                 try:
@@ -237,9 +285,28 @@ class Relay:
                     break
                 except BlockingIOError:
                     if self._stop.wait(self._poll * 5):
-                        yield False
+                        yield None
                         return
             try:
-                yield True
+                yield _nothing  # a file lock lives as long as the process
             finally:
                 fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+
+
+_PING: Final = sa.text("SELECT 1")
+
+
+def _nothing() -> None:
+    return None
+
+
+def _lock_path(engine: Engine) -> str | None:
+    """The SQLite database file to lock beside, or None (in memory: one process)."""
+    if engine.dialect.name != "sqlite":
+        return None
+    path = engine.url.database or ""
+    if path.startswith("file:"):  # a URI filename: file:path?mode=...
+        path, _, query = path.removeprefix("file:").partition("?")
+        if "mode=memory" in query:
+            return None
+    return None if not path or path == ":memory:" else path

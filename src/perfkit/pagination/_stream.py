@@ -32,7 +32,9 @@ def _start(stmt: AnySelect, batch_size: int) -> _Plan:
     if not 1 <= batch_size <= MAX_BATCH_SIZE:
         msg = f"batch_size must be from 1 to {MAX_BATCH_SIZE:,}, not {batch_size}"
         raise ValueError(msg)
-    return _plan(stmt)
+    plan = _plan(stmt)
+    _check_shape(plan)
+    return plan
 
 
 def _batch_stmt(plan: _Plan, last: Any, batch_size: int) -> AnySelect:
@@ -63,8 +65,10 @@ def keyset_batches(
     during the walk appear if they sort after the current position.
 
     Raises:
-        ValueError: *batch_size* is not from 1 to 100,000, or *stmt* has no
-            ``ORDER BY`` or no table with a primary key.
+        ValueError: *batch_size* is not from 1 to 100,000; *stmt* has no
+            ``ORDER BY`` or no table with a primary key; or it selects
+            several columns but not the ``ORDER BY`` columns and the primary
+            key (a single-entity select, ``select(Order)``, needs nothing).
 
     Example::
 
@@ -76,6 +80,15 @@ def keyset_batches(
     """
     plan = _start(stmt, batch_size)
     return _walk(bind, plan, batch_size)
+
+
+def _check_shape(plan: _Plan) -> None:
+    if plan.appended and plan.width > 1:
+        msg = (
+            "keyset_batches needs the ORDER BY columns (and the primary key) in the select: "
+            "rows would carry them as extra columns"
+        )
+        raise ValueError(msg)
 
 
 def _walk(bind: Bind, plan: _Plan, batch_size: int) -> Iterator[list[Any]]:

@@ -11,7 +11,7 @@ Only a chunk with failed items runs a second query, to tell each one why.
 from __future__ import annotations
 
 from collections import defaultdict, deque
-from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping, Sequence
 from functools import cache
 from typing import TYPE_CHECKING, Any, Final, TypeVar, cast
 
@@ -97,23 +97,29 @@ def _run(
     return BatchResult(tuple(results))
 
 
-def _first_of_each(
+def _rounds(
     valid: list[tuple[int, V]], key: Callable[[V], tuple[Hashable, ...]]
-) -> tuple[list[tuple[int, V]], list[ItemResult[Any]]]:
-    """The items whose keys no earlier item of the chunk has; the rest as Conflicts."""
-    seen: dict[tuple[int, Hashable], int] = {}
-    unique: list[tuple[int, V]] = []
-    repeats: list[ItemResult[Any]] = []
-    for index, value in valid:
-        keys_of = [(n, k) for n, k in enumerate(key(value))]  # the n-th key of one item
-        clash = next((seen[k] for k in keys_of if k in seen), None)
-        if clash is not None:
-            repeats.append(ItemResult(index, error=Conflict(f"repeats item {clash} of this batch")))
-            continue
-        for k in keys_of:
-            seen[k] = index
-        unique.append((index, value))
-    return unique, repeats
+) -> Iterator[list[tuple[int, V]]]:
+    """
+    The items in rounds whose items share no key: an item repeating a key of an earlier
+    one waits for the next round. One INSERT cannot tell two rows of one key apart, so a
+    repeat goes in after its first item was stored or refused, and gets what it would
+    have got alone (a Conflict if the first was stored, its own result if not).
+    """
+    pending = valid
+    while pending:
+        taken: set[tuple[int, Hashable]] = set()
+        now: list[tuple[int, V]] = []
+        later: list[tuple[int, V]] = []
+        for index, value in pending:
+            keys_of = [(n, k) for n, k in enumerate(key(value))]  # the n-th key of an item
+            if any(k in taken for k in keys_of):
+                later.append((index, value))
+            else:
+                taken.update(keys_of)
+                now.append((index, value))
+        yield now
+        pending = later
 
 
 # -- votes --------------------------------------------------------------------------------------
@@ -126,7 +132,9 @@ _CHOICES: Final = {choice.value: choice for choice in VoteChoice}
 
 def _ballot(item: object) -> Ballot:
     if type(item) is dict and item.keys() == _BALLOT_FIELDS:  # the usual item, checked fast
-        bill, user, picked = item["bill_id"], item["user_id"], _CHOICES.get(item["choice"])
+        choice = item["choice"]
+        bill, user = item["bill_id"], item["user_id"]
+        picked = _CHOICES.get(choice) if type(choice) is str else None
         if (
             type(bill) is int
             and type(user) is int
@@ -188,7 +196,10 @@ def cast_votes(db: _Database, items: Iterable[object], chunk_size: int) -> Batch
     """The body of :meth:`VoteStore.cast_many`."""
 
     def write(valid: list[tuple[int, Ballot]]) -> list[ItemResult[VoteRecord]]:
-        unique, repeats = _first_of_each(valid, lambda b: ((b[0], b[1]),))
+        rounds = _rounds(valid, lambda b: ((b[0], b[1]),))
+        return [result for unique in rounds for result in write_round(unique)]
+
+    def write_round(unique: list[tuple[int, Ballot]]) -> list[ItemResult[VoteRecord]]:
         now = utcnow()
 
         def finish(conn: Connection, rows: Sequence[Any]) -> list[ItemResult[VoteRecord]]:
@@ -236,15 +247,13 @@ def cast_votes(db: _Database, items: Iterable[object], chunk_size: int) -> Batch
             rows = [row for row in marked if (row.bill_id, row.user_id) in pairs]
             return finish(conn, rows) if rows else None
 
-        if not unique:
-            return repeats
         # The tags of every item that may go in: invalidating one whose item failed is harmless.
         tags = _vote_tags(unique)
         results = db.transact(work, verify=verify, touches=tags)
         created = [r.value.id for r in results if r.value is not None]
         if created:
             db.invalidate(keys=[f"vote:{vote_id}" for vote_id in created], tags=tags)
-        return results + repeats
+        return results
 
     return _run(items, chunk_size, _ballot, write)
 
@@ -301,7 +310,10 @@ def create_users(
     """The body of :meth:`UserStore.create_many`."""
 
     def write(valid: list[tuple[int, Account]]) -> list[ItemResult[UserRecord]]:
-        unique, repeats = _first_of_each(valid, lambda a: a)  # username, email
+        rounds = _rounds(valid, lambda a: a)  # username, email
+        return [result for unique in rounds for result in write_round(unique)]
+
+    def write_round(unique: list[tuple[int, Account]]) -> list[ItemResult[UserRecord]]:
         now = utcnow()
 
         def finish(conn: Connection, rows: Sequence[Any]) -> list[ItemResult[UserRecord]]:
@@ -356,7 +368,7 @@ def create_users(
                 ],
                 tags=tags,
             )
-        return results + repeats
+        return results
 
     return _run(items, chunk_size, _account, write)
 

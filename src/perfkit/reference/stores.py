@@ -348,8 +348,11 @@ class UserStore:
 
         Each item succeeds or fails alone, and the result says which: an
         item is :class:`~perfkit.errors.InvalidInput` if malformed, and
-        :class:`~perfkit.errors.Conflict` if its username or email is taken
-        (by a stored user or an earlier item). Chunks commit in order; if one
+        :class:`~perfkit.errors.Conflict` if its username or email is taken.
+        An item that repeats an earlier item's username or email goes in
+        after it (a second statement), so it gets what it would have got
+        alone: a Conflict if the earlier one was stored, its own result if
+        not. Chunks commit in order; if one
         fails as a whole (the database stays unreachable past the write
         deadline), the error is raised and the chunks before it stay
         committed (running the batch again reports them as conflicts).
@@ -497,7 +500,9 @@ class BillStore:
         """
         Every bill (or those in *status*), oldest id first, in lists of *batch_size*.
 
-        Each batch is one keyset query on a fresh connection (never the
+        The first batch is read before this returns (a database that cannot
+        be reached raises here, before an HTTP layer starts a body); each
+        batch is one keyset query on a fresh connection (never the
         cache): memory stays at one batch, nothing is held between batches,
         and a bill that exists throughout the walk comes out exactly once
         (the key, the id, never changes) with its values as of its batch.
@@ -766,9 +771,9 @@ class VoteStore:
         """
         Every vote on bill *bill_id*, oldest first, in lists of *batch_size*.
 
-        The bill is looked up before this returns (so an HTTP layer can
-        answer 404 before it starts a body); then each batch is one keyset
-        query, as in :meth:`BillStore.export`.
+        The bill is looked up, and the first batch read, before this
+        returns (so an HTTP layer can answer 404 or 503 before it starts a
+        body); each batch is one keyset query, as in :meth:`BillStore.export`.
 
         Raises:
             NotFound: there is no bill *bill_id*.
@@ -833,7 +838,9 @@ class VoteStore:
         :class:`~perfkit.errors.InvalidInput` (a malformed id or choice),
         :class:`~perfkit.errors.NotFound` (no such bill or user) or
         :class:`~perfkit.errors.Conflict` (the user has voted on that bill,
-        before or in an earlier item). Chunks commit in order, as in
+        before or in an earlier item of the batch: repeats go in after the
+        item they repeat, as in :meth:`UserStore.create_many`). Chunks commit
+        in order, as in
         :meth:`UserStore.create_many`; invalidates what :meth:`cast` does
         (each bill's counts and lists), once per chunk.
 
