@@ -188,6 +188,16 @@ PAGINATION = [
 
 BATCH = ["DEFAULT_CHUNK_SIZE", "BatchResult", "ItemResult", "RowSource", "chunked"]
 
+WEBHOOKS = [
+    "DEFAULT_TOLERANCE",
+    "RETRY_SCHEDULE",
+    "InvalidSignature",
+    "WebhookSigner",
+    "parse_retry_after",
+    "retry_delay",
+    "verify_webhook",
+]
+
 OUTBOX = [
     "DEFAULT_TABLE",
     "DramatiqPublisher",
@@ -234,6 +244,7 @@ OBSERVABILITY = [
         ("perfkit.pagination", PAGINATION),
         ("perfkit.batch", BATCH),
         ("perfkit.outbox", OUTBOX),
+        ("perfkit.webhooks", WEBHOOKS),
         ("perfkit.testing", TESTING),
     ],
 )

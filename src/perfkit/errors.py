@@ -11,6 +11,7 @@ so callers can catch either::
     │   ├── InvalidPage              page/limit outside the allowed range
     │   └── InvalidCursor            a keyset cursor is malformed, altered or foreign
     ├── BodyTooLarge(ValueError)     a request body went over the HTTP layer's limit
+    ├── InvalidSignature(ValueError) a webhook's signature or timestamp does not verify
     ├── CircuitOpenError(RuntimeError)      a circuit breaker refused the call
     └── CommitOutcomeUnknown(RuntimeError)  the connection died during COMMIT
 
@@ -28,6 +29,7 @@ __all__ = [
     "InvalidCursor",
     "InvalidInput",
     "InvalidPage",
+    "InvalidSignature",
     "NotFound",
     "PerfkitError",
 ]
@@ -130,6 +132,19 @@ class BodyTooLarge(PerfkitError, ValueError):
     def __init__(self, max_bytes: int) -> None:
         super().__init__(f"the request body exceeds {max_bytes} bytes")
         self.max_bytes = max_bytes
+
+
+class InvalidSignature(PerfkitError, ValueError):
+    """
+    A webhook request does not verify: a header is missing or malformed, its
+    timestamp is outside the tolerance, or no signature matches a secret.
+
+    The message says which, never what the right signature would be.
+
+    .. versionadded:: 0.2.0
+    """
+
+    code = "invalid_signature"
 
 
 class CircuitOpenError(PerfkitError, RuntimeError):

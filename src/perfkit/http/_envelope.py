@@ -26,6 +26,7 @@ from perfkit.errors import (
     CommitOutcomeUnknown,
     Conflict,
     InvalidInput,
+    InvalidSignature,
     NotFound,
     PerfkitError,
 )
@@ -48,6 +49,7 @@ ERROR_STATUS: Final[Mapping[type[PerfkitError], int]] = MappingProxyType(
         NotFound: 404,
         Conflict: 409,
         BodyTooLarge: 413,
+        InvalidSignature: 401,  # a webhook receiver's answer: not signed by a known secret
         InvalidInput: 422,  # InvalidPage and InvalidCursor too
         CircuitOpenError: 503,  # a dependency is down: come back after Retry-After
         CommitOutcomeUnknown: 503,  # not a bug: the database went away mid-COMMIT
