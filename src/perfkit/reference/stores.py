@@ -646,7 +646,7 @@ class BillStore:
                 .returning(*_BILL_COLUMNS)
             )
             bill = _bill(conn.execute(stmt).one())
-            if "status" in changes:
+            if "status" in changes and self._db.outbox is not None:
                 payload = {"bill": bill.to_dict(), "previous_status": record.status.value}
                 self._db.emit(conn, [(ev.BILL_STATUS_CHANGED, ev.event_key(key), payload)])
             return bill, True
@@ -813,7 +813,8 @@ class VoteStore:
             values = {"bill_id": bill, "user_id": user, "choice": picked, "created_at": utcnow()}
             message = f"user {user} has already voted on bill {bill}"
             vote = _vote(_insert_one(conn, _INSERT_VOTE, message, values))
-            self._db.emit(conn, [(ev.VOTE_CAST, ev.event_key(bill), ev.vote_payload(vote))])
+            if self._db.outbox is not None:  # no event built for stores without one
+                self._db.emit(conn, [(ev.VOTE_CAST, ev.event_key(bill), ev.vote_payload(vote))])
             return vote
 
         def cast(conn: Connection) -> VoteRecord | None:
