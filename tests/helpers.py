@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import socket
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -29,6 +30,15 @@ def statements(engine: Engine) -> Iterator[list[str]]:
         yield seen
     finally:
         event.remove(engine, "before_cursor_execute", record)
+
+
+def wait_until(condition: Callable[[], object], timeout: float = 30.0) -> None:
+    """Poll *condition* until it is true; fail after *timeout* seconds (a hang guard)."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"still false after {timeout} s")
+        time.sleep(0.01)
 
 
 def delete_keys(client: Any, prefix: str) -> None:

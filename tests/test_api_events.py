@@ -10,13 +10,13 @@ import logging
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
 import pytest
 
 from bill_api import create_app
+from helpers import wait_until
 from perfkit.outbox import Outbox
 from perfkit.reference import open_stores, seed
 
@@ -28,14 +28,6 @@ def _seeded(path: Path) -> str:
     with open_stores(url) as stores:
         seed(stores.engine, users=5, bills=2, votes=0)
     return url
-
-
-def _wait_for(condition: object, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():  # type: ignore[operator]
-        if time.monotonic() > deadline:
-            raise AssertionError("timed out")
-        time.sleep(0.05)
 
 
 @pytest.mark.anyio
@@ -60,7 +52,7 @@ async def test_embedded_relay_consumes_the_apis_events(
                     if r.name == "bill_api.events"
                 ]
 
-            _wait_for(logged)
+            wait_until(logged)
     (event,) = logged()
     assert ("vote.cast", "bill:2", vote) == (event["type"], event["key"], event["payload"])
 
@@ -96,7 +88,7 @@ def test_relay_and_worker_commands_move_events_through_rabbitmq(
                 assert bill is not None
                 stores.bills.update(1, status="failed" if bill.status == "passed" else "passed")
             wanted = [f'"id":{vote.id},"bill_id":1' for vote in votes] + ['"bill.status_changed"']
-            _wait_for(lambda: all(w in worker_log.read_text() for w in wanted), timeout=60)
+            wait_until(lambda: all(w in worker_log.read_text() for w in wanted), timeout=60)
         finally:
             for process in (relay, worker):
                 process.terminate()

@@ -12,7 +12,6 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 import uuid
 import zlib
 from collections import defaultdict
@@ -27,6 +26,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy.engine import Engine
 
+from helpers import wait_until
 from perfkit import db
 from perfkit.outbox import Event, InProcessPublisher, Outbox, Relay
 
@@ -174,25 +174,19 @@ def test_a_second_relay_waits_until_the_first_stops(engine: Engine, outbox: Outb
     first = Relay(engine, outbox, handler("first"), poll_interval=0.02)
     second = Relay(engine, outbox, handler("second"), poll_interval=0.02)
     first.start()
-    time.sleep(0.2)  # the first takes the lock
+    with engine.begin() as conn:
+        outbox.add(conn, type="t", key="k", payload={"n": 0})
+    wait_until(lambda: published["first"] == [0])  # the first holds the lock
     second.start()
     with engine.begin() as conn:
         outbox.add(conn, type="t", key="k", payload={"n": 1})
-    _wait_until(lambda: published["first"] == [1])
+    wait_until(lambda: published["first"] == [0, 1])
     first.stop()
     with engine.begin() as conn:
         outbox.add(conn, type="t", key="k", payload={"n": 2})
-    _wait_until(lambda: published["second"] == [2])
+    wait_until(lambda: published["second"] == [2])
     second.stop()
-    assert dict(published) == {"first": [1], "second": [2]}
-
-
-def _wait_until(condition: Any, timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError("timed out")
-        time.sleep(0.01)
+    assert dict(published) == {"first": [0, 1], "second": [2]}
 
 
 # -- through dramatiq and RabbitMQ ---------------------------------------------------------------
@@ -295,7 +289,7 @@ def test_delivered_events_are_the_committed_writes_in_order_per_key(
         pass
     receiver = queue[1]
     expected = {i for ids in committed.values() for i in ids}
-    _wait_until(lambda: expected <= receiver.ids())
+    wait_until(lambda: expected <= receiver.ids())
     ours = {e.id for e in receiver.deliveries if e.key.startswith(run)}
     assert expected == ours
     for key, ids in committed.items():
@@ -355,7 +349,7 @@ def test_concurrent_writers_and_a_running_relay_lose_nothing(
     for thread in threads:
         thread.join(timeout=60)
     expected = {i for ids in committed.values() for i in ids}
-    _wait_until(lambda: expected <= queue[1].ids())
+    wait_until(lambda: expected <= queue[1].ids())
     relay.stop()
     assert (errors, len(expected)) == ([], 4 * 32)
     for key, ids in committed.items():
@@ -385,11 +379,11 @@ def test_a_relay_killed_mid_batch_resumes_without_loss(
     first.send_signal(signal.SIGKILL)
     first.wait(timeout=10)
     first.stdout.close()
-    _wait_until(lambda: len(queue[1].ids() & set(ids)) >= 7)
+    wait_until(lambda: len(queue[1].ids() & set(ids)) >= 7)
     pending_after_kill = Relay(engine, outbox, InProcessPublisher(print)).pending()
     second = subprocess.Popen(command, stdout=subprocess.DEVNULL, env=env)
     try:
-        _wait_until(lambda: set(ids) <= queue[1].ids(), timeout=60)
+        wait_until(lambda: set(ids) <= queue[1].ids(), timeout=60)
     finally:
         second.send_signal(signal.SIGKILL)
         second.wait(timeout=10)
@@ -491,9 +485,10 @@ def test_a_stop_before_run_is_kept_and_backoff_stays_finite(sqlite_engine: Engin
     box.create(sqlite_engine)
     relay = Relay(sqlite_engine, box, InProcessPublisher(print), max_backoff=30)
     relay.stop()
-    started = time.monotonic()
-    relay.run()
-    assert time.monotonic() - started < 1
+    runner = threading.Thread(target=relay.run)
+    runner.start()
+    runner.join(timeout=30)  # a hang guard: run() returns without relaying
+    assert not runner.is_alive()
     assert 0 < relay._backoff(2_000) <= 30
 
 
@@ -510,7 +505,7 @@ def test_a_relay_whose_lock_connection_dies_takes_it_again(pg_engine: Engine) ->
     try:
         with pg_engine.begin() as conn:
             box.add(conn, type="t", key="k", payload={"n": 1})
-        _wait_until(lambda: seen == [1])
+        wait_until(lambda: seen == [1])
         ours = "locktype = 'advisory' AND objid = :key"  # the relay's key: crc32 of the table
         key = {"key": zlib.crc32(b"perfkit-outbox:outbox_lock_death")}
         kill = sa.text(f"SELECT pg_terminate_backend(pid) FROM pg_locks WHERE {ours}")
@@ -518,7 +513,7 @@ def test_a_relay_whose_lock_connection_dies_takes_it_again(pg_engine: Engine) ->
             assert conn.execute(kill, key).all()  # the relay held it
         with pg_engine.begin() as conn:
             box.add(conn, type="t", key="k", payload={"n": 2})
-        _wait_until(lambda: seen == [1, 2])
+        wait_until(lambda: seen == [1, 2])
         with pg_engine.connect() as conn:
             held = conn.execute(
                 sa.text("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'")

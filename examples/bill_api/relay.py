@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import os
-import signal
 
 from bill_api import events
 from bill_api.app import DEFAULT_DATABASE_URL
@@ -27,13 +26,8 @@ def main() -> None:
     engine = db.create_engine(url)
     outbox = events.outbox()
     outbox.create(engine)
-    relay = Relay(engine, outbox, DramatiqPublisher(deliver))
-    stops = {signal.SIGINT, signal.SIGTERM}
-    signal.pthread_sigmask(signal.SIG_BLOCK, stops)  # delivered to sigwait below, not a handler
     logging.getLogger("bill_api.relay").info("relaying %s to %s", url, events.QUEUE)
-    relay.start()  # in a thread; this one waits for a signal, then stops it
-    signal.sigwait(stops)
-    relay.stop(timeout=None)
+    Relay(engine, outbox, DramatiqPublisher(deliver)).serve()  # until SIGINT or SIGTERM
     engine.dispose()
 
 

@@ -8,6 +8,7 @@ import contextlib
 import json
 import logging
 import random
+import signal
 import threading
 import zlib
 from collections.abc import Callable, Iterator, Sequence
@@ -237,8 +238,7 @@ class Relay:
 
         A stop before :meth:`run` begins counts: it returns at once. Call it
         from another thread, not from a signal handler (``threading.Event``
-        is not safe there: run the relay with :meth:`start` and stop it from
-        the main thread, as ``examples/bill_api/relay.py`` does).
+        is not safe there): :meth:`serve` does that for a relay's process.
         """
         self._stop.set()
         thread = self._thread
@@ -246,6 +246,33 @@ class Relay:
             thread.join(timeout)
             if not thread.is_alive():
                 self._thread = None
+
+    def serve(self, signals: Sequence[int] = (signal.SIGINT, signal.SIGTERM)) -> None:
+        """
+        Relay until one of *signals* arrives: a relay's whole process, from the main thread.
+
+        The relay runs in its thread (:meth:`start`); the signal handlers only
+        set a flag (nothing that takes a lock runs in a handler), and the main
+        thread then stops the relay after its current step. The previous
+        handlers are put back.
+
+        Example::
+
+            Relay(engine, outbox, DramatiqPublisher(deliver)).serve()
+        """
+        received: list[int] = []
+        previous = {
+            sig: signal.signal(sig, lambda sig, _frame: received.append(sig)) for sig in signals
+        }
+        try:
+            self.start()
+            thread = self._thread
+            while not received and thread is not None and thread.is_alive():
+                thread.join(0.5)
+        finally:
+            self.stop(timeout=None)
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
 
     @contextlib.contextmanager
     def _lock(self) -> Iterator[Callable[[], None] | None]:
