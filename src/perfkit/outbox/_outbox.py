@@ -14,6 +14,8 @@ from typing import TYPE_CHECKING, Any, Final
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
+from perfkit._sqltypes import UTCDateTime
+
 if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -78,24 +80,6 @@ class Event:
         )
 
 
-class _UTC(sa.TypeDecorator[datetime]):
-    """Aware UTC datetimes on SQLite (naive there) and PostgreSQL alike."""
-
-    impl = sa.DateTime(timezone=True)
-    cache_ok = True
-
-    def process_bind_param(self, value: datetime | None, dialect: Any) -> datetime | None:
-        if value is None:
-            return None
-        value = value.astimezone(UTC)
-        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
-
-    def process_result_value(self, value: datetime | None, dialect: Any) -> datetime | None:
-        if value is None:
-            return None
-        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
-
-
 def _text(field_name: str, value: object) -> str:
     if type(value) is not str or not 0 < len(value) <= MAX_NAME:
         msg = f"an event's {field_name} must be a non-empty string of at most {MAX_NAME} characters"
@@ -145,7 +129,7 @@ class Outbox:
             sa.Column("key", sa.String(MAX_NAME), nullable=False),
             sa.Column("type", sa.String(MAX_NAME), nullable=False),
             sa.Column("payload", sa.Text(), nullable=False),
-            sa.Column("created_at", _UTC(), nullable=False),
+            sa.Column("created_at", UTCDateTime(), nullable=False),
         )  # fmt: skip
         self._insert = self.table.insert().returning(self.table.c.position)
         self._driver_sql: dict[str, str] = {}
