@@ -1,0 +1,227 @@
+"""
+What makes the attempts: a thread pool in process, or a dramatiq actor on RabbitMQ.
+
+Both only wake :meth:`Webhooks.attempt` up at the right time; the deliveries table holds
+the state, so either can stop or crash anywhere and the next wake-up carries on.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING, Any, Final
+
+from perfkit.outbox import Event
+
+from ._webhooks import Webhooks
+
+if TYPE_CHECKING:
+    import dramatiq
+
+__all__ = ["DramatiqWebhooks", "WebhookWorker"]
+
+log = logging.getLogger("perfkit.webhooks")
+
+MAX_HOLD: Final = 600.0
+
+
+class WebhookWorker:
+    """
+    Attempt due deliveries in this process, on a pool of *threads*: the embedded default.
+
+    :meth:`dispatch` fans an event out and wakes the worker; it also looks for
+    due deliveries every *poll_interval* seconds, so a delivery due later, or
+    one left by a process that stopped, is attempted on time. One slow
+    endpoint holds one thread for at most its timeout. Several processes may
+    run a worker on one database: each delivery is attempted by one of them.
+
+    Example::
+
+        worker = WebhookWorker(webhooks)
+        worker.start()
+        Relay(engine, outbox, InProcessPublisher(worker.dispatch)).start()
+
+    .. versionadded:: 0.2.0
+    """
+
+    def __init__(
+        self, webhooks: Webhooks, *, threads: int = 4, poll_interval: float = 1.0
+    ) -> None:
+        if threads < 1 or not poll_interval > 0:
+            msg = "threads must be at least 1 and poll_interval positive"
+            raise ValueError(msg)
+        self.webhooks = webhooks
+        self._threads = threads
+        self._poll = poll_interval
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._busy: set[int] = set()
+        self._busy_lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+        self._pool: ThreadPoolExecutor | None = None
+
+    def dispatch(self, event: Event) -> list[int]:
+        """Fan *event* out (:meth:`Webhooks.dispatch`) and wake the worker up."""
+        ids = self.webhooks.dispatch(event)
+        if ids:
+            self._wake.set()
+        return ids
+
+    def run_once(self) -> int:
+        """Attempt every delivery due now, in this thread; how many were attempted."""
+        done = 0
+        for delivery_id in self.webhooks.due(limit=1_000):
+            self.webhooks.attempt(delivery_id)
+            done += 1
+        return done
+
+    def start(self) -> None:
+        """
+        Start the worker's threads.
+
+        Raises:
+            RuntimeError: it is running already.
+        """
+        if self._thread is not None and self._thread.is_alive():
+            msg = "this webhook worker is running already"
+            raise RuntimeError(msg)
+        self._stop.clear()
+        self._pool = ThreadPoolExecutor(self._threads, thread_name_prefix="perfkit-webhook")
+        self._thread = threading.Thread(target=self._run, name="perfkit-webhooks", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float | None = 30.0) -> None:
+        """Stop looking for work, and wait for the attempts under way (each ends within its timeout)."""
+        self._stop.set()
+        self._wake.set()
+        thread, pool = self._thread, self._pool
+        if thread is not None:
+            thread.join(timeout)
+            self._thread = None
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
+
+    def _run(self) -> None:
+        pool = self._pool
+        assert pool is not None
+        failures = 0
+        while not self._stop.is_set():
+            self._wake.clear()
+            try:
+                self._submit_due(pool)
+                soonest = self.webhooks.next_due()
+                failures = 0
+            except Exception:
+                failures += 1
+                soonest = None
+                log.exception("webhook worker could not read the due deliveries")
+            wait = self._poll * min(2**failures, 30) if failures else self._poll
+            if soonest is not None:
+                wait = min(wait, max(soonest, 0.01))
+            self._wake.wait(wait)
+
+    def _submit_due(self, pool: ThreadPoolExecutor) -> None:
+        """Queue due deliveries on the pool: at most two per thread waiting or running."""
+        cap = self._threads * 2
+        with self._busy_lock:
+            busy = len(self._busy)
+        if busy >= cap:
+            return
+        for delivery_id in self.webhooks.due(limit=cap):  # the busy ones may be among them
+            with self._busy_lock:
+                if delivery_id in self._busy or len(self._busy) >= cap:
+                    continue
+                self._busy.add(delivery_id)
+            pool.submit(self._attempt, delivery_id)
+
+    def _attempt(self, delivery_id: int) -> None:
+        try:
+            self.webhooks.attempt(delivery_id)
+        except Exception:
+            log.exception("webhook delivery %s: the attempt could not be recorded", delivery_id)
+        finally:
+            with self._busy_lock:
+                self._busy.discard(delivery_id)
+            self._wake.set()  # a thread is free; a deferred delivery may be due soon
+
+
+class DramatiqWebhooks:
+    """
+    Attempt deliveries in dramatiq workers: one message per attempt, delayed until it is due.
+
+    :attr:`actor` (on *queue_name*) makes one attempt and, when the delivery
+    is due again later, sends itself a delayed message. Dramatiq holds a
+    delayed message unacknowledged in the worker until it is due, and
+    RabbitMQ closes a channel that holds one longer than its
+    ``consumer_timeout`` (30 minutes by default): so no message waits more
+    than *max_hold* seconds, and one that wakes early only sends the next.
+    The worker starts with dramatiq's command (``dramatiq yourapp.worker``).
+    A message that was lost (dramatiq gave up on it after its own retries)
+    is found again by :meth:`sweep`: call it now and then, from one process.
+
+    Example::
+
+        webhooks = Webhooks(engine)
+        queue = DramatiqWebhooks(webhooks, broker=broker)
+
+        @dramatiq.actor(broker=broker, queue_name="events")
+        def on_event(message: dict) -> None:
+            queue.dispatch(Event.from_message(message))
+
+    .. versionadded:: 0.2.0
+    """
+
+    def __init__(
+        self,
+        webhooks: Webhooks,
+        *,
+        broker: dramatiq.Broker | None = None,
+        queue_name: str = "perfkit.webhooks",
+        max_hold: float = MAX_HOLD,
+        max_retries: int = 20,
+    ) -> None:
+        import dramatiq  # noqa: PLC0415 - perfkit[queue]
+
+        if not 0 < max_hold <= 1_500:
+            msg = f"max_hold must be more than 0 and under RabbitMQ's 30 minutes, not {max_hold!r}"
+            raise ValueError(msg)
+        self.webhooks = webhooks
+        self._hold = max_hold
+        self.actor: dramatiq.Actor[[int], None] = dramatiq.actor(
+            actor_name=f"perfkit_webhook_{queue_name.replace('.', '_')}",
+            queue_name=queue_name,
+            broker=broker,
+            max_retries=max_retries,
+            # dramatiq's own retries are delayed messages too: keep them under the hold.
+            max_backoff=int(max_hold * 1000),
+        )(self._deliver)
+
+    def _deliver(self, delivery_id: int) -> None:
+        wait = self.webhooks.attempt(delivery_id)
+        if wait is not None:
+            self.later(delivery_id, wait)
+
+    def later(self, delivery_id: int, seconds: float) -> None:
+        """Wake delivery *delivery_id* up after *seconds* (at most *max_hold*, then again)."""
+        delay = int(min(max(seconds, 0.0), self._hold) * 1000)
+        self.actor.send_with_options(args=(delivery_id,), delay=delay or None)
+
+    def dispatch(self, event: Event) -> list[int]:
+        """Fan *event* out (:meth:`Webhooks.dispatch`) and send one message per delivery."""
+        ids = self.webhooks.dispatch(event)
+        for delivery_id in ids:
+            self.actor.send(delivery_id)
+        return ids
+
+    def sweep(self, limit: int = 1_000) -> int:
+        """Send a message for each delivery due now (extra ones are harmless); how many."""
+        ids = self.webhooks.due(limit=limit)
+        for delivery_id in ids:
+            self.actor.send(delivery_id)
+        return len(ids)
+
+    def __repr__(self) -> str:
+        return f"DramatiqWebhooks(actor={self.actor.actor_name!r})"
+
