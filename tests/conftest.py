@@ -78,10 +78,16 @@ def pg_engine(pg_schema_url: str) -> Iterator[Engine]:
 
 def truncate(engine: Engine) -> None:
     """
-    Empty the reference tables and restart their ids.
+    Empty the reference tables (and the example's webhook tables) and restart their ids.
     """
     with engine.begin() as conn:
         conn.exec_driver_sql("TRUNCATE votes, bills, users RESTART IDENTITY CASCADE")
+        # The example API's webhook tables, where a test made them.
+        if conn.exec_driver_sql("SELECT to_regclass('perfkit_webhook_endpoints')").scalar():
+            conn.exec_driver_sql(
+                "TRUNCATE perfkit_webhook_deliveries, perfkit_webhook_endpoints "
+                "RESTART IDENTITY CASCADE"
+            )
 
 
 @pytest.fixture

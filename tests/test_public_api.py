@@ -189,10 +189,21 @@ PAGINATION = [
 BATCH = ["DEFAULT_CHUNK_SIZE", "BatchResult", "ItemResult", "RowSource", "chunked"]
 
 WEBHOOKS = [
+    "DEFAULT_TIMEOUT",
     "DEFAULT_TOLERANCE",
     "RETRY_SCHEDULE",
+    "Delivery",
+    "DeliveryStatus",
+    "DramatiqWebhooks",
+    "Endpoint",
+    "EndpointStatus",
     "InvalidSignature",
+    "Subscription",
+    "Target",
     "WebhookSigner",
+    "WebhookWorker",
+    "Webhooks",
+    "check_url",
     "parse_retry_after",
     "retry_delay",
     "verify_webhook",
@@ -390,3 +401,10 @@ def test_package_is_typed() -> None:
     """The wheel ships py.typed so type checkers use perfkit's annotations."""
     assert perfkit.__file__ is not None
     assert (Path(perfkit.__file__).parent / "py.typed").is_file()
+
+
+def test_signing_webhooks_needs_no_http_client() -> None:
+    """import perfkit.webhooks (sign, verify, schedule, check_url) loads no httpx or dramatiq."""
+    loaded = _modules_after("import perfkit.webhooks")
+
+    assert set() == {"httpx", "dramatiq", "pika"} & loaded

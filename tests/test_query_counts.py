@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -21,8 +22,10 @@ from sqlalchemy.engine import Engine
 from bill_api import create_app
 from perfkit import db
 from perfkit.cache import Cache, MemoryBackend
+from perfkit.outbox import Event
 from perfkit.reference import Stores, open_stores, seed
 from perfkit.testing import QueryLog, assert_max_queries, count_queries
+from perfkit.webhooks import Webhooks
 
 # -- the helper ----------------------------------------------------------------------------------
 
@@ -245,7 +248,30 @@ ROUTES: dict[tuple[str, str], tuple[int, str, Any]] = {
         {"items": [{"bill_id": 41, "user_id": u, "choice": "no"} for u in range(2, 60)]},
     ),
     ("GET", "/users/{user_id}/votes"): (2, "/users/3/votes?limit=5", None),
+    # On the endpoints and the dead delivery _webhook_state() makes.
+    ("POST", "/webhooks"): (1, "/webhooks", {"url": "https://93.184.215.14/hook"}),
+    ("GET", "/webhooks/{endpoint_id}"): (2, "/webhooks/1", None),
+    ("PATCH", "/webhooks/{endpoint_id}"): (3, "/webhooks/1", {"status": "active"}),
+    ("DELETE", "/webhooks/{endpoint_id}"): (2, "/webhooks/2", None),
+    ("GET", "/webhooks/{endpoint_id}/deliveries"): (2, "/webhooks/1/deliveries?status=dead", None),
+    ("POST", "/webhooks/{endpoint_id}/deliveries/{delivery_id}/retry"): (
+        2,
+        "/webhooks/1/deliveries/1/retry",
+        None,
+    ),
 }
+
+
+def _webhook_state(engine: Engine) -> None:
+    """Two endpoints; the first with a dead delivery (it was disabled, then enabled)."""
+    hooks = Webhooks(engine, allow_private=True)
+    hooks.create()
+    first = hooks.subscribe("http://127.0.0.1:9/hook").endpoint
+    hooks.subscribe("http://127.0.0.1:9/other")
+    hooks.dispatch(Event("e" * 32, "bill:1", "vote.cast", {}, datetime.now(UTC)))
+    hooks.disable(first.id)
+    hooks.enable(first.id)
+    hooks.close()
 
 
 def test_every_api_route_has_a_pinned_count(seeded: Stores) -> None:
@@ -265,6 +291,8 @@ def test_every_api_route_has_a_pinned_count(seeded: Stores) -> None:
 async def test_api_route_query_count(seeded: Stores, route: tuple[str, str]) -> None:
     """Each route answers 2xx within its count, cold, through the whole app."""
     limit, path, body = ROUTES[route]
+    if path.startswith("/webhooks"):
+        _webhook_state(seeded.engine)
     transport = httpx.ASGITransport(app=create_app(stores=seeded))
     async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
         with assert_max_queries(seeded.engine, limit):

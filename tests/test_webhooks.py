@@ -11,11 +11,12 @@ from typing import Any
 
 import pytest
 
-from perfkit.errors import InvalidSignature, PerfkitError
+from perfkit.errors import InvalidInput, InvalidSignature, PerfkitError
 from perfkit.http import error_status
 from perfkit.webhooks import (
     RETRY_SCHEDULE,
     WebhookSigner,
+    check_url,
     parse_retry_after,
     retry_delay,
     verify_webhook,
@@ -141,3 +142,73 @@ def test_retry_delay_refuses_bad_arguments(attempt: Any, jitter: float) -> None:
     """Attempts count from 1; jitter is a fraction."""
     with pytest.raises(ValueError, match=r"attempt|jitter"):
         retry_delay(attempt, jitter=jitter)
+
+
+# -- where a webhook may go (check_url) ----------------------------------------------------
+
+
+def _names(host: str, _port: int) -> list[str]:
+    return {
+        "public.test": ["93.184.215.14", "2606:2800:21f:cb07:6820:80da:af6b:8b2c"],
+        "mixed.test": ["93.184.215.14", "10.0.0.7"],
+        "inside.test": ["192.168.1.20"],
+        "mapped.test": ["::ffff:127.0.0.1"],
+    }.get(host, [])
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://127.0.0.1/hook",
+        "http://[::1]/hook",
+        "http://10.1.2.3/",
+        "http://172.16.0.1/",
+        "http://192.168.0.1/",
+        "http://169.254.169.254/latest/meta-data/",  # cloud metadata
+        "http://100.64.0.1/",  # shared address space
+        "http://0.0.0.0/",
+        "http://[fd00::1]/",  # unique local
+        "http://224.0.0.1/",  # multicast
+        "http://inside.test/",
+        "http://mixed.test/",  # one private address among public ones is enough
+        "http://mapped.test/",  # ::ffff:127.0.0.1 is loopback
+        "http://nowhere.test/",  # does not resolve
+    ],
+)
+def test_non_public_targets_are_refused(url: str) -> None:
+    with pytest.raises(InvalidInput) as refused:
+        check_url(url, resolve=_names)
+    assert refused.value.field == "url"
+
+
+@pytest.mark.parametrize(
+    ("url", "reason"),
+    [
+        ("ftp://93.184.215.14/", "http:// or https://"),
+        ("https://user:pw@93.184.215.14/", "user name or password"),
+        ("https://93.184.215.14/#x", "fragment"),
+        ("https:///path", "names a host"),
+        ("https://93.184.215.14:99999/", "port"),
+        ("https://93.184.215.14/a b", "spaces"),
+        ("https://93.184.215.14/" + "a" * 2_000, "2,000"),
+        ("", "2,000"),
+    ],
+)
+def test_malformed_urls_are_refused_with_the_reason(url: str, reason: str) -> None:
+    with pytest.raises(InvalidInput, match=reason):
+        check_url(url, resolve=_names)
+
+
+def test_a_public_url_is_pinned_to_the_address_it_resolved_to() -> None:
+    target = check_url("https://public.test:8443/hooks?x=1", resolve=_names)
+    assert (target.host, target.address) == ("public.test", "93.184.215.14")
+    assert target.connect_url == "https://93.184.215.14:8443/hooks?x=1"
+    six = check_url("https://[2606:2800:21f:cb07:6820:80da:af6b:8b2c]/h", resolve=_names)
+    assert six.connect_url == "https://[2606:2800:21f:cb07:6820:80da:af6b:8b2c]/h"
+
+
+def test_private_targets_pass_only_when_allowed() -> None:
+    target = check_url("http://inside.test/h", allow_private=True, resolve=_names)
+    assert target.connect_url == "http://192.168.1.20/h"
+    with pytest.raises(InvalidInput, match="does not resolve"):
+        check_url("http://nowhere.test/", allow_private=True, resolve=_names)

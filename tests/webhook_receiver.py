@@ -37,9 +37,7 @@ class Receiver:
     (503 with ``Retry-After: V``). A message whose signature does not verify gets 401.
     """
 
-    def __init__(
-        self, secrets: Sequence[str], *, now: Callable[[], float] = time.time
-    ) -> None:
+    def __init__(self, secrets: Sequence[str], *, now: Callable[[], float] = time.time) -> None:
         self.secrets = list(secrets)
         self.now = now
         self.default = "ok"

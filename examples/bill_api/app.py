@@ -25,6 +25,9 @@ Configuration comes from the environment:
     ``python -m bill_api.relay`` and consumed by ``dramatiq bill_api.worker``
     (default: none, a relay thread in this process consumes them;
     :mod:`bill_api.events`).
+``PERFKIT_WEBHOOKS_ALLOW_PRIVATE``
+    ``1`` lets webhook endpoints be on loopback and private addresses (a
+    receiver on this machine); by default they must resolve to public ones.
 ``PERFKIT_TEXT_URL``
     The bill-text service behind ``GET /bills/{id}/text``, called through a
     circuit breaker (default: none, the stored summary is served).
@@ -33,6 +36,12 @@ Bulk writes (``POST /users/batch``, ``/bills/batch``, ``/votes/batch``; at most
 1,000 items) answer 200 with one result per item, each with the status it would
 have had alone. Exports (``GET /bills/export``, ``/bills/{id}/votes/export``;
 ``?format=ndjson`` or ``csv``) stream every row in keyset batches.
+
+Webhooks: ``POST /webhooks`` subscribes an endpoint (URL, secret, event types) to the
+API's events (``vote.cast``, ``bill.status_changed``), delivered per the Standard
+Webhooks spec; ``GET /webhooks/{id}`` shows its state (disabled after a 410) and counts,
+``GET /webhooks/{id}/deliveries?status=dead`` its dead letters, and
+``POST /webhooks/{id}/deliveries/{delivery_id}/retry`` starts one again.
 
 Every error is a JSON body ``{"error": {"code": ..., "message": ...}}`` with a
 4xx status: 400 malformed JSON, 404 unknown id or route, 405 wrong method,
@@ -53,7 +62,7 @@ import os
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path as FilePath
-from typing import Annotated, Any, Final
+from typing import Annotated, Any, Final, Literal
 
 import sqlalchemy as sa
 from fastapi import Body, Depends, FastAPI, Path, Query, Request
@@ -90,7 +99,7 @@ from perfkit.http import (
     database_probe,
     tag_response,
 )
-from perfkit.outbox import InProcessPublisher, Relay
+from perfkit.outbox import InProcessPublisher, Outbox, Relay
 from perfkit.reference import (
     BillRecord,
     Stores,
@@ -99,6 +108,7 @@ from perfkit.reference import (
     codec,
     open_stores,
 )
+from perfkit.webhooks import Webhooks, WebhookWorker
 
 __all__ = ["DEFAULT_DATABASE_URL", "create_app"]
 
@@ -228,6 +238,7 @@ def create_app(
         if stores is not None:
             app.state.stores = stores
             yield
+            app.state.webhooks.close()
             return
         url = database_url or os.environ.get("PERFKIT_DATABASE_URL") or DEFAULT_DATABASE_URL
         outbox = events.outbox()
@@ -235,17 +246,13 @@ def create_app(
         if provider is not None:
             instrument_engine(opened.engine, meter_provider=provider)
         app.state.stores = opened
-        relay = None
-        if events.amqp_url() is None:  # embedded: the events are consumed in this process
-            relay = Relay(opened.engine, outbox, InProcessPublisher(events.handle))
-            relay.start()
+        stop_consumers = _consume_events(app, opened.engine, outbox)
         restore = _tune_gc()
         try:
             yield
         finally:
             restore()
-            if relay is not None:
-                relay.stop()
+            stop_consumers()
             opened.close()
             if cache is not None:
                 await cache.backend.aclose()  # the response cache's async connections
@@ -262,10 +269,9 @@ def create_app(
     app.state.meter_provider = provider
     app.state.response_cache = cache if caching != "data" else None
     app.state.text = text or BillText(os.environ.get("PERFKIT_TEXT_URL") or None)
+    app.state.webhook_worker = None
     if stores is not None:
-        app.state.stores = stores
-        if provider is not None:
-            instrument_engine(stores.engine, meter_provider=provider)
+        _serve(app, stores)
     install(app, max_body_bytes=MAX_BODY_BYTES)
     health_routes(
         app, [database_probe(lambda: _engine(app)), cache_probe(lambda: app.state.stores.cache)]
@@ -273,6 +279,36 @@ def create_app(
     app.add_middleware(Compression)  # what the response cache does not hold
     _install_routes(app)
     return app
+
+
+def _consume_events(app: FastAPI, engine: sa.Engine, outbox: Outbox) -> Callable[[], None]:
+    """
+    The webhooks, and (embedded) a relay thread and a webhook worker consuming the
+    events in this process; returns what stops them.
+    """
+    hooks = app.state.webhooks = events.webhooks(engine)
+    if events.amqp_url() is not None:  # the relay and the worker are processes of their own
+        return hooks.close
+    worker = app.state.webhook_worker = WebhookWorker(hooks)
+    worker.start()
+    relay = Relay(engine, outbox, InProcessPublisher(events.consumer(worker.dispatch)))
+    relay.start()
+
+    def stop() -> None:
+        relay.stop()
+        worker.stop()
+        hooks.close()
+
+    return stop
+
+
+def _serve(app: FastAPI, stores: Stores) -> None:
+    """Serve *stores*, opened by the caller (no relay: events and deliveries wait)."""
+    app.state.stores = stores
+    app.state.webhooks = events.webhooks(stores.engine)
+    provider = app.state.meter_provider
+    if provider is not None:
+        instrument_engine(stores.engine, meter_provider=provider)
 
 
 class _API(FastAPI):
@@ -338,6 +374,7 @@ def _install_routes(app: FastAPI) -> None:
     _install_operations_routes(app)
     _install_bulk_routes(app)
     _install_export_routes(app)  # before /bills/{bill_id}, which would take "export" for an id
+    _install_webhook_routes(app)
 
     # The hot reads answer JSONBytes: the record encoded by orjson, no pydantic pass.
     @app.get("/users/{user_id}", response_class=JSONBytes)
@@ -500,6 +537,96 @@ def _install_export_routes(app: FastAPI) -> None:
         batches = _stores(request).votes.export_by_bill(bill_id)
         name = f"bill-{bill_id}-votes"
         return ExportResponse(batches, format=format, fields=VoteRecord, filename=name)
+
+
+class NewWebhook(_Body):
+    url: Annotated[str, Field(description="Where to POST: http(s), a public address")]
+    secret: Annotated[
+        str | None,
+        Field(description="whsec_ + base64 (16+ bytes); a random one is made when left out"),
+    ] = None
+    types: Annotated[
+        list[str] | None, Field(description="The event types to receive; null: every type")
+    ] = None
+
+
+class WebhookChanges(_Body):
+    status: Literal["active", "disabled"]
+
+
+DeliveryFilter = Annotated[
+    Literal["pending", "delivered", "dead"] | None,
+    Query(description="Only deliveries in this state (dead: the dead letters)"),
+]
+
+
+def _webhooks(request: Request) -> Webhooks:
+    hooks: Webhooks = request.app.state.webhooks
+    return hooks
+
+
+def _endpoint_body(hooks: Webhooks, endpoint_id: int) -> dict[str, Any]:
+    return {**hooks.endpoint(endpoint_id).to_dict(), "deliveries": hooks.counts(endpoint_id)}
+
+
+def _install_webhook_routes(app: FastAPI) -> None:
+    @app.post("/webhooks", status_code=201)
+    def subscribe_webhook(request: Request, body: Annotated[NewWebhook, Body()]) -> dict[str, Any]:
+        """Subscribe an endpoint; the answer carries its secret, this once."""
+        sub = _webhooks(request).subscribe(body.url, secret=body.secret, types=body.types)
+        return {**sub.endpoint.to_dict(), "secret": sub.secret}
+
+    @app.get("/webhooks/{endpoint_id}")
+    def get_webhook(request: Request, endpoint_id: Id) -> dict[str, Any]:
+        """The endpoint, its state, and how many deliveries are pending, delivered and dead."""
+        return _endpoint_body(_webhooks(request), endpoint_id)
+
+    @app.patch("/webhooks/{endpoint_id}")
+    def change_webhook(
+        request: Request, endpoint_id: Id, body: Annotated[WebhookChanges, Body()]
+    ) -> dict[str, Any]:
+        """Enable an endpoint again (after a 410), or disable it."""
+        hooks = _webhooks(request)
+        if body.status == "active":
+            changed = hooks.enable(endpoint_id)
+        else:
+            changed = hooks.disable(endpoint_id)
+        return {**changed.to_dict(), "deliveries": hooks.counts(endpoint_id)}
+
+    @app.delete("/webhooks/{endpoint_id}", status_code=204)
+    def unsubscribe_webhook(request: Request, endpoint_id: Id) -> Response:
+        _webhooks(request).unsubscribe(endpoint_id)
+        return Response(status_code=204)
+
+    @app.get("/webhooks/{endpoint_id}/deliveries")
+    def webhook_deliveries(
+        request: Request,
+        endpoint_id: Id,
+        status: DeliveryFilter = None,
+        before: Annotated[int | None, Query(ge=1, le=MAX_ID, description="Page on")] = None,
+        limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = 20,
+    ) -> dict[str, Any]:
+        """The endpoint's deliveries, newest first; ``next`` is the ``before`` of the next page."""
+        found = _webhooks(request).deliveries(
+            endpoint_id, status=status, before=before, limit=limit
+        )
+        following = found[-1].id if len(found) == limit else None
+        return {"items": [d.to_dict() for d in found], "next": following}
+
+    @app.post(
+        "/webhooks/{endpoint_id}/deliveries/{delivery_id}/retry",
+        status_code=202,
+        responses=error_responses(Conflict),
+    )
+    def retry_webhook_delivery(
+        request: Request, endpoint_id: Id, delivery_id: Id
+    ) -> dict[str, Any]:
+        """Start a dead delivery again (the endpoint must be active)."""
+        revived = _webhooks(request).redeliver(delivery_id, endpoint_id=endpoint_id)
+        worker: WebhookWorker | None = request.app.state.webhook_worker
+        if worker is not None:
+            worker.wake()
+        return revived.to_dict()
 
 
 def _install_operations_routes(app: FastAPI) -> None:

@@ -2,19 +2,24 @@
 What happens to the API's events (vote casts, bill status changes) once they leave the outbox.
 
 Every committed write's events are written to the outbox in the write's transaction
-(:mod:`perfkit.reference.events`). The relay hands them on, and :func:`handle` consumes
-each one: for now it writes it to the ``bill_api.events`` log as one JSON line (webhook
-delivery comes next). Deliveries are at least once: a consumer deduplicates on ``id``.
+(:mod:`perfkit.reference.events`). The relay hands them on, and each one is consumed
+twice over: :func:`handle` writes it to the ``bill_api.events`` log as one JSON line,
+and the webhooks fan it out to every endpoint subscribed with ``POST /webhooks``
+(:func:`webhooks`), delivered signed, on the Standard Webhooks retry schedule.
+Deliveries are at least once: a consumer deduplicates on ``id`` (``webhook-id``).
 
-Two ways to run the relay and the consumer:
+Two ways to run the relay and the consumers:
 
 * embedded (the default, and ``make demo``): a relay thread in the API process hands
-  events straight to :func:`handle` (:class:`~perfkit.outbox.InProcessPublisher`);
+  events to :func:`handle` and to a :class:`~perfkit.webhooks.WebhookWorker`'s threads;
 * on RabbitMQ, with ``PERFKIT_AMQP_URL`` set: the API only writes the outbox, and two
   more processes move the events, one command each::
 
       PYTHONPATH=examples python -m bill_api.relay     # outbox -> RabbitMQ
-      PYTHONPATH=examples dramatiq bill_api.worker     # RabbitMQ -> handle()
+      PYTHONPATH=examples dramatiq bill_api.worker     # RabbitMQ -> handle(), webhooks
+
+``PERFKIT_WEBHOOKS_ALLOW_PRIVATE=1`` lets endpoints be on loopback and private addresses
+(a receiver on this machine, the tests); by default they must be public.
 """
 
 from __future__ import annotations
@@ -22,15 +27,21 @@ from __future__ import annotations
 import json
 import logging
 import os
+from collections.abc import Callable
 from typing import Final
 
-from perfkit.outbox import Event, Outbox
+from sqlalchemy.engine import Engine
 
-__all__ = ["QUEUE", "amqp_url", "handle", "outbox"]
+from perfkit.outbox import Event, Outbox
+from perfkit.reference.events import TYPES
+from perfkit.webhooks import Webhooks
+
+__all__ = ["QUEUE", "WEBHOOK_QUEUE", "amqp_url", "consumer", "handle", "outbox", "webhooks"]
 
 log = logging.getLogger("bill_api.events")
 
 QUEUE: Final = "bill_api.events"
+WEBHOOK_QUEUE: Final = "bill_api.webhooks"
 
 
 def outbox() -> Outbox:
@@ -46,3 +57,24 @@ def amqp_url() -> str | None:
 def handle(event: Event) -> None:
     """Consume one event: one JSON line on the ``bill_api.events`` log."""
     log.info("%s", json.dumps({"event": event.to_message()}, separators=(",", ":")))
+
+
+def webhooks(engine: Engine) -> Webhooks:
+    """The API's webhook endpoints and deliveries (tables ``perfkit_webhook_*``), created."""
+    hooks = Webhooks(
+        engine,
+        event_types=TYPES,
+        allow_private=os.environ.get("PERFKIT_WEBHOOKS_ALLOW_PRIVATE") == "1",
+    )
+    hooks.create()
+    return hooks
+
+
+def consumer(dispatch: Callable[[Event], object]) -> Callable[[Event], None]:
+    """What consumes each event: the log line, then the webhooks' fan-out by *dispatch*."""
+
+    def consume(event: Event) -> None:
+        handle(event)
+        dispatch(event)
+
+    return consume

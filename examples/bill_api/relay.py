@@ -4,31 +4,51 @@ The outbox relay of the API's events: ``python -m bill_api.relay`` (needs ``PERF
 It reads the events committed to the outbox of ``PERFKIT_DATABASE_URL`` (default: the
 demo database) and publishes them to RabbitMQ for ``dramatiq bill_api.worker``, until
 SIGINT or SIGTERM. A second relay started on the same database waits as a standby.
+Every minute it also sends a message for each webhook delivery that is due and has none
+(one whose message dramatiq gave up on, or one redelivered through the API).
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import threading
 
 from bill_api import events
 from bill_api.app import DEFAULT_DATABASE_URL
 from perfkit import db
 from perfkit.outbox import DramatiqPublisher, Relay
 
+SWEEP_INTERVAL = 60.0
+
 
 def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     logging.getLogger("pika").setLevel(logging.WARNING)
-    from bill_api.worker import deliver  # noqa: PLC0415 - needs PERFKIT_AMQP_URL
+    from bill_api.worker import deliver, webhook_queue  # noqa: PLC0415 - needs PERFKIT_AMQP_URL
 
     url = os.environ.get("PERFKIT_DATABASE_URL") or DEFAULT_DATABASE_URL
     engine = db.create_engine(url)
     outbox = events.outbox()
     outbox.create(engine)
     logging.getLogger("bill_api.relay").info("relaying %s to %s", url, events.QUEUE)
-    Relay(engine, outbox, DramatiqPublisher(deliver)).serve()  # until SIGINT or SIGTERM
-    engine.dispose()
+    stopped = threading.Event()
+
+    def sweep() -> None:
+        while not stopped.wait(SWEEP_INTERVAL):
+            try:
+                webhook_queue.sweep()
+            except Exception:
+                logging.getLogger("bill_api.relay").exception("the webhook sweep failed")
+
+    sweeper = threading.Thread(target=sweep, name="webhook-sweep", daemon=True)
+    sweeper.start()
+    try:
+        Relay(engine, outbox, DramatiqPublisher(deliver)).serve()  # until SIGINT or SIGTERM
+    finally:
+        stopped.set()
+        sweeper.join(10)
+        engine.dispose()
 
 
 if __name__ == "__main__":

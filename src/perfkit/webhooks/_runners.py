@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import threading
 from concurrent.futures import ThreadPoolExecutor
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Final
 
 from perfkit.outbox import Event
 
@@ -45,9 +45,7 @@ class WebhookWorker:
     .. versionadded:: 0.2.0
     """
 
-    def __init__(
-        self, webhooks: Webhooks, *, threads: int = 4, poll_interval: float = 1.0
-    ) -> None:
+    def __init__(self, webhooks: Webhooks, *, threads: int = 4, poll_interval: float = 1.0) -> None:
         if threads < 1 or not poll_interval > 0:
             msg = "threads must be at least 1 and poll_interval positive"
             raise ValueError(msg)
@@ -67,6 +65,10 @@ class WebhookWorker:
         if ids:
             self._wake.set()
         return ids
+
+    def wake(self) -> None:
+        """Look for due deliveries now (one was redelivered, say)."""
+        self._wake.set()
 
     def run_once(self) -> int:
         """Attempt every delivery due now, in this thread; how many were attempted."""
@@ -92,7 +94,7 @@ class WebhookWorker:
         self._thread.start()
 
     def stop(self, timeout: float | None = 30.0) -> None:
-        """Stop looking for work, and wait for the attempts under way (each ends within its timeout)."""
+        """Stop looking for work; wait for the attempts under way (each ends within its timeout)."""
         self._stop.set()
         self._wake.set()
         thread, pool = self._thread, self._pool
@@ -224,4 +226,3 @@ class DramatiqWebhooks:
 
     def __repr__(self) -> str:
         return f"DramatiqWebhooks(actor={self.actor.actor_name!r})"
-

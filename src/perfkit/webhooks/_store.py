@@ -255,7 +255,7 @@ class WebhookTables:
         done = conn.execute(self.endpoints.delete().where(self.endpoints.c.id == endpoint_id))
         return done.rowcount > 0
 
-    def kill_pending(self, conn: Connection, endpoint_id: int, *, reason: str, now: datetime) -> int:
+    def kill_pending(self, conn: Connection, endpoint_id: int, *, reason: str) -> int:
         """Every pending delivery of an endpoint becomes dead (it was disabled)."""
         table = self.deliveries
         done = conn.execute(
@@ -422,12 +422,21 @@ class WebhookTables:
             .values(next_attempt_at=until)
         )
 
-    def revive(self, conn: Connection, delivery_id: int, *, now: datetime) -> bool:
-        table = self.deliveries
+    def revive(
+        self, conn: Connection, delivery_id: int, *, endpoint_id: int | None, now: datetime
+    ) -> bool:
+        """A dead delivery of an active endpoint (of *endpoint_id*, if given) pending again."""
+        table, endpoints = self.deliveries, self.endpoints
+        active = (
+            sa.select(endpoints.c.id)
+            .where(endpoints.c.id == table.c.endpoint_id, endpoints.c.status == ACTIVE)
+            .exists()
+        )
+        query = table.update().where(table.c.id == delivery_id, table.c.status == DEAD, active)
+        if endpoint_id is not None:
+            query = query.where(table.c.endpoint_id == endpoint_id)
         done = conn.execute(
-            table.update()
-            .where(table.c.id == delivery_id, table.c.status == DEAD)
-            .values(status=PENDING, attempts=0, next_attempt_at=now, lease_until=None)
+            query.values(status=PENDING, attempts=0, next_attempt_at=now, lease_until=None)
         )
         return done.rowcount == 1
 

@@ -291,13 +291,15 @@ class Webhooks:
             self._disable(conn, endpoint_id, reason=reason, now=now)
         return self.endpoint(endpoint_id)
 
-    def _disable(self, conn: sa.Connection, endpoint_id: int, *, reason: str, now: datetime) -> None:
+    def _disable(
+        self, conn: sa.Connection, endpoint_id: int, *, reason: str, now: datetime
+    ) -> None:
         text = reason[:MAX_ERROR]
         if not self.tables.set_endpoint(
             conn, endpoint_id, now=now, status=DISABLED, disabled_reason=text
         ):
             raise NotFound("webhook endpoint", endpoint_id)
-        self.tables.kill_pending(conn, endpoint_id, reason=f"endpoint disabled: {text}", now=now)
+        self.tables.kill_pending(conn, endpoint_id, reason=f"endpoint disabled: {text}")
 
     def enable(self, endpoint_id: int) -> Endpoint:
         """
@@ -423,21 +425,30 @@ class Webhooks:
                 conn, endpoint_id, status=status, before=before, limit=limit
             )
 
-    def redeliver(self, delivery_id: int) -> Delivery:
+    def redeliver(self, delivery_id: int, *, endpoint_id: int | None = None) -> Delivery:
         """
         Start a dead delivery again: pending, due now, attempts from zero.
 
+        Args:
+            delivery_id: The delivery.
+            endpoint_id: The endpoint it must belong to (an API's path), if any.
+
         Raises:
-            NotFound: there is no such delivery.
+            NotFound: there is no such delivery (of that endpoint).
             Conflict: it is not dead, or its endpoint is disabled (:meth:`enable` it).
         """
-        found = self.delivery(delivery_id)
-        if self.endpoint(found.endpoint_id).status != ACTIVE:
-            raise Conflict(f"webhook endpoint {found.endpoint_id} is disabled; enable it first")
+        tables = self.tables
         with self._writer.begin() as conn:
-            if not self.tables.revive(conn, delivery_id, now=self._now()):
-                raise Conflict(f"webhook delivery {delivery_id} is {found.status}, not dead")
-        return self.delivery(delivery_id)
+            revived = tables.revive(conn, delivery_id, endpoint_id=endpoint_id, now=self._now())
+            found = tables.get_delivery(conn, delivery_id)
+            if found is None or endpoint_id not in (None, found.endpoint_id):
+                raise NotFound("webhook delivery", delivery_id)
+            if revived:
+                return found
+            endpoint = tables.get_endpoint(conn, found.endpoint_id)
+        if endpoint is None or endpoint.status != ACTIVE:
+            raise Conflict(f"webhook endpoint {found.endpoint_id} is disabled; enable it first")
+        raise Conflict(f"webhook delivery {delivery_id} is {found.status}, not dead")
 
     def due(self, limit: int = 100) -> list[int]:
         """The ids of pending deliveries due now and not being attempted, soonest first."""
@@ -445,7 +456,7 @@ class Webhooks:
             return self.tables.due(conn, now=self._now(), limit=limit)
 
     def next_due(self) -> float | None:
-        """Seconds until the soonest pending delivery is due (0 if one is); ``None``: none pending."""
+        """Seconds until the soonest pending delivery is due (0: one is); ``None``: none pending."""
         with self.engine.connect() as conn:
             when = self.tables.next_due(conn)
         return None if when is None else max(0.0, (when - self._now()).total_seconds())
@@ -525,7 +536,8 @@ class Webhooks:
             error = (outcome.error or "")[:MAX_ERROR]
             if status == 410:
                 self.tables.finish(conn, claim, status=DEAD, last_status=status, last_error=error)
-                self._disable(conn, claim.endpoint_id, reason=f"it answered 410 Gone at {now:%Y-%m-%d %H:%M:%S} UTC", now=now)  # fmt: skip
+                reason = f"it answered 410 Gone at {now:%Y-%m-%d %H:%M:%S} UTC"
+                self._disable(conn, claim.endpoint_id, reason=reason, now=now)
                 log.warning("webhook endpoint %s answered 410 Gone: disabled", claim.endpoint_id)
                 return None
             wait = retry_delay(
@@ -580,7 +592,9 @@ class Webhooks:
                 if 200 <= status < 300:
                     return _Outcome(status)
                 snippet = _read_some(response)
-                retry_after = parse_retry_after(response.headers.get("retry-after"), now=self._wall())
+                retry_after = parse_retry_after(
+                    response.headers.get("retry-after"), now=self._wall()
+                )
                 reason = response.reason_phrase
         except httpx.TimeoutException:
             raise _Failed(_Outcome(None, error=f"timed out (after {self.timeout:g} s)")) from None
