@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 DOCS = Path(__file__).resolve().parents[1] / "docs"
-RUNNABLE = ["batch.md", "outbox.md"]
+RUNNABLE = ["batch.md", "outbox.md", "webhooks.md"]
 _BLOCK = re.compile(r"```python\n(.*?)```", re.DOTALL)
 
 
