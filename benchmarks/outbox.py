@@ -14,6 +14,12 @@ a dramatiq worker in the same process receives them. Latency runs from just befo
 write's COMMIT to the worker's call, median and p99 of 1,000 events; also with
 ``InProcessPublisher``.
 
+Webhook delivery latency: the same writes, each event fanned out to one webhook endpoint
+(a real HTTP server on loopback that verifies each signature) and POSTed by a
+``WebhookWorker`` in process, or by ``DramatiqWebhooks`` in a dramatiq worker on RabbitMQ
+(the relay's actor dispatches, the webhook actor attempts). Latency runs from the COMMIT to
+the receiver's handler, 500 events at 100/s.
+
 Usage: ``python benchmarks/outbox.py [--casts N] [--postgres URL] [--amqp URL]``
 """
 
@@ -138,6 +144,98 @@ def delivery(url: str, amqp: str | None, events: int = 1_000) -> tuple[float, fl
     return statistics.median(ordered) * 1e3, ordered[int(len(ordered) * 0.99) - 1] * 1e3
 
 
+def webhook_delivery(url: str, amqp: str | None, events: int = 500) -> tuple[float, float]:
+    """Median and p99 ms from commit to a webhook receiver's handler."""
+    import base64  # noqa: PLC0415
+    import json  # noqa: PLC0415
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer  # noqa: PLC0415
+
+    from perfkit import db  # noqa: PLC0415
+    from perfkit.outbox import Event, InProcessPublisher, Outbox, Relay  # noqa: PLC0415
+    from perfkit.webhooks import Webhooks, WebhookWorker, verify_webhook  # noqa: PLC0415
+
+    secret = "whsec_" + base64.b64encode(b"benchmark-webhook-secret").decode()
+    committed: dict[int, float] = {}
+    latencies: list[float] = []
+    done = threading.Event()
+
+    class Receiver(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            body = self.rfile.read(int(self.headers["content-length"]))
+            verify_webhook(dict(self.headers), body, [secret])
+            number = json.loads(body)["data"]["n"]
+            latencies.append(time.perf_counter() - committed[number])
+            if len(latencies) == events:
+                done.set()
+            self.send_response(204)
+            self.end_headers()
+
+        def log_message(self, *_args: object) -> None:
+            return None
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Receiver)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    engine = db.create_engine(url)
+    box = Outbox()
+    box.table.drop(engine, checkfirst=True)
+    box.create(engine)
+    hooks = Webhooks(engine, prefix=f"bench_{uuid.uuid4().hex[:6]}", allow_private=True)
+    hooks.create()
+    hooks.subscribe(f"http://127.0.0.1:{server.server_address[1]}/hook", secret=secret)
+    worker: Any = None
+    broker: Any = None
+    queues: list[str] = []
+    if amqp is None:
+        worker = WebhookWorker(hooks, threads=4)
+        worker.start()
+        publisher: Any = InProcessPublisher(worker.dispatch)
+    else:
+        import dramatiq  # noqa: PLC0415
+        from dramatiq.brokers.rabbitmq import RabbitmqBroker  # noqa: PLC0415
+
+        from perfkit.outbox import DramatiqPublisher  # noqa: PLC0415
+        from perfkit.webhooks import DramatiqWebhooks  # noqa: PLC0415
+
+        name = f"perfkit-bench-{uuid.uuid4().hex[:6]}"
+        queues = [name, f"{name}.hooks"]
+        broker = RabbitmqBroker(url=amqp, confirm_delivery=True)
+        webhook_queue = DramatiqWebhooks(hooks, broker=broker, queue_name=queues[1])
+
+        def on_event(message: dict[str, Any]) -> None:
+            webhook_queue.dispatch(Event.from_message(message))
+
+        actor = dramatiq.actor(on_event, broker=broker, queue_name=name, max_retries=0)
+        worker = dramatiq.Worker(broker, worker_threads=4, worker_timeout=10)
+        worker.start()
+        publisher = DramatiqPublisher(actor)
+    relay = Relay(engine, box, publisher, poll_interval=0.01)
+    relay.start()
+    for number in range(events):
+        with engine.begin() as conn:
+            box.add(conn, type="bench", key="k", payload={"n": number})
+            committed[number] = time.perf_counter()
+        time.sleep(0.01)
+    done.wait(60)
+    relay.stop()
+    worker.stop()
+    if broker is not None:
+        for queue in queues:
+            for suffix in ("", ".DQ", ".XQ"):
+                broker.channel.queue_delete(queue + suffix)
+        broker.close()
+    server.shutdown()
+    server.server_close()
+    hooks.tables.deliveries.drop(engine)
+    hooks.tables.endpoints.drop(engine)
+    hooks.close()
+    engine.dispose()
+    ordered = sorted(latencies)
+    if len(ordered) < events:
+        msg = f"only {len(ordered)} of {events} webhooks arrived"
+        raise RuntimeError(msg)
+    return statistics.median(ordered) * 1e3, ordered[int(len(ordered) * 0.99) - 1] * 1e3
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--casts", type=int, default=300)
@@ -175,6 +273,13 @@ def main() -> None:
         for name, url in targets:
             for label, amqp in (("in process", None), ("dramatiq + RabbitMQ", options.amqp)):
                 median, p99 = delivery(url, amqp)
+                print(f"| {name} | {label} | {median:.1f} | {p99:.1f} |", flush=True)
+        print("\n### Webhook delivery latency, commit to receiver (500 events at 100/s)\n")
+        print("| database | attempts run by | median (ms) | p99 (ms) |")
+        print("|---|---|---|---|")
+        for name, url in targets:
+            for label, amqp in (("WebhookWorker", None), ("DramatiqWebhooks", options.amqp)):
+                median, p99 = webhook_delivery(url, amqp)
                 print(f"| {name} | {label} | {median:.1f} | {p99:.1f} |", flush=True)
 
 

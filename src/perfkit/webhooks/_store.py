@@ -349,11 +349,13 @@ class WebhookTables:
             ).scalars()
         )
 
-    def next_due(self, conn: Connection) -> datetime | None:
+    def next_due(self, conn: Connection, *, now: datetime) -> datetime | None:
+        """When the soonest pending delivery not being attempted is due."""
         table = self.deliveries
+        free = sa.or_(table.c.lease_until.is_(None), table.c.lease_until <= now)
         when: datetime | None = conn.execute(
-            sa.select(sa.func.min(table.c.next_attempt_at)).where(table.c.status == PENDING)
-        ).scalar()  # fmt: skip
+            sa.select(sa.func.min(table.c.next_attempt_at)).where(table.c.status == PENDING, free)
+        ).scalar()
         if when is not None and when.tzinfo is None:  # an aggregate loses the column's type
             when = UTCDateTime().process_result_value(when, conn.dialect)
         return when

@@ -456,10 +456,14 @@ class Webhooks:
             return self.tables.due(conn, now=self._now(), limit=limit)
 
     def next_due(self) -> float | None:
-        """Seconds until the soonest pending delivery is due (0: one is); ``None``: none pending."""
+        """
+        Seconds until the soonest pending delivery is due (0: one is), leaving out those
+        being attempted; ``None``: none.
+        """
+        now = self._now()
         with self.engine.connect() as conn:
-            when = self.tables.next_due(conn)
-        return None if when is None else max(0.0, (when - self._now()).total_seconds())
+            when = self.tables.next_due(conn, now=now)
+        return None if when is None else max(0.0, (when - now).total_seconds())
 
     def purge(self, older_than: timedelta) -> int:
         """Delete delivered and dead deliveries made more than *older_than* ago; how many."""
