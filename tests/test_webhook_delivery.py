@@ -170,7 +170,7 @@ def test_the_retry_schedule_holds_under_a_fake_clock(
         assert early is not None
         assert 0 < early <= wait * 0.011
         assert len(receiver.received) == attempt - 1
-        wall.advance(early)
+        wall.advance(early + 0.001)  # due times are whole microseconds
     assert hooks.attempt(delivery_id) is None  # the eighth failure: the schedule ran out
     dead = hooks.delivery(delivery_id)
     assert (dead.status, dead.attempts, dead.last_status) == ("dead", 8, 500)
@@ -188,7 +188,7 @@ def test_retry_after_is_honoured_when_it_asks_for_longer(
     delivery_id = only(hooks, event())
     wait = hooks.attempt(delivery_id)
     assert wait == 120  # the schedule said 5 s
-    wall.advance(120)
+    wall.advance(120.001)
     second = hooks.attempt(delivery_id)
     assert second is not None
     assert 270 <= second <= 330  # 1 s asked, the schedule's 5 min wins
@@ -290,7 +290,7 @@ def test_the_breaker_opens_and_closes(make: Make, receiver: Receiver, wall: Fake
         assert "circuit breaker open" in waiting.last_error
     assert len(receiver.received) == 3  # nothing sent while it was open
     receiver.default = "ok"
-    wall.advance(30)
+    wall.advance(30.001)  # due times are whole microseconds
     assert hooks.attempt(ids[3]) is None  # the trial
     assert guard.state == "closed"
     assert hooks.attempt(ids[4]) is None
