@@ -216,6 +216,7 @@ BAD_REQUESTS: list[tuple[str, str, dict[str, Any], int, str]] = [
     ("POST", "/webhooks", {"json": {"url": "http://127.0.0.1:8080/hook"}}, 422, "invalid_input"),
     ("POST", "/webhooks", {"json": {"url": "http://169.254.169.254/"}}, 422, "invalid_input"),
     ("POST", "/webhooks", {"json": {"url": "file:///etc/passwd"}}, 422, "invalid_input"),
+    ("POST", "/webhooks", {"json": {"url": "http://[example.com]/"}}, 422, "invalid_input"),
     ("POST", "/webhooks", {"json": {"url": "https://93.184.215.14/", "secret": "abc"}}, 422,
      "invalid_input"),
     ("POST", "/webhooks", {"json": {"url": "https://93.184.215.14/", "types": ["vote.gone"]}},

@@ -209,6 +209,68 @@ def test_a_stalled_receiver_times_out_and_is_tried_again(make: Make, receiver: R
     assert failed.last_error == "timed out (after 0.3 s)"
 
 
+def test_an_attempt_has_one_deadline_for_all_of_it(make: Make, receiver: Receiver) -> None:
+    """A receiver trickling its headers a byte at a time is cut off at the timeout in all."""
+    hooks = make(timeout=0.5)
+    hooks.subscribe(receiver.url, secret=SECRET)
+    receiver.then("trickle:3")
+    delivery_id = only(hooks, event())
+    started = time.monotonic()
+    assert hooks.attempt(delivery_id) is not None
+    assert time.monotonic() - started < 1.5  # each read came within 0.05 s: no read timed out
+    assert hooks.delivery(delivery_id).last_error == "timed out (after 0.5 s)"
+
+
+def test_an_internationalised_host_is_sent_as_idna(make: Make, receiver: Receiver) -> None:
+    hooks = make()
+    port = receiver.url.split(":")[2].split("/")[0]
+    LOOPBACK["xn--bcher-kva.test"] = ["127.0.0.1"]
+    hooks.subscribe(f"http://bücher.test:{port}/hook", secret=SECRET)
+    assert hooks.attempt(only(hooks, event())) is None
+    assert receiver.received[0].headers["host"] == f"xn--bcher-kva.test:{port}"
+
+
+def test_a_stale_claim_cannot_record_over_a_newer_one(
+    make: Make, receiver: Receiver, wall: FakeClock
+) -> None:
+    """An attempt that outlived its lease (a frozen process) records nothing."""
+    hooks = make()
+    hooks.subscribe(receiver.url, secret=SECRET)
+    delivery_id = only(hooks, event())
+    now = datetime.fromtimestamp(wall.monotonic(), UTC)
+    with hooks.engine.begin() as conn:
+        lease = now + timedelta(seconds=9)
+        assert hooks.tables.claim(
+            conn, delivery_id, now=now, lease=lease, token="a" * 32, attempts=None
+        )
+        stale = hooks.tables.claimed(conn, delivery_id, token="a" * 32, now=now)
+    assert hooks.attempt(delivery_id) is not None  # leased: not attempted
+    assert receiver.received == []
+    wall.advance(10)
+    assert hooks.attempt(delivery_id) is None  # the lease ran out: a second claim delivers
+    with hooks.engine.begin() as conn:
+        assert not hooks.tables.finish(conn, stale, status="dead", last_error="stale")
+    done = hooks.delivery(delivery_id)
+    assert (done.status, done.attempts) == ("delivered", 2)
+
+
+def test_a_delivery_of_an_endpoint_disabled_meanwhile_is_not_sent(
+    make: Make, receiver: Receiver
+) -> None:
+    """Fanned out just before its endpoint was disabled (a race): dead at its attempt, unsent."""
+    hooks = make()
+    endpoint = hooks.subscribe(receiver.url, secret=SECRET).endpoint
+    delivery_id = only(hooks, event())
+    with hooks.engine.begin() as conn:  # the status alone, as a disable racing the fan-out
+        hooks.tables.set_endpoint(
+            conn, endpoint.id, now=datetime.now(UTC), status="disabled", disabled_reason="x"
+        )
+    assert hooks.due() == []
+    assert hooks.attempt(delivery_id) is None
+    assert hooks.delivery(delivery_id).status == "dead"
+    assert receiver.received == []
+
+
 def test_every_event_arrives_once_the_receiver_recovers(
     make: Make, receiver: Receiver, wall: FakeClock
 ) -> None:
@@ -427,8 +489,11 @@ def test_dramatiq_delivers_and_retries_with_delayed_messages(
         ev = event()
         started = time.monotonic()
         (delivery_id,) = queue.dispatch(ev)
+        queue.dispatch(ev)  # the relay published it twice: a stale extra wake-up
+        queue.sweep()  # and a sweep found it due: another
         wait_until(lambda: receiver.delivered == [ev.id], timeout=30)
         took = time.monotonic() - started
+        time.sleep(1.5)  # extra wake-ups would show as more requests by now
     finally:
         worker.stop()
         for queue_name in (name, f"{name}.DQ", f"{name}.XQ"):
@@ -450,8 +515,8 @@ def test_dramatiq_holds_no_message_past_its_limit(make: Make, broker: Any) -> No
     queue = DramatiqWebhooks(make(), broker=broker, queue_name=name)
     try:
         before = time.time() * 1000
-        queue.later(7, 5 * 3600)
-        queue.later(8, 2.5)
+        queue.later(7, 5 * 3600, 3)
+        queue.later(8, 2.5, 0)
         etas = {}
         for _ in range(2):
             wait_until(

@@ -173,6 +173,11 @@ def _names(host: str, _port: int) -> list[str]:
         "http://mixed.test/",  # one private address among public ones is enough
         "http://mapped.test/",  # ::ffff:127.0.0.1 is loopback
         "http://nowhere.test/",  # does not resolve
+        "http://[64:ff9b::a00:1]/",  # NAT64 of 10.0.0.1
+        "http://[2002:7f00:1::]/",  # 6to4 of 127.0.0.1
+        "http://[::7f00:1]/",  # IPv4-compatible
+        "http://[::ffff:0:7f00:1]/",  # IPv4-translated
+        "http://[fec0::1]/",  # site-local
     ],
 )
 def test_non_public_targets_are_refused(url: str) -> None:
@@ -192,6 +197,9 @@ def test_non_public_targets_are_refused(url: str) -> None:
         ("https://93.184.215.14/a b", "spaces"),
         ("https://93.184.215.14/" + "a" * 2_000, "2,000"),
         ("", "2,000"),
+        ("http://[::1/", "malformed"),
+        ("http://[public.test]/", "malformed"),
+        ("http://a..b/", "not a valid domain name"),
     ],
 )
 def test_malformed_urls_are_refused_with_the_reason(url: str, reason: str) -> None:
@@ -205,6 +213,15 @@ def test_a_public_url_is_pinned_to_the_address_it_resolved_to() -> None:
     assert target.connect_url == "https://93.184.215.14:8443/hooks?x=1"
     six = check_url("https://[2606:2800:21f:cb07:6820:80da:af6b:8b2c]/h", resolve=_names)
     assert six.connect_url == "https://[2606:2800:21f:cb07:6820:80da:af6b:8b2c]/h"
+
+
+def test_an_internationalised_name_is_checked_and_sent_as_idna() -> None:
+    def names(host: str, _port: int) -> list[str]:
+        return {"xn--bcher-kva.test": ["93.184.215.14"]}.get(host, [])
+
+    target = check_url("https://bücher.test:8443/h", resolve=names)
+    assert (target.host, target.host_header) == ("xn--bcher-kva.test", "xn--bcher-kva.test:8443")
+    assert check_url("http://[64:ff9b::5db8:d70e]/", resolve=names).address == "64:ff9b::5db8:d70e"
 
 
 def test_private_targets_pass_only_when_allowed() -> None:

@@ -33,7 +33,8 @@ class Receiver:
     Answers each request with the next command given to :meth:`then`, else *default*:
 
     ``"ok"`` (204), ``"500"`` (any status: ``"502"``, ``"410"``...), ``"stall:S"``
-    (S seconds of silence, then 200: past a short timeout), ``"retry-after:V"``
+    (S seconds of silence, then 200: past a short timeout), ``"trickle:S"`` (S seconds
+    of a header sent a byte at a time), ``"retry-after:V"``
     (503 with ``Retry-After: V``). A message whose signature does not verify gets 401.
     """
 
@@ -75,6 +76,17 @@ class Receiver:
         if command.startswith("stall:"):
             time.sleep(float(command.partition(":")[2]))
             command = "200"
+        if command.startswith("trickle:"):  # headers a byte at a time: no read ever times out
+            until = time.monotonic() + float(command.partition(":")[2])
+            try:
+                handler.wfile.write(b"HTTP/1.1 200 OK\r\nX-Slow: ")
+                while time.monotonic() < until:
+                    handler.wfile.write(b"z")
+                    handler.wfile.flush()
+                    time.sleep(0.05)
+            except OSError:
+                pass
+            return
         extra: list[tuple[str, str]] = []
         if command.startswith("retry-after:"):
             extra.append(("Retry-After", command.partition(":")[2]))

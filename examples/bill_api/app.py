@@ -59,6 +59,7 @@ import gc
 import inspect
 import logging
 import os
+import threading
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path as FilePath
@@ -305,7 +306,10 @@ def _consume_events(app: FastAPI, engine: sa.Engine, outbox: Outbox) -> Callable
 def _serve(app: FastAPI, stores: Stores) -> None:
     """Serve *stores*, opened by the caller (no relay: events and deliveries wait)."""
     app.state.stores = stores
-    app.state.webhooks = events.webhooks(stores.engine)
+    # The caller made the schema; the webhook tables are made on first use (a write:
+    # the app must start, and serve reads, while the database refuses writes).
+    app.state.webhooks = events.webhooks(stores.engine, create=False)
+    app.state.webhooks_missing = threading.Lock()
     provider = app.state.meter_provider
     if provider is not None:
         instrument_engine(stores.engine, meter_provider=provider)
@@ -561,7 +565,14 @@ DeliveryFilter = Annotated[
 
 
 def _webhooks(request: Request) -> Webhooks:
-    hooks: Webhooks = request.app.state.webhooks
+    state = request.app.state
+    hooks: Webhooks = state.webhooks
+    missing: threading.Lock | None = getattr(state, "webhooks_missing", None)
+    if missing is not None:
+        with missing:
+            if getattr(state, "webhooks_missing", None) is not None:
+                hooks.create()  # a locked database: 503 like any write, tried next time
+                state.webhooks_missing = None
     return hooks
 
 

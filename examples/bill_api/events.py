@@ -59,14 +59,15 @@ def handle(event: Event) -> None:
     log.info("%s", json.dumps({"event": event.to_message()}, separators=(",", ":")))
 
 
-def webhooks(engine: Engine) -> Webhooks:
-    """The API's webhook endpoints and deliveries (tables ``perfkit_webhook_*``), created."""
+def webhooks(engine: Engine, *, create: bool = True) -> Webhooks:
+    """The API's webhook endpoints and deliveries (tables ``perfkit_webhook_*``)."""
     hooks = Webhooks(
         engine,
         event_types=TYPES,
         allow_private=os.environ.get("PERFKIT_WEBHOOKS_ALLOW_PRIVATE") == "1",
     )
-    hooks.create()
+    if create:
+        hooks.create()
     return hooks
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Final
 
@@ -54,8 +55,10 @@ class WebhookWorker:
         self._poll = poll_interval
         self._wake = threading.Event()
         self._stop = threading.Event()
-        self._busy: set[int] = set()
+        self._busy: set[int] = set()  # queued on the pool or running
         self._busy_lock = threading.Lock()
+        self._running = 0
+        self._idle = threading.Condition()
         self._thread: threading.Thread | None = None
         self._pool: ThreadPoolExecutor | None = None
 
@@ -93,16 +96,25 @@ class WebhookWorker:
         self._thread = threading.Thread(target=self._run, name="perfkit-webhooks", daemon=True)
         self._thread.start()
 
-    def stop(self, timeout: float | None = 30.0) -> None:
-        """Stop looking for work; wait for the attempts under way (each ends within its timeout)."""
+    def stop(self, timeout: float = 30.0) -> None:
+        """
+        Stop looking for work, drop what is queued, and wait up to *timeout* seconds for
+        the attempts under way (each ends within the webhooks' timeout; one cut short
+        is attempted again once its lease runs out).
+        """
         self._stop.set()
         self._wake.set()
+        deadline = time.monotonic() + timeout
         thread, pool = self._thread, self._pool
         if thread is not None:
             thread.join(timeout)
             self._thread = None
         if pool is not None:
-            pool.shutdown(wait=True, cancel_futures=True)
+            pool.shutdown(wait=False, cancel_futures=True)
+            with self._idle:
+                self._idle.wait_for(
+                    lambda: not self._running, max(0.0, deadline - time.monotonic())
+                )
             self._pool = None
 
     def _run(self) -> None:
@@ -120,7 +132,11 @@ class WebhookWorker:
                 soonest = None
                 log.exception("webhook worker could not read the due deliveries")
             wait = self._poll * min(2**failures, 30) if failures else self._poll
-            if soonest is not None:
+            with self._busy_lock:
+                busy = bool(self._busy)
+            # Due ones still queued on the pool count as due: while any are, a finished
+            # attempt wakes the loop, so it does not poll the table meanwhile.
+            if soonest is not None and (soonest > 0 or not busy):
                 wait = min(wait, max(soonest, 0.01))
             self._wake.wait(wait)
 
@@ -139,6 +155,8 @@ class WebhookWorker:
             pool.submit(self._attempt, delivery_id)
 
     def _attempt(self, delivery_id: int) -> None:
+        with self._idle:
+            self._running += 1
         try:
             self.webhooks.attempt(delivery_id)
         except Exception:
@@ -146,6 +164,9 @@ class WebhookWorker:
         finally:
             with self._busy_lock:
                 self._busy.discard(delivery_id)
+            with self._idle:
+                self._running -= 1
+                self._idle.notify_all()
             self._wake.set()  # a thread is free; a deferred delivery may be due soon
 
 
@@ -153,15 +174,18 @@ class DramatiqWebhooks:
     """
     Attempt deliveries in dramatiq workers: one message per attempt, delayed until it is due.
 
-    :attr:`actor` (on *queue_name*) makes one attempt and, when the delivery
-    is due again later, sends itself a delayed message. Dramatiq holds a
-    delayed message unacknowledged in the worker until it is due, and
-    RabbitMQ closes a channel that holds one longer than its
-    ``consumer_timeout`` (30 minutes by default): so no message waits more
+    :attr:`actor` (on *queue_name*) makes one attempt (:meth:`Webhooks.wake`)
+    and, when the delivery is due again later, sends itself a delayed message.
+    Each message carries the delivery's attempt count when it was sent: one
+    that is stale, or that finds an attempt in flight, does nothing, so
+    extra messages (a sweep, a relay publishing an event twice) never
+    multiply. Dramatiq holds a delayed message unacknowledged in the worker
+    until it is due, and RabbitMQ closes a channel that holds one longer than
+    its ``consumer_timeout`` (30 minutes by default): so no message waits more
     than *max_hold* seconds, and one that wakes early only sends the next.
     The worker starts with dramatiq's command (``dramatiq yourapp.worker``).
     A message that was lost (dramatiq gave up on it after its own retries)
-    is found again by :meth:`sweep`: call it now and then, from one process.
+    is found again by :meth:`sweep`: call it now and then.
 
     Example::
 
@@ -181,6 +205,7 @@ class DramatiqWebhooks:
         *,
         broker: dramatiq.Broker | None = None,
         queue_name: str = "perfkit.webhooks",
+        actor_name: str | None = None,
         max_hold: float = MAX_HOLD,
         max_retries: int = 20,
     ) -> None:
@@ -191,8 +216,8 @@ class DramatiqWebhooks:
             raise ValueError(msg)
         self.webhooks = webhooks
         self._hold = max_hold
-        self.actor: dramatiq.Actor[[int], None] = dramatiq.actor(
-            actor_name=f"perfkit_webhook_{queue_name.replace('.', '_')}",
+        self.actor: dramatiq.Actor[[int, int], None] = dramatiq.actor(
+            actor_name=actor_name or f"perfkit_webhook_{queue_name.replace('.', '_')}",
             queue_name=queue_name,
             broker=broker,
             max_retries=max_retries,
@@ -200,29 +225,32 @@ class DramatiqWebhooks:
             max_backoff=int(max_hold * 1000),
         )(self._deliver)
 
-    def _deliver(self, delivery_id: int) -> None:
-        wait = self.webhooks.attempt(delivery_id)
-        if wait is not None:
-            self.later(delivery_id, wait)
+    def _deliver(self, delivery_id: int, attempts: int) -> None:
+        following = self.webhooks.wake(delivery_id, attempts)
+        if following is not None:
+            self.later(delivery_id, *following)
 
-    def later(self, delivery_id: int, seconds: float) -> None:
-        """Wake delivery *delivery_id* up after *seconds* (at most *max_hold*, then again)."""
+    def later(self, delivery_id: int, seconds: float, attempts: int) -> None:
+        """
+        Wake delivery *delivery_id*, at *attempts* attempts, after *seconds* (at most
+        *max_hold*; a wake-up that comes early sends the next).
+        """
         delay = int(min(max(seconds, 0.0), self._hold) * 1000)
-        self.actor.send_with_options(args=(delivery_id,), delay=delay or None)
+        self.actor.send_with_options(args=(delivery_id, attempts), delay=delay or None)
 
     def dispatch(self, event: Event) -> list[int]:
         """Fan *event* out (:meth:`Webhooks.dispatch`) and send one message per delivery."""
         ids = self.webhooks.dispatch(event)
         for delivery_id in ids:
-            self.actor.send(delivery_id)
+            self.actor.send(delivery_id, 0)  # stale, and dropped, if it had attempts already
         return ids
 
     def sweep(self, limit: int = 1_000) -> int:
-        """Send a message for each delivery due now (extra ones are harmless); how many."""
-        ids = self.webhooks.due(limit=limit)
-        for delivery_id in ids:
-            self.actor.send(delivery_id)
-        return len(ids)
+        """Send a message for each delivery due now (extra ones are dropped); how many."""
+        due = self.webhooks.due_wakeups(limit=limit)
+        for delivery_id, attempts in due:
+            self.actor.send(delivery_id, attempts)
+        return len(due)
 
     def __repr__(self) -> str:
         return f"DramatiqWebhooks(actor={self.actor.actor_name!r})"

@@ -4,8 +4,8 @@ The webhook tables: endpoints (who is subscribed) and deliveries (one per event 
 The deliveries table is the truth of every delivery: its state, its attempts and when it
 is due. A queue message or an in-process wake-up only says "look at delivery 17 now", so
 a message lost, late or delivered twice changes nothing: an attempt first claims the row
-with a conditional UPDATE (one claimant wins), and records its outcome only if its claim
-still holds. SQL only: no HTTP here.
+with a conditional UPDATE (one claimant wins; it writes a random claim token and a lease),
+and records its outcome only while the row still carries its token. SQL only: no HTTP here.
 """
 
 from __future__ import annotations
@@ -141,6 +141,8 @@ class Claim:
     """A delivery claimed for one attempt: what to send, and to whom."""
 
     id: int
+    token: str
+    claimed_at: datetime
     attempt: int
     endpoint_id: int
     url: str
@@ -186,6 +188,7 @@ class WebhookTables:
             sa.Column("attempts", sa.Integer(), nullable=False),
             sa.Column("next_attempt_at", UTCDateTime(), nullable=False),
             sa.Column("lease_until", UTCDateTime(), nullable=True),
+            sa.Column("claim_token", sa.String(32), nullable=True),
             sa.Column("last_status", sa.Integer(), nullable=True),
             sa.Column("last_error", sa.String(MAX_ERROR), nullable=True),
             sa.Column("last_attempt_at", UTCDateTime(), nullable=True),
@@ -261,7 +264,7 @@ class WebhookTables:
         done = conn.execute(
             table.update()
             .where(table.c.endpoint_id == endpoint_id, table.c.status == PENDING)
-            .values(status=DEAD, lease_until=None, last_error=reason[:MAX_ERROR])
+            .values(status=DEAD, lease_until=None, claim_token=None, last_error=reason[:MAX_ERROR])
         )
         return done.rowcount
 
@@ -337,46 +340,62 @@ class WebhookTables:
         counts.update({str(status): int(count) for status, count in rows})
         return counts
 
-    def due(self, conn: Connection, *, now: datetime, limit: int) -> list[int]:
-        table = self.deliveries
-        free = sa.or_(table.c.lease_until.is_(None), table.c.lease_until <= now)
-        return list(
-            conn.execute(
-                sa.select(table.c.id)
-                .where(table.c.status == PENDING, table.c.next_attempt_at <= now, free)
-                .order_by(table.c.next_attempt_at, table.c.id)
-                .limit(limit)
-            ).scalars()
+    def _ready(self, now: datetime) -> sa.ColumnElement[bool]:
+        """Pending, not leased to an attempt, and of an active endpoint."""
+        table, endpoints = self.deliveries, self.endpoints
+        active = (
+            sa.select(endpoints.c.id)
+            .where(endpoints.c.id == table.c.endpoint_id, endpoints.c.status == ACTIVE)
+            .exists()
         )
+        free = sa.or_(table.c.lease_until.is_(None), table.c.lease_until <= now)
+        return sa.and_(table.c.status == PENDING, free, active)
+
+    def due(self, conn: Connection, *, now: datetime, limit: int) -> list[tuple[int, int]]:
+        """(id, attempts) of the deliveries due now, soonest first."""
+        table = self.deliveries
+        rows = conn.execute(
+            sa.select(table.c.id, table.c.attempts)
+            .where(self._ready(now), table.c.next_attempt_at <= now)
+            .order_by(table.c.next_attempt_at, table.c.id)
+            .limit(limit)
+        )
+        return [(int(row.id), int(row.attempts)) for row in rows]
 
     def next_due(self, conn: Connection, *, now: datetime) -> datetime | None:
-        """When the soonest pending delivery not being attempted is due."""
+        """When the soonest delivery that is ready (see _ready) is due."""
         table = self.deliveries
-        free = sa.or_(table.c.lease_until.is_(None), table.c.lease_until <= now)
         when: datetime | None = conn.execute(
-            sa.select(sa.func.min(table.c.next_attempt_at)).where(table.c.status == PENDING, free)
+            sa.select(sa.func.min(table.c.next_attempt_at)).where(self._ready(now))
         ).scalar()
-        if when is not None and when.tzinfo is None:  # an aggregate loses the column's type
-            when = UTCDateTime().process_result_value(when, conn.dialect)
         return when
 
-    def claim(self, conn: Connection, delivery_id: int, *, now: datetime, lease: datetime) -> bool:
-        """Take a due, unleased pending delivery for one attempt (False: not due, or taken)."""
+    def claim(
+        self,
+        conn: Connection,
+        delivery_id: int,
+        *,
+        now: datetime,
+        lease: datetime,
+        token: str,
+        attempts: int | None,
+    ) -> bool:
+        """
+        Take a due, ready delivery for one attempt (False: not due, taken, or disabled;
+        or it has made other than *attempts* attempts, if given: a stale wake-up).
+        """
         table = self.deliveries
-        free = sa.or_(table.c.lease_until.is_(None), table.c.lease_until <= now)
+        query = table.update().where(
+            table.c.id == delivery_id, self._ready(now), table.c.next_attempt_at <= now
+        )
+        if attempts is not None:
+            query = query.where(table.c.attempts == attempts)
         done = conn.execute(
-            table.update()
-            .where(
-                table.c.id == delivery_id,
-                table.c.status == PENDING,
-                table.c.next_attempt_at <= now,
-                free,
-            )
-            .values(attempts=table.c.attempts + 1, lease_until=lease, last_attempt_at=now)
+            query.values(attempts=table.c.attempts + 1, lease_until=lease, claim_token=token)
         )
         return done.rowcount == 1
 
-    def claimed(self, conn: Connection, delivery_id: int) -> Claim:
+    def claimed(self, conn: Connection, delivery_id: int, *, token: str, now: datetime) -> Claim:
         deliveries, endpoints = self.deliveries, self.endpoints
         row = conn.execute(
             sa.select(
@@ -393,12 +412,38 @@ class WebhookTables:
         ).one()
         return Claim(
             row.id,
+            token,
+            now,
             row.attempts,
             row.endpoint_id,
             row.url,
             tuple(json.loads(row.secrets)),
             row.event_id,
             row.body.encode(),
+        )
+
+    def state(self, conn: Connection, delivery_id: int) -> Any:
+        """A delivery's status, due time, lease and attempts, and its endpoint's status."""
+        table, endpoints = self.deliveries, self.endpoints
+        return conn.execute(
+            sa.select(
+                table.c.status,
+                table.c.next_attempt_at,
+                table.c.lease_until,
+                table.c.attempts,
+                endpoints.c.status.label("endpoint_status"),
+            )
+            .select_from(table.outerjoin(endpoints, endpoints.c.id == table.c.endpoint_id))
+            .where(table.c.id == delivery_id)
+        ).first()
+
+    def bury(self, conn: Connection, delivery_id: int, *, reason: str) -> None:
+        """A pending delivery whose endpoint is disabled or gone becomes dead."""
+        table = self.deliveries
+        conn.execute(
+            table.update()
+            .where(table.c.id == delivery_id, table.c.status == PENDING)
+            .values(status=DEAD, lease_until=None, claim_token=None, last_error=reason[:MAX_ERROR])
         )
 
     def finish(self, conn: Connection, claim: Claim, **values: Any) -> bool:
@@ -408,21 +453,12 @@ class WebhookTables:
             table.update()
             .where(
                 table.c.id == claim.id,
-                table.c.attempts == claim.attempt,
+                table.c.claim_token == claim.token,
                 table.c.status == PENDING,
             )
-            .values(lease_until=None, **values)
+            .values(lease_until=None, claim_token=None, **values)
         )
         return done.rowcount == 1
-
-    def defer(self, conn: Connection, delivery_id: int, *, until: datetime) -> None:
-        """Move a pending delivery's due time without an attempt (its breaker is open)."""
-        table = self.deliveries
-        conn.execute(
-            table.update()
-            .where(table.c.id == delivery_id, table.c.status == PENDING)
-            .values(next_attempt_at=until)
-        )
 
     def revive(
         self, conn: Connection, delivery_id: int, *, endpoint_id: int | None, now: datetime
@@ -438,7 +474,9 @@ class WebhookTables:
         if endpoint_id is not None:
             query = query.where(table.c.endpoint_id == endpoint_id)
         done = conn.execute(
-            query.values(status=PENDING, attempts=0, next_attempt_at=now, lease_until=None)
+            query.values(
+                status=PENDING, attempts=0, next_attempt_at=now, lease_until=None, claim_token=None
+            )
         )
         return done.rowcount == 1
 

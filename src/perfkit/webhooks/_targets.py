@@ -42,24 +42,43 @@ class Target:
 
     Attributes:
         url: The URL as given.
-        host: The host name (for the ``Host`` header and TLS's SNI and certificate check).
+        host: The host name, in ASCII (IDNA): for TLS's SNI and certificate check.
         address: The IP address checked, and the one to connect to.
         connect_url: The URL with its host replaced by *address*.
+        host_header: The ``Host`` header: *host*, and the port if the URL gave one.
     """
 
     url: str
     host: str
     address: str
     connect_url: str
+    host_header: str
 
 
 def _refuse(message: str) -> InvalidInput:
     return InvalidInput("url", message)
 
 
+# IPv6 ranges that carry an IPv4 address, or are not to be routed to, which Python's
+# is_global still calls global.
+_NAT64: Final = ipaddress.IPv6Network("64:ff9b::/96")  # well-known prefix: the IPv4 in the tail
+_REFUSED_V6: Final = (
+    ipaddress.IPv6Network("::/96"),  # IPv4-compatible (deprecated)
+    ipaddress.IPv6Network("::ffff:0:0:0/96"),  # IPv4-translated (SIIT)
+    ipaddress.IPv6Network("64:ff9b:1::/48"),  # local-use NAT64
+    ipaddress.IPv6Network("fec0::/10"),  # site-local (deprecated)
+)
+
+
 def _public(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        address = address.ipv4_mapped  # ::ffff:127.0.0.1 is 127.0.0.1
+    if isinstance(address, ipaddress.IPv6Address):
+        if any(address in network for network in _REFUSED_V6):
+            return False
+        embedded = address.ipv4_mapped or address.sixtofour  # ::ffff:a.b.c.d, 2002:ab:cd::
+        if embedded is None and address in _NAT64:
+            embedded = ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)
+        if embedded is not None:
+            return _public(embedded)
     return address.is_global and not address.is_multicast
 
 
@@ -69,7 +88,12 @@ def _parse(url: object) -> tuple[SplitResult, str, int]:
         raise _refuse(msg)
     if any(ord(char) <= 0x20 or ord(char) == 0x7F for char in url):
         raise _refuse("a webhook URL has no spaces or control characters")
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname
+        given_port = parts.port
+    except ValueError:  # an unclosed [ or a bracketed name, a port that is not a number
+        raise _refuse("a webhook URL's host and port are malformed") from None
     scheme = parts.scheme.lower()
     if scheme not in _SCHEMES:
         raise _refuse("a webhook URL is http:// or https://")
@@ -77,16 +101,15 @@ def _parse(url: object) -> tuple[SplitResult, str, int]:
         raise _refuse("a webhook URL carries no user name or password (sign with the secret)")
     if parts.fragment:
         raise _refuse("a webhook URL has no #fragment")
-    host = parts.hostname
     if not host:
         raise _refuse("a webhook URL names a host")
-    try:
-        port = parts.port or _SCHEMES[scheme]
-    except ValueError:
-        raise _refuse("a webhook URL's port is a number from 1 to 65535") from None
-    if port == 0:
+    if given_port == 0:
         raise _refuse("a webhook URL's port is a number from 1 to 65535")
-    return parts, host, port
+    try:  # an internationalised name as DNS, TLS and the Host header know it
+        host = host.encode("idna").decode("ascii")
+    except UnicodeError:
+        raise _refuse("a webhook URL's host name is not a valid domain name") from None
+    return parts, host, given_port or _SCHEMES[scheme]
 
 
 def check_url(
@@ -139,6 +162,8 @@ def check_url(
         )
         raise _refuse(msg)
     chosen = addresses[0]
+    suffix = "" if parts.port is None else f":{parts.port}"
     shown = f"[{chosen}]" if chosen.version == 6 else str(chosen)
-    netloc = shown if parts.port is None else f"{shown}:{parts.port}"
-    return Target(url, host, str(chosen), parts._replace(netloc=netloc).geturl())
+    named = f"[{host}]" if ":" in host else host
+    connect_url = parts._replace(netloc=shown + suffix).geturl()
+    return Target(url, host, str(chosen), connect_url, named + suffix)

@@ -15,15 +15,14 @@ import json
 import logging
 import os
 import random as _random
+import ssl
 import threading
 import time
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Final
-from urllib.parse import urlsplit
 
-import httpx
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
@@ -34,6 +33,7 @@ from perfkit.outbox import Event
 from perfkit.resilience import CircuitBreaker
 
 from ._schedule import RETRY_SCHEDULE, parse_retry_after, retry_delay
+from ._sender import Answer, Sender
 from ._signing import WebhookSigner, _key
 from ._store import (
     ACTIVE,
@@ -59,7 +59,6 @@ DEFAULT_PREFIX: Final = "perfkit_webhook"
 MAX_TYPES: Final = 50
 MAX_LIMIT: Final = 1_000
 _STATUSES: Final = ("pending", DELIVERED, DEAD)
-_SNIPPET: Final = 200
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,19 +73,12 @@ class Subscription:
     secret: str
 
 
-@dataclass(frozen=True, slots=True)
-class _Outcome:
-    status: int | None
-    retry_after: float | None = None
-    error: str | None = None
-
-
 class _Failed(Exception):
     """An attempt that failed: raised through the breaker so that it counts."""
 
-    def __init__(self, outcome: _Outcome) -> None:
-        super().__init__(outcome.error)
-        self.outcome = outcome
+    def __init__(self, answer: Answer) -> None:
+        super().__init__(answer.error)
+        self.answer = answer
 
 
 def new_secret() -> str:
@@ -123,8 +115,9 @@ class Webhooks:
         engine: The database of the two tables.
         metadata: The ``MetaData`` the tables join (one of their own by default).
         prefix: The tables' name prefix.
-        timeout: Seconds each of connecting, sending and reading an answer may
-            take (more than 0 and at most 30; Standard Webhooks suggests 15-30).
+        timeout: Seconds an attempt may take in all: the name's lookup,
+            connecting, sending, and the answer's status and headers (more than
+            0 and at most 30; Standard Webhooks suggests 15-30).
         allow_private: Send to loopback and private addresses too (tests, a
             private network); by default a URL must resolve to public addresses
             only, at subscription and before every attempt.
@@ -134,7 +127,8 @@ class Webhooks:
         jitter: Spread of each delay, as a fraction either way.
         breaker: Makes each endpoint's breaker from its id (default: open after
             5 failures in a row, a trial after 60 s).
-        client: The ``httpx.Client`` to send with (one of its own by default).
+        verify: TLS verification, as httpx takes it: ``True`` (the system's
+            CAs), an ``ssl.SSLContext`` (a private CA), or ``False`` (tests only).
         clock: A fake clock for tests: its reading is taken as the wall time,
             in seconds since the epoch.
         random: The jitter's random source.
@@ -164,7 +158,7 @@ class Webhooks:
         schedule: Sequence[float] = RETRY_SCHEDULE,
         jitter: float = 0.1,
         breaker: Callable[[int], CircuitBreaker] | None = None,
-        client: httpx.Client | None = None,
+        verify: ssl.SSLContext | str | bool = True,
         clock: Clock | None = None,
         random: _random.Random | None = None,
     ) -> None:
@@ -189,8 +183,9 @@ class Webhooks:
         self._make_breaker = breaker or self._default_breaker
         self._breakers: dict[int, CircuitBreaker] = {}
         self._breakers_lock = threading.Lock()
-        self._own_client = client is None
-        self._client = client or httpx.Client(follow_redirects=False, trust_env=False)
+        self._sender = Sender(
+            timeout=timeout, allow_private=allow_private, resolve=resolve, verify=verify
+        )
 
     # -- setup -----------------------------------------------------------------------
 
@@ -200,9 +195,8 @@ class Webhooks:
         self.tables.deliveries.create(self.engine, checkfirst=True)
 
     def close(self) -> None:
-        """Close the HTTP client this made (one given is the caller's)."""
-        if self._own_client:
-            self._client.close()
+        """Close the HTTP client and stop its thread (a later attempt starts them again)."""
+        self._sender.close()
 
     def _now(self) -> datetime:
         return datetime.fromtimestamp(self._wall(), UTC)
@@ -292,12 +286,20 @@ class Webhooks:
         return self.endpoint(endpoint_id)
 
     def _disable(
-        self, conn: sa.Connection, endpoint_id: int, *, reason: str, now: datetime
+        self,
+        conn: sa.Connection,
+        endpoint_id: int,
+        *,
+        reason: str,
+        now: datetime,
+        missing_ok: bool = False,
     ) -> None:
         text = reason[:MAX_ERROR]
         if not self.tables.set_endpoint(
             conn, endpoint_id, now=now, status=DISABLED, disabled_reason=text
         ):
+            if missing_ok:
+                return
             raise NotFound("webhook endpoint", endpoint_id)
         self.tables.kill_pending(conn, endpoint_id, reason=f"endpoint disabled: {text}")
 
@@ -452,6 +454,10 @@ class Webhooks:
 
     def due(self, limit: int = 100) -> list[int]:
         """The ids of pending deliveries due now and not being attempted, soonest first."""
+        return [delivery_id for delivery_id, _ in self.due_wakeups(limit)]
+
+    def due_wakeups(self, limit: int = 100) -> list[tuple[int, int]]:
+        """:meth:`due` as ``(id, attempts)``: what a queue's wake-up (:meth:`wake`) carries."""
         with self.engine.connect() as conn:
             return self.tables.due(conn, now=self._now(), limit=limit)
 
@@ -480,23 +486,41 @@ class Webhooks:
         is due again then, it is not due yet, or another attempt holds it), or
         ``None``: it is done (delivered or dead), or there is no such delivery.
         Raises only what the database raises (the attempt is then made again
-        once its lease of twice the timeout has run out).
+        once its lease has run out).
         """
+        outcome = self._attempt(delivery_id, expected=None)
+        return None if outcome is None else outcome[0]
+
+    def wake(self, delivery_id: int, attempts: int) -> tuple[float, int] | None:
+        """
+        A queue's wake-up for a delivery, sent when it had made *attempts* attempts.
+
+        Like :meth:`attempt`, but a wake-up that is stale (the delivery has
+        made more attempts since) or that finds another attempt in flight does
+        nothing and returns ``None``: that attempt sends the next wake-up, so
+        wake-ups never multiply however many were sent. Otherwise returns
+        ``(seconds, attempts)`` for the next wake-up to send, or ``None``: done.
+        """
+        return self._attempt(delivery_id, expected=attempts)
+
+    def _attempt(self, delivery_id: int, *, expected: int | None) -> tuple[float, int] | None:
         now = self._now()
-        lease = now + timedelta(seconds=2 * self.timeout + 5)
+        token = os.urandom(16).hex()
+        lease = now + timedelta(seconds=2 * self.timeout + 5)  # an attempt takes <= timeout
         with self._writer.begin() as conn:
+            claimed = self.tables.claim(
+                conn, delivery_id, now=now, lease=lease, token=token, attempts=expected
+            )
             claim = (
-                self.tables.claimed(conn, delivery_id)
-                if self.tables.claim(conn, delivery_id, now=now, lease=lease)
-                else None
+                self.tables.claimed(conn, delivery_id, token=token, now=now) if claimed else None
             )
         if claim is None:
-            return self._not_claimed(delivery_id, now)
+            return self._not_claimed(delivery_id, now, expected)
         breaker = self._breaker(claim.endpoint_id)
         try:
-            outcome = breaker.call(self._send, claim)
+            answer = breaker.call(self._send, claim)
         except CircuitOpenError as refused:
-            wait = max(refused.retry_after, 1.0)
+            wait = max(refused.retry_after, 5.0)
             with self._writer.begin() as conn:  # waits without using up an attempt
                 self.tables.finish(
                     conn,
@@ -505,109 +529,85 @@ class Webhooks:
                     next_attempt_at=self._now() + timedelta(seconds=wait),
                     last_error=f"circuit breaker open; tried again in {wait:.0f} s",
                 )
-            return wait
+            return wait, claim.attempt - 1
         except _Failed as failed:
-            outcome = failed.outcome
-        return self._record(claim, outcome)
+            answer = failed.answer
+        again = self._record(claim, answer)
+        return None if again is None else (again, claim.attempt)
 
-    def _not_claimed(self, delivery_id: int, now: datetime) -> float | None:
-        with self.engine.connect() as conn:
-            found = self.tables.get_delivery(conn, delivery_id)
-            lease = (
-                conn.execute(
-                    sa.select(self.tables.deliveries.c.lease_until).where(
-                        self.tables.deliveries.c.id == delivery_id
-                    )
-                ).scalar()
-                if found is not None
-                else None
-            )
-        if found is None or found.status != "pending":
-            return None
-        until = max(found.next_attempt_at, lease or found.next_attempt_at)
-        return max(0.0, (until - now).total_seconds())
+    def _not_claimed(
+        self, delivery_id: int, now: datetime, expected: int | None
+    ) -> tuple[float, int] | None:
+        with self._writer.begin() as conn:
+            row = self.tables.state(conn, delivery_id)
+            if row is None or row.status != "pending":
+                return None
+            if row.endpoint_status != ACTIVE:  # disabled (or deleted) since it was fanned out
+                self.tables.bury(conn, delivery_id, reason="endpoint disabled or deleted")
+                return None
+        if expected is not None and row.attempts != expected:
+            return None  # stale
+        if row.lease_until is not None and row.lease_until > now:
+            if expected is not None:
+                return None  # the attempt in flight sends the next wake-up
+            return (row.lease_until - now).total_seconds(), row.attempts
+        return max(0.0, (row.next_attempt_at - now).total_seconds()), row.attempts
 
-    def _record(self, claim: Claim, outcome: _Outcome) -> float | None:
+    def _record(self, claim: Claim, answer: Answer) -> float | None:
         now = self._now()
-        status = outcome.status
+        status = answer.status
+        done = {"last_status": status, "last_attempt_at": claim.claimed_at}
         with self._writer.begin() as conn:
             if status is not None and 200 <= status < 300:
                 self.tables.finish(
-                    conn, claim, status=DELIVERED, delivered_at=now, last_status=status,
-                    last_error=None,
-                )  # fmt: skip
+                    conn, claim, status=DELIVERED, delivered_at=now, last_error=None, **done
+                )
                 return None
-            error = (outcome.error or "")[:MAX_ERROR]
+            error = (answer.error or "")[:MAX_ERROR]
             if status == 410:
-                self.tables.finish(conn, claim, status=DEAD, last_status=status, last_error=error)
-                reason = f"it answered 410 Gone at {now:%Y-%m-%d %H:%M:%S} UTC"
-                self._disable(conn, claim.endpoint_id, reason=reason, now=now)
-                log.warning("webhook endpoint %s answered 410 Gone: disabled", claim.endpoint_id)
+                if self.tables.finish(conn, claim, status=DEAD, last_error=error, **done):
+                    reason = f"it answered 410 Gone at {now:%Y-%m-%d %H:%M:%S} UTC"
+                    self._disable(conn, claim.endpoint_id, reason=reason, now=now, missing_ok=True)
+                    log.warning(
+                        "webhook endpoint %s answered 410 Gone: disabled", claim.endpoint_id
+                    )
                 return None
+            retry_after = parse_retry_after(answer.retry_after, now=self._wall())
             wait = retry_delay(
                 claim.attempt + 1,
-                retry_after=outcome.retry_after,
+                retry_after=retry_after,
                 schedule=self._schedule,
                 jitter=self._jitter,
                 random=self._random,
             )
             if wait is None:
-                self.tables.finish(conn, claim, status=DEAD, last_status=status, last_error=error)
+                self.tables.finish(conn, claim, status=DEAD, last_error=error, **done)
                 log.warning(
                     "webhook delivery %s is dead after %d attempts: %s",
                     claim.id, claim.attempt, error,
                 )  # fmt: skip
                 return None
-            self.tables.finish(
+            recorded = self.tables.finish(
                 conn,
                 claim,
                 next_attempt_at=now + timedelta(seconds=wait),
-                last_status=status,
                 last_error=error,
+                **done,
             )
-            return wait
+            return wait if recorded else None
 
-    def _send(self, claim: Claim) -> _Outcome:
+    def _send(self, claim: Claim) -> Answer:
         """POST one signed attempt; raise _Failed when it failed (the breaker counts it)."""
-        try:
-            target = check_url(claim.url, allow_private=self.allow_private, resolve=self._resolve)
-        except InvalidInput as refused:
-            raise _Failed(_Outcome(None, error=f"refused: {refused}")) from None
-        body = claim.body
         headers = WebhookSigner(claim.secrets).headers(
-            claim.event_id, body, timestamp=int(self._wall())
+            claim.event_id, claim.body, timestamp=int(self._wall())
         )
         headers["content-type"] = "application/json"
         headers["user-agent"] = "perfkit-webhooks"
-        # Connect to the address checked, not to what a second lookup says (DNS rebinding):
-        # the URL's host goes in the Host header and in TLS (SNI and the certificate check).
-        headers["host"] = urlsplit(target.url).netloc
-        extensions = {"sni_hostname": target.host}
-        try:
-            with self._client.stream(
-                "POST",
-                target.connect_url,
-                content=body,
-                headers=headers,
-                timeout=self.timeout,
-                extensions=extensions,
-            ) as response:
-                status = response.status_code
-                if 200 <= status < 300:
-                    return _Outcome(status)
-                snippet = _read_some(response)
-                retry_after = parse_retry_after(
-                    response.headers.get("retry-after"), now=self._wall()
-                )
-                reason = response.reason_phrase
-        except httpx.TimeoutException:
-            raise _Failed(_Outcome(None, error=f"timed out (after {self.timeout:g} s)")) from None
-        except httpx.HTTPError as exc:
-            raise _Failed(_Outcome(None, error=f"{type(exc).__name__}: {exc}")) from None
-        error = f"{status} {reason}".strip() + (f": {snippet}" if snippet else "")
-        if status == 410:
-            return _Outcome(status, error=error)  # not a failure of the endpoint: it is gone
-        raise _Failed(_Outcome(status, retry_after, error))
+        answer = self._sender.post(claim.url, claim.body, headers)
+        status = answer.status
+        if status is not None and (200 <= status < 300 or status == 410):
+            return answer  # 410 is not the endpoint failing: it is gone
+        raise _Failed(answer)
 
     def _breaker(self, endpoint_id: int) -> CircuitBreaker:
         breakers = self._breakers
@@ -626,16 +626,3 @@ class Webhooks:
             reset_timeout=60,
             clock=self._clock,
         )
-
-
-def _read_some(response: httpx.Response) -> str:
-    """The start of an error answer's body, for last_error (the rest is not read)."""
-    taken = b""
-    try:
-        for chunk in response.iter_raw():
-            taken += chunk
-            if len(taken) >= _SNIPPET:
-                break
-    except httpx.HTTPError:
-        pass
-    return taken[:_SNIPPET].decode("utf-8", "replace").strip()
