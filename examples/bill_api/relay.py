@@ -4,8 +4,9 @@ The outbox relay of the API's events: ``python -m bill_api.relay`` (needs ``PERF
 It reads the events committed to the outbox of ``PERFKIT_DATABASE_URL`` (default: the
 demo database) and publishes them to RabbitMQ for ``dramatiq bill_api.worker``, until
 SIGINT or SIGTERM. A second relay started on the same database waits as a standby.
-Every minute it also sends a message for each webhook delivery that is due and has none
-(one whose message dramatiq gave up on, or one redelivered through the API).
+Every minute it also sends a message for each webhook delivery that is due (which
+recovers one whose message dramatiq gave up on, or one redelivered through the API; the
+extra messages for the others are dropped).
 """
 
 from __future__ import annotations
