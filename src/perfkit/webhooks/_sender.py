@@ -14,17 +14,19 @@ another's signed payload.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import ssl
 import threading
 from collections.abc import Coroutine, Mapping
 from dataclasses import dataclass
 from typing import Any, Final, TypeVar
+from urllib.parse import urlsplit
 
 import httpx
 
 from perfkit.errors import InvalidInput
 
-from ._targets import Resolver, check_url
+from ._targets import Resolver, Target, check_url
 
 __all__ = ["Answer", "Sender"]
 
@@ -99,12 +101,14 @@ class Sender:
             return Answer(None, error=f"timed out (after {self.timeout:g} s)")
 
     async def _attempt(self, url: str, body: bytes, headers: dict[str, str]) -> Answer:
-        loop = asyncio.get_running_loop()
-        try:  # the lookup runs on a thread (getaddrinfo blocks), within the deadline
-            target = await loop.run_in_executor(
-                None,
-                lambda: check_url(url, allow_private=self._allow_private, resolve=self._resolve),
-            )
+        def check() -> Target:
+            return check_url(url, allow_private=self._allow_private, resolve=self._resolve)
+
+        try:
+            if _literal(url):  # nothing to look up: no thread hop
+                target = check()
+            else:  # the lookup runs on a thread (getaddrinfo blocks), within the deadline
+                target = await asyncio.get_running_loop().run_in_executor(None, check)
         except InvalidInput as refused:
             return Answer(None, error=f"refused: {refused}")
         # Connect to the address checked, not to what a second lookup says (DNS rebinding):
@@ -171,3 +175,13 @@ async def _read_some(response: httpx.Response) -> str:
     except httpx.HTTPError:
         pass
     return taken[:SNIPPET].decode("utf-8", "replace").strip()
+
+
+def _literal(url: str) -> bool:
+    """Whether *url*'s host is an IP address (a malformed URL is checked, and refused, too)."""
+    try:
+        host = urlsplit(url).hostname
+        ipaddress.ip_address(host or "")
+    except ValueError:
+        return False
+    return True
