@@ -228,13 +228,13 @@ class Webhooks:
         Raises:
             InvalidInput: the URL, the secret or the types are refused.
         """
-        self.check_url(url)
         chosen = new_secret() if secret is None else secret
         try:
             _key(chosen)
         except ValueError as exc:
             raise InvalidInput("secret", str(exc)) from None
         wanted = self._check_types(types)
+        self.check_url(url)  # last: it may look the name up
         with self._writer.begin() as conn:
             endpoint = self.tables.add_endpoint(
                 conn, url=url, secrets=[chosen], types=wanted, now=self._now()
