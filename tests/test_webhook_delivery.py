@@ -254,6 +254,34 @@ def test_a_stale_claim_cannot_record_over_a_newer_one(
     assert (done.status, done.attempts) == ("delivered", 2)
 
 
+def test_a_wake_up_redelivered_after_its_worker_died_carries_on(
+    make: Make, receiver: Receiver, wall: FakeClock
+) -> None:
+    """The claim of a killed worker holds the row until its lease ends; then the same
+    wake-up (redelivered by the broker) makes the attempt. Stale wake-ups do nothing."""
+    hooks = make()
+    hooks.subscribe(receiver.url, secret=SECRET)
+    delivery_id = only(hooks, event())
+    assert hooks.wake(delivery_id, 3) is None  # not this delivery's attempt count
+    now = datetime.fromtimestamp(wall.monotonic(), UTC)
+    with hooks.engine.begin() as conn:  # the worker that died had claimed it on wake-up 0
+        lease = now + timedelta(seconds=9)
+        assert hooks.tables.claim(
+            conn, delivery_id, now=now, lease=lease, token="b" * 32, attempts=0
+        )
+    again = hooks.wake(delivery_id, 0)
+    assert again is not None
+    assert 8.9 < again[0] <= 9
+    assert again[1] == 0
+    assert receiver.received == []
+    wall.advance(10)
+    assert hooks.wake(delivery_id, 0) is None  # the lease ran out: delivered
+    done = hooks.delivery(delivery_id)
+    assert (done.status, done.attempts, len(receiver.received)) == ("delivered", 2, 1)
+    assert hooks.wake(delivery_id, 0) is None
+    assert hooks.wake(delivery_id, 2) is None
+
+
 def test_a_delivery_of_an_endpoint_disabled_meanwhile_is_not_sent(
     make: Make, receiver: Receiver
 ) -> None:

@@ -382,14 +382,18 @@ class WebhookTables:
     ) -> bool:
         """
         Take a due, ready delivery for one attempt (False: not due, taken, or disabled;
-        or it has made other than *attempts* attempts, if given: a stale wake-up).
+        or it has made other than *attempts* attempts, if given: a stale wake-up, unless
+        the one more it made died with its lease unrecorded).
         """
         table = self.deliveries
         query = table.update().where(
             table.c.id == delivery_id, self._ready(now), table.c.next_attempt_at <= now
         )
         if attempts is not None:
-            query = query.where(table.c.attempts == attempts)
+            # Also the attempt after it, when that one's lease ran out unrecorded: the
+            # process that claimed it on this wake-up died, and the broker redelivered it.
+            died = sa.and_(table.c.attempts == attempts + 1, table.c.lease_until.is_not(None))
+            query = query.where(sa.or_(table.c.attempts == attempts, died))
         done = conn.execute(
             query.values(attempts=table.c.attempts + 1, lease_until=lease, claim_token=token)
         )

@@ -545,13 +545,17 @@ class Webhooks:
             if row.endpoint_status != ACTIVE:  # disabled (or deleted) since it was fanned out
                 self.tables.bury(conn, delivery_id, reason="endpoint disabled or deleted")
                 return None
-        if expected is not None and row.attempts != expected:
-            return None  # stale
-        if row.lease_until is not None and row.lease_until > now:
-            if expected is not None:
-                return None  # the attempt in flight sends the next wake-up
-            return (row.lease_until - now).total_seconds(), row.attempts
-        return max(0.0, (row.next_attempt_at - now).total_seconds()), row.attempts
+        leased = row.lease_until is not None
+        if expected is None:
+            expected = row.attempts
+        elif not (row.attempts == expected or (row.attempts == expected + 1 and leased)):
+            return None  # stale: the wake-up of a later attempt count carries on
+        if leased and row.lease_until > now:
+            # In flight, or claimed by a process that died holding this very wake-up (the
+            # broker redelivered it): look again when the lease ends. If the attempt was
+            # alive, this wake-up is stale by then and does nothing.
+            return (row.lease_until - now).total_seconds(), expected
+        return max(0.0, (row.next_attempt_at - now).total_seconds()), expected
 
     def _record(self, claim: Claim, answer: Answer) -> float | None:
         now = self._now()
