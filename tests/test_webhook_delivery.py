@@ -221,6 +221,58 @@ def test_an_attempt_has_one_deadline_for_all_of_it(make: Make, receiver: Receive
     assert hooks.delivery(delivery_id).last_error == "timed out (after 0.5 s)"
 
 
+def test_a_stalled_body_does_not_lose_the_status(make: Make, receiver: Receiver) -> None:
+    """410 and then a body that never comes: still a 410 (the endpoint is disabled)."""
+    hooks = make(timeout=1.0)
+    endpoint = hooks.subscribe(receiver.url, secret=SECRET).endpoint
+    receiver.then("stall-body:410:3")
+    assert hooks.attempt(only(hooks, event())) is None
+    assert hooks.endpoint(endpoint.id).status == "disabled"
+
+
+def test_close_during_a_lookup_ends_the_attempt(make: Make, receiver: Receiver) -> None:
+    """A name whose lookup hangs, and the webhooks closed meanwhile: the attempt returns."""
+    looking = threading.Event()
+
+    def slow(host: str, port: int) -> list[str]:
+        if host == "slow.test":
+            looking.set()
+            time.sleep(1.5)
+        return _resolve(host, port)
+
+    hooks = make(resolve=slow, timeout=5.0)
+    hooks.subscribe("http://slow.test/hook", secret=SECRET)
+    delivery_id = only(hooks, event())
+    results: list[float | None] = []
+    attempt = threading.Thread(target=lambda: results.append(hooks.attempt(delivery_id)))
+    attempt.start()
+    assert looking.wait(5)
+    hooks.close()
+    attempt.join(4)
+    assert not attempt.is_alive()
+    assert results[0] is not None  # a failed attempt, due again
+    assert receiver.received == []
+
+
+def test_a_restarted_worker_finds_what_stop_cancelled(make: Make, receiver: Receiver) -> None:
+    hooks = make(clock=None)
+    receiver.now = time.time
+    hooks.subscribe(receiver.url, secret=SECRET)
+    receiver.default = "stall:0.3"
+    worker = WebhookWorker(hooks, threads=1, poll_interval=0.05)
+    worker.start()
+    for n in range(4):
+        worker.dispatch(event(n=n))
+    wait_until(lambda: len(receiver.received) >= 1, timeout=10)
+    worker.stop(timeout=5)  # one under way, the rest queued and cancelled
+    receiver.default = "ok"
+    worker.start()
+    try:
+        wait_until(lambda: hooks.counts(1)["delivered"] == 4, timeout=30)
+    finally:
+        worker.stop()
+
+
 def test_an_internationalised_host_is_sent_as_idna(make: Make, receiver: Receiver) -> None:
     hooks = make()
     port = receiver.url.split(":")[2].split("/")[0]

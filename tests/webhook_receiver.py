@@ -34,7 +34,8 @@ class Receiver:
 
     ``"ok"`` (204), ``"500"`` (any status: ``"502"``, ``"410"``...), ``"stall:S"``
     (S seconds of silence, then 200: past a short timeout), ``"trickle:S"`` (S seconds
-    of a header sent a byte at a time), ``"retry-after:V"``
+    of a header sent a byte at a time), ``"stall-body:410:S"`` (a status, then S
+    seconds without the body), ``"retry-after:V"``
     (503 with ``Retry-After: V``). A message whose signature does not verify gets 401.
     """
 
@@ -76,6 +77,17 @@ class Receiver:
         if command.startswith("stall:"):
             time.sleep(float(command.partition(":")[2]))
             command = "200"
+        if command.startswith("stall-body:"):  # "stall-body:410:S": the status, then no body
+            _, status_text, seconds = command.split(":")
+            try:
+                handler.send_response(int(status_text))
+                handler.send_header("Content-Length", "100")
+                handler.end_headers()
+                handler.wfile.flush()
+                time.sleep(float(seconds))
+            except OSError:
+                pass
+            return
         if command.startswith("trickle:"):  # headers a byte at a time: no read ever times out
             until = time.monotonic() + float(command.partition(":")[2])
             try:

@@ -7,6 +7,7 @@ the state, so either can stop or crash anywhere and the next wake-up carries on.
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 import time
@@ -92,6 +93,8 @@ class WebhookWorker:
             msg = "this webhook worker is running already"
             raise RuntimeError(msg)
         self._stop.clear()
+        with self._busy_lock:
+            self._busy.clear()  # what a stop() cancelled is due again: found again
         self._pool = ThreadPoolExecutor(self._threads, thread_name_prefix="perfkit-webhook")
         self._thread = threading.Thread(target=self._run, name="perfkit-webhooks", daemon=True)
         self._thread.start()
@@ -152,22 +155,25 @@ class WebhookWorker:
                 if delivery_id in self._busy or len(self._busy) >= cap:
                     continue
                 self._busy.add(delivery_id)
-            pool.submit(self._attempt, delivery_id)
+            with self._idle:
+                self._running += 1  # from now: stop() waits for it, or for its cancelling
+            future = pool.submit(self._attempt, delivery_id)
+            future.add_done_callback(functools.partial(self._finished, delivery_id))
 
     def _attempt(self, delivery_id: int) -> None:
-        with self._idle:
-            self._running += 1
         try:
             self.webhooks.attempt(delivery_id)
         except Exception:
             log.exception("webhook delivery %s: the attempt could not be recorded", delivery_id)
-        finally:
-            with self._busy_lock:
-                self._busy.discard(delivery_id)
-            with self._idle:
-                self._running -= 1
-                self._idle.notify_all()
-            self._wake.set()  # a thread is free; a deferred delivery may be due soon
+
+    def _finished(self, delivery_id: int, _future: object) -> None:
+        """After an attempt, or its cancelling by stop(): free its place."""
+        with self._busy_lock:
+            self._busy.discard(delivery_id)
+        with self._idle:
+            self._running -= 1
+            self._idle.notify_all()
+        self._wake.set()  # a thread is free; a deferred delivery may be due soon
 
 
 class DramatiqWebhooks:
@@ -184,8 +190,11 @@ class DramatiqWebhooks:
     its ``consumer_timeout`` (30 minutes by default): so no message waits more
     than *max_hold* seconds, and one that wakes early only sends the next.
     The worker starts with dramatiq's command (``dramatiq yourapp.worker``).
-    A message that was lost (dramatiq gave up on it after its own retries)
-    is found again by :meth:`sweep`: call it now and then.
+    Call :meth:`sweep` now and then (every minute, from any process): a
+    wake-up is lost when a worker dies between recording an attempt and
+    sending the next message, when that send fails, or when dramatiq gives
+    up on a message after its own retries, and the sweep sends one for each
+    due delivery (the extra ones for the others do nothing).
 
     Example::
 

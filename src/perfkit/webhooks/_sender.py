@@ -14,12 +14,17 @@ another's signed payload.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
+import contextlib
 import ipaddress
+import os
 import ssl
 import threading
-from collections.abc import Coroutine, Mapping
+import weakref
+from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, Final, TypeVar
+from typing import Final
 from urllib.parse import urlsplit
 
 import httpx
@@ -31,7 +36,7 @@ from ._targets import Resolver, Target, check_url
 __all__ = ["Answer", "Sender"]
 
 SNIPPET: Final = 200
-T = TypeVar("T")
+LOOKUP_THREADS: Final = 16
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,26 +63,34 @@ class Sender:
         self._allow_private = allow_private
         self._resolve = resolve
         self._verify = verify
+        self._forget()
+        _SENDERS.add(self)
+
+    def _forget(self) -> None:
+        """No loop, thread, client or lookup pool (at first, and in a forked child)."""
         self._lock = threading.Lock()
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread: threading.Thread | None = None
+        self._running: tuple[asyncio.AbstractEventLoop, threading.Thread] | None = None
         self._client: httpx.AsyncClient | None = None
+        self._lookups: ThreadPoolExecutor | None = None
 
     def post(self, url: str, body: bytes, headers: Mapping[str, str]) -> Answer:
         """POST *body* to *url* (checked again first), within the timeout in all."""
-        return self._run(self._post(url, body, dict(headers)))
+        loop = self._loop()
+        future = asyncio.run_coroutine_threadsafe(self._post(url, body, dict(headers)), loop)
+        try:
+            return future.result(self.timeout + 5)  # the task ends at its deadline; a guard
+        except (concurrent.futures.TimeoutError, concurrent.futures.CancelledError):
+            future.cancel()
+            return Answer(None, error=f"timed out (after {self.timeout:g} s)")
 
-    def _run(self, work: Coroutine[Any, Any, T]) -> T:
-        loop = self._loop
-        thread = self._thread
-        if loop is None or thread is None or not thread.is_alive():
-            loop = self._start()
-        return asyncio.run_coroutine_threadsafe(work, loop).result()
-
-    def _start(self) -> asyncio.AbstractEventLoop:
+    def _loop(self) -> asyncio.AbstractEventLoop:
+        running = self._running
+        if running is not None and running[1].is_alive():
+            return running[0]
         with self._lock:
-            if self._loop is not None and self._thread is not None and self._thread.is_alive():
-                return self._loop
+            running = self._running
+            if running is not None and running[1].is_alive():
+                return running[0]
             loop = asyncio.new_event_loop()
             ready = threading.Event()
 
@@ -87,20 +100,22 @@ class Sender:
                 loop.run_forever()
 
             thread = threading.Thread(target=run, name="perfkit-webhook-sender", daemon=True)
-            self._client = None  # one made on a loop before a fork is not this loop's
+            self._client = None  # made on another loop
             thread.start()
             ready.wait()
-            self._loop, self._thread = loop, thread
-            return loop
+            self._running = (loop, thread)  # one attribute: never a loop of one start and
+            return loop  # the thread of another
 
     async def _post(self, url: str, body: bytes, headers: dict[str, str]) -> Answer:
         try:
-            async with asyncio.timeout(self.timeout):
-                return await self._attempt(url, body, headers)
+            async with asyncio.timeout(self.timeout) as scope:
+                return await self._attempt(url, body, headers, scope)
         except TimeoutError:
             return Answer(None, error=f"timed out (after {self.timeout:g} s)")
 
-    async def _attempt(self, url: str, body: bytes, headers: dict[str, str]) -> Answer:
+    async def _attempt(
+        self, url: str, body: bytes, headers: dict[str, str], scope: asyncio.Timeout
+    ) -> Answer:
         def check() -> Target:
             return check_url(url, allow_private=self._allow_private, resolve=self._resolve)
 
@@ -108,7 +123,11 @@ class Sender:
             if _literal(url):  # nothing to look up: no thread hop
                 target = check()
             else:  # the lookup runs on a thread (getaddrinfo blocks), within the deadline
-                target = await asyncio.get_running_loop().run_in_executor(None, check)
+                if self._lookups is None:  # its own threads: a slow DNS server fills them,
+                    self._lookups = ThreadPoolExecutor(  # not the loop's default pool
+                        LOOKUP_THREADS, thread_name_prefix="perfkit-webhook-lookup"
+                    )
+                target = await asyncio.get_running_loop().run_in_executor(self._lookups, check)
         except InvalidInput as refused:
             return Answer(None, error=f"refused: {refused}")
         # Connect to the address checked, not to what a second lookup says (DNS rebinding):
@@ -136,9 +155,19 @@ class Sender:
                 status = response.status_code
                 if 200 <= status < 300:
                     return Answer(status)
-                snippet = await _read_some(response)
                 reason = response.reason_phrase
                 retry_after = response.headers.get("retry-after")
+                # The start of the body, for last_error, within what is left of the deadline
+                # (a body that stalls must not lose the status: a 410 or a Retry-After).
+                when = scope.when()
+                left = 0.0 if when is None else when - asyncio.get_running_loop().time() - 0.05
+                snippet = ""
+                if left > 0:
+                    try:
+                        async with asyncio.timeout(min(left, 1.0)):
+                            snippet = await _read_some(response)
+                    except TimeoutError:
+                        snippet = "(the body did not come in time)"
             finally:
                 await response.aclose()
         except httpx.TimeoutException:
@@ -149,19 +178,43 @@ class Sender:
         return Answer(status, retry_after, error)
 
     def close(self) -> None:
-        """Close the client and stop the loop's thread."""
-        loop, thread = self._loop, self._thread
-        if loop is None or thread is None:
+        """Cancel what is under way, close the client, and stop the loop's thread."""
+        running, self._running = self._running, None
+        lookups, self._lookups = self._lookups, None
+        if lookups is not None:
+            lookups.shutdown(wait=False, cancel_futures=True)
+        if running is None:
             return
+        loop, thread = running
         if thread.is_alive():
-            client = self._client
-            if client is not None:
-                asyncio.run_coroutine_threadsafe(client.aclose(), loop).result(self.timeout)
+            with contextlib.suppress(Exception):
+                asyncio.run_coroutine_threadsafe(self._shutdown(), loop).result(self.timeout)
             loop.call_soon_threadsafe(loop.stop)
             thread.join(self.timeout)
         if not thread.is_alive():
             loop.close()
-        self._loop = self._thread = self._client = None
+
+    async def _shutdown(self) -> None:
+        current = asyncio.current_task()
+        tasks = [task for task in asyncio.all_tasks() if task is not current]
+        for task in tasks:
+            task.cancel()  # a post() waiting on a lookup ends, as timed out
+        await asyncio.gather(*tasks, return_exceptions=True)
+        client, self._client = self._client, None
+        if client is not None:
+            await client.aclose()
+
+
+_SENDERS: weakref.WeakSet[Sender] = weakref.WeakSet()
+
+
+def _after_fork() -> None:
+    # The child has the parent's objects but not its threads: start afresh on first use.
+    for sender in list(_SENDERS):
+        sender._forget()
+
+
+os.register_at_fork(after_in_child=_after_fork)
 
 
 async def _read_some(response: httpx.Response) -> str:

@@ -522,14 +522,14 @@ class Webhooks:
         except CircuitOpenError as refused:
             wait = max(refused.retry_after, 5.0)
             with self._writer.begin() as conn:  # waits without using up an attempt
-                self.tables.finish(
+                kept = self.tables.finish(
                     conn,
                     claim,
                     attempts=claim.attempt - 1,
                     next_attempt_at=self._now() + timedelta(seconds=wait),
                     last_error=f"circuit breaker open; tried again in {wait:.0f} s",
                 )
-            return wait, claim.attempt - 1
+            return (wait, claim.attempt - 1) if kept else None
         except _Failed as failed:
             answer = failed.answer
         again = self._record(claim, answer)
@@ -538,13 +538,14 @@ class Webhooks:
     def _not_claimed(
         self, delivery_id: int, now: datetime, expected: int | None
     ) -> tuple[float, int] | None:
-        with self._writer.begin() as conn:
+        with self.engine.connect() as conn:
             row = self.tables.state(conn, delivery_id)
-            if row is None or row.status != "pending":
-                return None
-            if row.endpoint_status != ACTIVE:  # disabled (or deleted) since it was fanned out
+        if row is None or row.status != "pending":
+            return None
+        if row.endpoint_status != ACTIVE:  # disabled (or deleted) since it was fanned out
+            with self._writer.begin() as conn:
                 self.tables.bury(conn, delivery_id, reason="endpoint disabled or deleted")
-                return None
+            return None
         leased = row.lease_until is not None
         if expected is None:
             expected = row.attempts
