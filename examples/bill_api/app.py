@@ -262,10 +262,12 @@ def create_app(
     timing = os.environ.get("PERFKIT_TIMING") != "off"
     provider = telemetry.meter_provider() if timing else None
     options: dict[str, Any] = {}
-    if provider is not None and "telemetry" in inspect.signature(FastAPI).parameters:
+    if "telemetry" in inspect.signature(FastAPI).parameters:
         # Recent FastAPI records http.server.request.duration itself: perfkit's
-        # middleware does that (with the route template), so turn FastAPI's off.
-        options["telemetry"] = {"metrics": False}
+        # middleware does that (with the route template), so FastAPI's is off. Its tracing
+        # and logs stay on only where a tracer provider is configured: otherwise they would
+        # do nothing but look the providers up again on every request (docs/benchmarks.md).
+        options["telemetry"] = {"metrics": False, "tracing": telemetry.tracing(), "logs": False}
     app = _API(title="perfkit bill/vote API", version="0.1.0", lifespan=lifespan, **options)
     app.state.meter_provider = provider
     app.state.response_cache = cache if caching != "data" else None

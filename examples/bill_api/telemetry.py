@@ -13,15 +13,22 @@ import os
 from pathlib import Path
 from typing import Final
 
+from opentelemetry import trace
 from opentelemetry.exporter.prometheus import PrometheusMetricReader
-from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics import AlwaysOffExemplarFilter, MeterProvider
 from opentelemetry.sdk.metrics.export import MetricReader, PeriodicExportingMetricReader
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
 from perfkit.budgets import duration_buckets, load_budgets
 from perfkit.observability import HTTP_DURATION_BUCKETS, BufferedStreamHandler, instrument
 
-__all__ = ["CONTENT_TYPE_LATEST", "histogram_buckets", "meter_provider", "prometheus_text"]
+__all__ = [
+    "CONTENT_TYPE_LATEST",
+    "histogram_buckets",
+    "meter_provider",
+    "prometheus_text",
+    "tracing",
+]
 
 REPO_BUDGETS: Final = Path(__file__).resolve().parents[2] / "budgets.json"
 
@@ -55,9 +62,26 @@ def meter_provider() -> MeterProvider:
         readers.append(PeriodicExportingMetricReader(OTLPMetricExporter()))
     # Not installed as the global provider: libraries that instrument themselves
     # through the global one (FastAPI, redis-py) would then record twice.
-    provider = MeterProvider(metric_readers=readers)
+    # No exemplars: nothing here samples traces, so the default trace-based filter finds no
+    # span on any request, and looking costs a quarter of a cached hit (docs/benchmarks.md).
+    provider = MeterProvider(metric_readers=readers, exemplar_filter=_exemplar_filter())
     instrument(provider)  # cache, breaker and retry counters
     return provider
+
+
+def tracing() -> bool:
+    """Whether traces are configured: a tracer provider set, or ``OTEL_TRACES_EXPORTER``."""
+    exporter = os.environ.get("OTEL_TRACES_EXPORTER", "").strip().lower()
+    configured = not isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider)
+    return configured or exporter not in ("", "none")
+
+
+def _exemplar_filter() -> AlwaysOffExemplarFilter | None:
+    """None (the SDK's choice: ``OTEL_METRICS_EXEMPLAR_FILTER``, else trace-based) with
+    traces to point at; otherwise off."""
+    if os.environ.get("OTEL_METRICS_EXEMPLAR_FILTER") or tracing():
+        return None
+    return AlwaysOffExemplarFilter()
 
 
 def prometheus_text() -> bytes:
