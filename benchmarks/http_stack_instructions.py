@@ -1,0 +1,94 @@
+"""
+Where a cached request of the example API goes, in instructions (callgrind).
+
+``GET /bills/42`` through the whole app as a server calls it (FastAPI's entry, the
+response cache, the timing middleware, the request log line), in process, on the
+seeded SQLite file of ``benchmarks/http_stack.py``: (count at 3N - count at N) / 2N,
+so startup cancels out. Variants take one part out at a time:
+
+* ``before``: exemplars and FastAPI's tracing and logs telemetry on, as the example had
+  them before they were turned off where no traces are configured;
+* ``now``: the example as ``make demo`` runs it;
+* ``no_log``: without the request log line;
+* ``no_record``: the OpenTelemetry SDK's ``Histogram.record`` made a no-op;
+* ``timing_off``: without the timing middleware.
+
+Usage: ``python benchmarks/http_stack_instructions.py [--requests N]`` (about 4 minutes).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import sys
+from typing import Any
+
+import callgrind
+
+VARIANTS = ["before", "now", "no_log", "no_record", "timing_off"]
+DATABASE = callgrind.ROOT / "var" / "bench-http.sqlite3"
+
+
+def child(variant: str, requests: int) -> None:
+    sys.path.insert(0, str(callgrind.ROOT / "examples"))
+    os.environ["PERFKIT_DATABASE_URL"] = f"sqlite:///{DATABASE}"
+    if variant == "no_log":
+        os.environ["PERFKIT_REQUEST_LOG"] = "off"
+    if variant == "timing_off":
+        os.environ["PERFKIT_TIMING"] = "off"
+    from bill_api import telemetry  # noqa: PLC0415
+
+    if variant == "before":
+        telemetry.tracing = lambda: True  # type: ignore[assignment]
+    if variant == "no_record":
+        from opentelemetry.sdk.metrics._internal import instrument  # noqa: PLC0415
+
+        instrument._Histogram.record = lambda *_args, **_kwargs: None  # type: ignore[method-assign]
+    import http_stack_app  # noqa: PLC0415
+
+    app = http_stack_app.create()
+    for handler in logging.getLogger("perfkit.request").handlers:
+        handler.stream = open(os.devnull, "w")  # type: ignore[attr-defined]  # noqa: SIM115
+    scope: dict[str, Any] = {
+        "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "GET",
+        "scheme": "http", "path": "/bills/42", "raw_path": b"/bills/42", "query_string": b"",
+        "root_path": "", "headers": [(b"host", b"127.0.0.1:8000"), (b"user-agent", b"wrk")],
+        "client": ("127.0.0.1", 5000), "server": ("127.0.0.1", 8000),
+    }  # fmt: skip
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(_message: dict[str, Any]) -> None:
+        return None
+
+    async def run() -> None:
+        async with app.router.lifespan_context(app):
+            for _ in range(200):  # warm: the entry is cached, every lazy import done
+                await app(dict(scope), receive, send)
+            for _ in range(requests):
+                await app(dict(scope), receive, send)
+
+    asyncio.run(run())
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--requests", type=int, default=500)
+    parser.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
+    options = parser.parse_args()
+    if options.child:
+        child(options.child[0], int(options.child[1]))
+        return
+    DATABASE.parent.mkdir(exist_ok=True)
+    counts = callgrind.per_iteration(__file__, VARIANTS, options.requests)
+    print("| variant | instructions per cached request |")
+    print("|---|--:|")
+    for variant in VARIANTS:
+        print(f"| {variant} | {counts[variant]:,.0f} |")
+
+
+if __name__ == "__main__":
+    main()
