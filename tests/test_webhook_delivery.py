@@ -616,3 +616,33 @@ def test_dramatiq_holds_no_message_past_its_limit(make: Make, broker: Any) -> No
     assert 2_400 <= etas[8] < 12_500
     with pytest.raises(ValueError, match="max_hold"):
         DramatiqWebhooks(make(), broker=broker, max_hold=3600)
+
+
+def test_the_sweeper_sends_what_lost_its_wake_up(
+    make: Make, receiver: Receiver, broker: Any
+) -> None:
+    """A due delivery with no message (its wake-up lost) is delivered by the sweeping thread."""
+    import dramatiq  # noqa: PLC0415
+
+    from perfkit.webhooks import DramatiqWebhooks  # noqa: PLC0415
+
+    hooks = make(clock=None)
+    receiver.now = time.time
+    hooks.subscribe(receiver.url, secret=SECRET)
+    name = f"perfkit-webhooks-test-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+    queue = DramatiqWebhooks(hooks, broker=broker, queue_name=name)
+    ev = event()
+    hooks.dispatch(ev)  # fanned out without a message, as if it had been lost
+    worker = dramatiq.Worker(broker, worker_threads=1, worker_timeout=50)
+    worker.start()
+    queue.start_sweeping(0.1)
+    try:
+        with pytest.raises(RuntimeError, match="sweeping already"):
+            queue.start_sweeping(0.1)
+        wait_until(lambda: receiver.delivered == [ev.id], timeout=30)
+    finally:
+        queue.stop_sweeping()
+        worker.stop()
+        for queue_name in (name, f"{name}.DQ", f"{name}.XQ"):
+            broker.channel.queue_delete(queue_name)
+    assert hooks.due() == []

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import logging
 import os
-import threading
 
 from bill_api import events
 from bill_api.app import DEFAULT_DATABASE_URL
@@ -33,22 +32,11 @@ def main() -> None:
     outbox = events.outbox()
     outbox.create(engine)
     logging.getLogger("bill_api.relay").info("relaying %s to %s", url, events.QUEUE)
-    stopped = threading.Event()
-
-    def sweep() -> None:
-        while not stopped.wait(SWEEP_INTERVAL):
-            try:
-                webhook_queue.sweep()
-            except Exception:
-                logging.getLogger("bill_api.relay").exception("the webhook sweep failed")
-
-    sweeper = threading.Thread(target=sweep, name="webhook-sweep", daemon=True)
-    sweeper.start()
+    webhook_queue.start_sweeping(SWEEP_INTERVAL)
     try:
         Relay(engine, outbox, DramatiqPublisher(deliver)).serve()  # until SIGINT or SIGTERM
     finally:
-        stopped.set()
-        sweeper.join(10)
+        webhook_queue.stop_sweeping()
         engine.dispose()
 
 

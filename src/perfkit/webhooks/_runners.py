@@ -190,7 +190,8 @@ class DramatiqWebhooks:
     its ``consumer_timeout`` (30 minutes by default): so no message waits more
     than *max_hold* seconds, and one that wakes early only sends the next.
     The worker starts with dramatiq's command (``dramatiq yourapp.worker``).
-    Call :meth:`sweep` now and then (every minute, from any process): a
+    Call :meth:`sweep` now and then (:meth:`start_sweeping` does, every minute;
+    from any process): a
     wake-up is lost when a worker dies between recording an attempt and
     sending the next message, when that send fails, or when dramatiq gives
     up on a message after its own retries, and the sweep sends one for each
@@ -225,6 +226,8 @@ class DramatiqWebhooks:
             raise ValueError(msg)
         self.webhooks = webhooks
         self._hold = max_hold
+        self._sweeper: threading.Thread | None = None
+        self._stop_sweeping = threading.Event()
         self.actor: dramatiq.Actor[[int, int], None] = dramatiq.actor(
             actor_name=actor_name or f"perfkit_webhook_{queue_name.replace('.', '_')}",
             queue_name=queue_name,
@@ -253,6 +256,39 @@ class DramatiqWebhooks:
         for delivery_id in ids:
             self.actor.send(delivery_id, 0)  # stale, and dropped, if it had attempts already
         return ids
+
+    def start_sweeping(self, interval: float = 60.0) -> None:
+        """
+        Call :meth:`sweep` every *interval* seconds on a daemon thread, until
+        :meth:`stop_sweeping` (a failed sweep is logged and tried at the next one).
+
+        Raises:
+            RuntimeError: it is sweeping already.
+        """
+        if not interval > 0:
+            msg = f"interval must be positive, not {interval!r}"
+            raise ValueError(msg)
+        if self._sweeper is not None and self._sweeper.is_alive():
+            msg = "this DramatiqWebhooks is sweeping already"
+            raise RuntimeError(msg)
+        stopped = self._stop_sweeping = threading.Event()
+
+        def run() -> None:
+            while not stopped.wait(interval):
+                try:
+                    self.sweep()
+                except Exception:
+                    log.exception("the webhook sweep failed; again in %.0f s", interval)
+
+        self._sweeper = threading.Thread(target=run, name="perfkit-webhook-sweep", daemon=True)
+        self._sweeper.start()
+
+    def stop_sweeping(self, timeout: float = 10.0) -> None:
+        """Stop the thread :meth:`start_sweeping` started (after its current sweep)."""
+        self._stop_sweeping.set()
+        sweeper, self._sweeper = self._sweeper, None
+        if sweeper is not None:
+            sweeper.join(timeout)
 
     def sweep(self, limit: int = 1_000) -> int:
         """Send a message for each delivery due now (extra ones are dropped); how many."""
