@@ -91,6 +91,21 @@ def wall_clock(url: str, rounds: int, casts: int) -> tuple[float, float]:
     return statistics.median(timings[False]), statistics.median(timings[True])
 
 
+def _write(engine: Any, box: Any, events: int, committed: dict[int, float]) -> None:
+    """Events at 100/s, one per transaction, each one's commit time noted by its number."""
+    for number in range(events):
+        with engine.begin() as conn:
+            box.add(conn, type="bench", key="k", payload={"n": number})
+            committed[number] = time.perf_counter()  # the COMMIT follows (the relay may be quicker)
+        time.sleep(0.01)
+
+
+def _median_p99(latencies: list[float]) -> tuple[float, float]:
+    """Median and p99 of *latencies* (seconds), in ms."""
+    ordered = sorted(latencies)
+    return statistics.median(ordered) * 1e3, ordered[int(len(ordered) * 0.99) - 1] * 1e3
+
+
 def delivery(url: str, amqp: str | None, events: int = 1_000) -> tuple[float, float]:
     """Median and p99 ms from commit to consumer, through RabbitMQ (or in process)."""
     from perfkit import db  # noqa: PLC0415
@@ -128,11 +143,7 @@ def delivery(url: str, amqp: str | None, events: int = 1_000) -> tuple[float, fl
         publisher = DramatiqPublisher(actor)
     relay = Relay(engine, box, publisher, poll_interval=0.01)
     relay.start()
-    for number in range(events):
-        with engine.begin() as conn:
-            box.add(conn, type="bench", key="k", payload={"n": number})
-            committed[number] = time.perf_counter()  # the COMMIT follows (the relay may be quicker)
-        time.sleep(0.01)
+    _write(engine, box, events, committed)
     done.wait(60)
     relay.stop()
     if worker is not None and broker is not None:
@@ -140,8 +151,7 @@ def delivery(url: str, amqp: str | None, events: int = 1_000) -> tuple[float, fl
         broker.channel.queue_delete(queue)
         broker.close()
     engine.dispose()
-    ordered = sorted(latencies)
-    return statistics.median(ordered) * 1e3, ordered[int(len(ordered) * 0.99) - 1] * 1e3
+    return _median_p99(latencies)
 
 
 def webhook_delivery(url: str, amqp: str | None, events: int = 500) -> tuple[float, float]:
@@ -210,11 +220,7 @@ def webhook_delivery(url: str, amqp: str | None, events: int = 500) -> tuple[flo
         publisher = DramatiqPublisher(actor)
     relay = Relay(engine, box, publisher, poll_interval=0.01)
     relay.start()
-    for number in range(events):
-        with engine.begin() as conn:
-            box.add(conn, type="bench", key="k", payload={"n": number})
-            committed[number] = time.perf_counter()
-        time.sleep(0.01)
+    _write(engine, box, events, committed)
     done.wait(60)
     relay.stop()
     worker.stop()
@@ -229,11 +235,10 @@ def webhook_delivery(url: str, amqp: str | None, events: int = 500) -> tuple[flo
     hooks.tables.endpoints.drop(engine)
     hooks.close()
     engine.dispose()
-    ordered = sorted(latencies)
-    if len(ordered) < events:
-        msg = f"only {len(ordered)} of {events} webhooks arrived"
+    if len(latencies) < events:
+        msg = f"only {len(latencies)} of {events} webhooks arrived"
         raise RuntimeError(msg)
-    return statistics.median(ordered) * 1e3, ordered[int(len(ordered) * 0.99) - 1] * 1e3
+    return _median_p99(latencies)
 
 
 def main() -> None:
