@@ -450,14 +450,14 @@ def test_measurements_from_many_threads_all_arrive(
     provider: MeterProvider, reader: InMemoryMetricReader
 ) -> None:
     """Eight threads queueing at once, batches handed over meanwhile: every one counted once."""
-    record = _metrics.histogram(provider.get_meter("threads"), "threads.duration", "test", (1.0,))
-    attributes = [{"thread": n} for n in range(8)]
+    bind = _metrics.histogram(provider.get_meter("threads"), "threads.duration", "test", (1.0,))
+    recorders = [bind({"thread": n}) for n in range(8)]
     start = threading.Barrier(8)
 
     def work(n: int) -> None:
         start.wait()
         for _ in range(2_000):
-            record(0.5, attributes[n])
+            recorders[n](0.5)
 
     threads = [threading.Thread(target=work, args=(n,)) for n in range(8)]
     interval = sys.getswitchinterval()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from perfkit._context import RequestTiming, current_timing
 
+from ._histograms import Histogram, HistogramPoint, Histograms
 from ._log_buffer import BufferedStreamHandler
 from ._metrics import DB_DURATION, HTTP_DURATION, HTTP_DURATION_BUCKETS, instrument
 from ._middleware import TimingMiddleware, WSGITimingMiddleware
@@ -19,6 +20,9 @@ __all__ = [
     "HTTP_DURATION",
     "HTTP_DURATION_BUCKETS",
     "BufferedStreamHandler",
+    "Histogram",
+    "HistogramPoint",
+    "Histograms",
     "RequestTiming",
     "TimingMiddleware",
     "WSGITimingMiddleware",

@@ -116,8 +116,10 @@ def instrument(meter_provider: MeterProvider | None = None) -> None:
     )  # fmt: skip
 
 
-Recorder = Callable[[float, Mapping[str, Any]], None]
-"""Records one duration (seconds) with its attributes."""
+Recorder = Callable[[float], None]
+"""Records one duration (seconds) in one series."""
+Binder = Callable[[Mapping[str, Any]], Recorder]
+"""The recorder of one attribute set (callers keep one per set)."""
 
 # Measurements waiting to reach their histograms, flat: record, value, attributes, context,
 # record, ... A flat list of objects that exist anyway (the bound record, the cached
@@ -141,9 +143,7 @@ def flush(_options: CallbackOptions | None = None) -> Iterable[Observation]:
     return ()
 
 
-def histogram(
-    the_meter: Meter, name: str, description: str, buckets: tuple[float, ...]
-) -> Recorder:
+def histogram(the_meter: Meter, name: str, description: str, buckets: tuple[float, ...]) -> Binder:
     """
     A seconds histogram with advised bucket boundaries, recorded in batches.
 
@@ -167,9 +167,12 @@ def histogram(
     extend = _PENDING.extend
     limit = BATCH * _FIELDS
 
-    def queued(value: float, attributes: Mapping[str, Any]) -> None:
-        extend((record, value, attributes, get_current()))
-        if len(_PENDING) >= limit:
-            flush()
+    def bind(attributes: Mapping[str, Any]) -> Recorder:
+        def queued(value: float) -> None:
+            extend((record, value, attributes, get_current()))
+            if len(_PENDING) >= limit:
+                flush()
 
-    return queued
+        return queued
+
+    return bind

@@ -16,8 +16,9 @@ from typing import TYPE_CHECKING, Any, Final
 
 from perfkit._context import CURRENT, RequestTiming
 
+from ._histograms import Histograms
 from ._log_buffer import BufferedStreamHandler
-from ._metrics import HTTP_DURATION, HTTP_DURATION_BUCKETS, Recorder, histogram, meter
+from ._metrics import HTTP_DURATION, HTTP_DURATION_BUCKETS, Binder, Recorder, histogram, meter
 
 if TYPE_CHECKING:
     from opentelemetry.metrics import MeterProvider
@@ -72,7 +73,7 @@ class _Timing:
         *,
         server_timing: bool,
         log: bool,
-        metrics: bool,
+        metrics: bool | Histograms,
         exclude: Iterable[str],
         query_warning: int | None,
         request_id_header: str,
@@ -88,13 +89,20 @@ class _Timing:
         self.request_id_header = request_id_header.lower()
         self.request_id_bytes = self.request_id_header.encode("latin-1")
         self.logger = logger or logging.getLogger("perfkit.request")
-        self.record: Recorder | None = None
-        if metrics:
-            self.record = histogram(
+        self.bind: Binder | None = None
+        if isinstance(metrics, Histograms):
+            if meter_provider is not None:
+                raise ValueError("metrics: perfkit Histograms take no meter_provider; give one")
+            self.bind = metrics.histogram(
+                HTTP_DURATION, buckets=buckets, description="Duration of HTTP server requests"
+            ).series
+        elif metrics:
+            self.bind = histogram(
                 meter(meter_provider), HTTP_DURATION, "Duration of HTTP server requests",
                 buckets,
             )  # fmt: skip
-        self._attributes: dict[tuple[str, str | None, int, str | None], dict[str, Any]] = {}
+        # One recorder per attribute set: (method, route, status, error type, scheme).
+        self._series: dict[tuple[str, str | None, int, str | None, str], Recorder] = {}
         self._quoted: dict[str | None, str] = {}
 
     def _json(self, text: str | None) -> str:
@@ -131,12 +139,12 @@ class _Timing:
         elapsed: float,
     ) -> None:
         method = method if method in _METHODS else "_OTHER"
-        if self.record is not None:
+        if self.bind is not None:
             error_type = error or (str(status) if status >= 500 else None)
-            key = (method, route, status, error_type)
-            attributes = self._attributes.get(key)
-            if attributes is None:
-                attributes = {
+            key = (method, route, status, error_type, scheme)
+            record = self._series.get(key)
+            if record is None:
+                attributes: dict[str, Any] = {
                     "http.request.method": method,
                     "http.response.status_code": status,
                     "url.scheme": scheme,
@@ -145,9 +153,10 @@ class _Timing:
                     attributes["http.route"] = route
                 if error_type is not None:
                     attributes["error.type"] = error_type
-                if len(self._attributes) < _MAX_ATTRIBUTE_SETS:
-                    self._attributes[key] = attributes
-            self.record(elapsed, attributes)
+                record = self.bind(attributes)
+                if len(self._series) < _MAX_ATTRIBUTE_SETS:
+                    self._series[key] = record
+            record(elapsed)
         logger = self.logger
         if self.log and logger.isEnabledFor(logging.INFO):
             handlers = logger.handlers
@@ -216,7 +225,9 @@ class TimingMiddleware:
         server_timing: Add the ``Server-Timing`` header.
         log: Write the per-request log line.
         metrics: Record the OpenTelemetry histogram (opentelemetry-api only;
-            without an SDK configured it is a no-op).
+            without an SDK configured it is a no-op), or, given a
+            :class:`~perfkit.observability.Histograms`, count it there: the same
+            series for a fraction of the SDK's cost per request.
         exclude: Exact paths to leave out of logs and metrics.
         query_warning: Queries per request above which to warn (``None``: off).
         request_id_header: The header carrying the request id.
@@ -232,7 +243,8 @@ class TimingMiddleware:
             a value that is not a positive finite number.
 
     .. versionadded:: 0.1.0
-    .. versionchanged:: 0.2.0 *duration_buckets*.
+    .. versionchanged:: 0.2.0 *duration_buckets*; *metrics* takes
+       :class:`~perfkit.observability.Histograms`.
     """
 
     def __init__(
@@ -241,7 +253,7 @@ class TimingMiddleware:
         *,
         server_timing: bool = True,
         log: bool = True,
-        metrics: bool = True,
+        metrics: bool | Histograms = True,
         exclude: Iterable[str] = ("/healthz",),
         query_warning: int | None = 20,
         request_id_header: str = "x-request-id",
@@ -367,7 +379,7 @@ class WSGITimingMiddleware:
         route: Callable[[dict[str, Any]], str | None] | None = None,
         server_timing: bool = True,
         log: bool = True,
-        metrics: bool = True,
+        metrics: bool | Histograms = True,
         exclude: Iterable[str] = ("/healthz",),
         query_warning: int | None = 20,
         request_id_header: str = "x-request-id",

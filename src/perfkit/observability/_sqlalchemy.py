@@ -14,7 +14,8 @@ from sqlalchemy.engine import Engine
 from perfkit._context import CURRENT
 from perfkit._semconv import DB_DURATION_BUCKETS
 
-from ._metrics import DB_DURATION, Recorder, histogram, meter
+from ._histograms import Histograms
+from ._metrics import DB_DURATION, Binder, Recorder, histogram, meter
 
 if TYPE_CHECKING:
     from opentelemetry.metrics import MeterProvider
@@ -45,7 +46,7 @@ def instrument_engine(
     engine: Engine | AsyncEngine,
     *,
     meter_provider: MeterProvider | None = None,
-    metrics: bool = True,
+    metrics: bool | Histograms = True,
 ) -> None:
     """
     Time every statement *engine* runs.
@@ -56,22 +57,31 @@ def instrument_engine(
     and the request log line; transaction control such as ``BEGIN`` adds
     time but is not counted as a query) and, with *metrics*, recorded in the
     ``db.client.operation.duration`` histogram with ``db.system.name`` and
-    ``db.operation.name`` (the statement's first keyword; never its text).
+    ``db.operation.name`` (the statement's first keyword; never its text):
+    the OpenTelemetry SDK's, or, given *metrics* as a
+    :class:`~perfkit.observability.Histograms`, one counted there.
 
     .. versionadded:: 0.1.0
+    .. versionchanged:: 0.2.0 *metrics* takes :class:`~perfkit.observability.Histograms`.
     """
     sync_engine: Engine = engine if isinstance(engine, Engine) else engine.sync_engine
     if sync_engine in _INSTRUMENTED:
         return  # twice would count every statement twice
     _INSTRUMENTED.add(sync_engine)
     system = sync_engine.dialect.name
-    record: Recorder | None = None
-    if metrics:
-        record = histogram(
+    bind: Binder | None = None
+    if isinstance(metrics, Histograms):
+        if meter_provider is not None:
+            raise ValueError("metrics: perfkit Histograms take no meter_provider; give one")
+        bind = metrics.histogram(
+            DB_DURATION, buckets=DB_DURATION_BUCKETS, description="Duration of database statements"
+        ).series
+    elif metrics:
+        bind = histogram(
             meter(meter_provider), DB_DURATION, "Duration of database statements",
             DB_DURATION_BUCKETS,
         )  # fmt: skip
-    attributes: dict[str, dict[str, str]] = {}
+    recorders: dict[str, Recorder] = {}
 
     def before(
         conn: Any, _cursor: Any, _stmt: str, _params: Any, context: Any, _many: bool
@@ -98,14 +108,13 @@ def instrument_engine(
             timing.db_seconds += elapsed
             if operation not in _CONTROL:  # BEGIN/COMMIT are not queries
                 timing.db_queries += 1
-        if record is not None:
-            attrs = attributes.get(operation)
-            if attrs is None:
-                attrs = attributes[operation] = {
-                    "db.system.name": system,
-                    "db.operation.name": operation,
-                }
-            record(elapsed, attrs)
+        if bind is not None:
+            record = recorders.get(operation)
+            if record is None:
+                record = recorders[operation] = bind(
+                    {"db.system.name": system, "db.operation.name": operation}
+                )
+            record(elapsed)
 
     event.listen(sync_engine, "before_cursor_execute", before)
     event.listen(sync_engine, "after_cursor_execute", after)
