@@ -245,7 +245,7 @@ def create_app(
         outbox = events.outbox()
         opened = open_stores(url, cache=cache, outbox=outbox)
         if provider is not None:
-            instrument_engine(opened.engine, meter_provider=provider)
+            instrument_engine(opened.engine, **telemetry.metrics_options(provider))
         app.state.stores = opened
         stop_consumers = _consume_events(app, opened.engine, outbox)
         restore = _tune_gc()
@@ -314,7 +314,7 @@ def _serve(app: FastAPI, stores: Stores) -> None:
     app.state.webhooks_missing = threading.Lock()
     provider = app.state.meter_provider
     if provider is not None:
-        instrument_engine(stores.engine, meter_provider=provider)
+        instrument_engine(stores.engine, **telemetry.metrics_options(provider))
 
 
 class _API(FastAPI):
@@ -334,7 +334,7 @@ class _API(FastAPI):
             return stack
         return TimingMiddleware(
             stack,
-            meter_provider=provider,
+            **telemetry.metrics_options(provider),
             exclude=OPERATIONS_PATHS,
             duration_buckets=telemetry.histogram_buckets(),
         )

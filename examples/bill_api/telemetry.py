@@ -11,7 +11,7 @@ import functools
 import logging
 import os
 from pathlib import Path
-from typing import Final
+from typing import Any, Final
 
 from opentelemetry import trace
 from opentelemetry.exporter.prometheus import PrometheusMetricReader
@@ -20,12 +20,19 @@ from opentelemetry.sdk.metrics.export import MetricReader, PeriodicExportingMetr
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
 from perfkit.budgets import duration_buckets, load_budgets
-from perfkit.observability import HTTP_DURATION_BUCKETS, BufferedStreamHandler, instrument
+from perfkit.observability import (
+    HTTP_DURATION_BUCKETS,
+    BufferedStreamHandler,
+    Histograms,
+    instrument,
+)
 
 __all__ = [
     "CONTENT_TYPE_LATEST",
     "histogram_buckets",
+    "histograms",
     "meter_provider",
+    "metrics_options",
     "prometheus_text",
     "tracing",
 ]
@@ -59,7 +66,11 @@ def meter_provider() -> MeterProvider:
             OTLPMetricExporter,
         )
 
-        readers.append(PeriodicExportingMetricReader(OTLPMetricExporter()))
+        exporter = OTLPMetricExporter()
+        durations = histograms()
+        readers.append(
+            PeriodicExportingMetricReader(durations.exporter(exporter) if durations else exporter)
+        )
     # Not installed as the global provider: libraries that instrument themselves
     # through the global one (FastAPI, redis-py) would then record twice.
     # No exemplars: nothing here samples traces, so the default trace-based filter finds no
@@ -67,6 +78,29 @@ def meter_provider() -> MeterProvider:
     provider = MeterProvider(metric_readers=readers, exemplar_filter=_exemplar_filter())
     instrument(provider)  # cache, breaker and retry counters
     return provider
+
+
+@functools.cache
+def histograms() -> Histograms | None:
+    """
+    The request and statement durations, counted by perfkit and read where the SDK's
+    readers read (the Prometheus registry, the OTLP push): the SDK's own ``record()`` is a
+    third of a cached hit (docs/benchmarks.md). None where exemplars are wanted: only the
+    SDK's histograms carry them.
+    """
+    if _exemplar_filter() is None:
+        return None
+    made = Histograms()
+    made.register()  # prometheus_client's default registry, beside the SDK's reader
+    return made
+
+
+def metrics_options(provider: MeterProvider) -> dict[str, Any]:
+    """``TimingMiddleware``'s and ``instrument_engine``'s metrics options for *provider*."""
+    durations = histograms()
+    if durations is not None:
+        return {"metrics": durations}
+    return {"meter_provider": provider}
 
 
 def tracing() -> bool:

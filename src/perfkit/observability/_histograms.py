@@ -16,6 +16,7 @@ with the SDK).
 
 from __future__ import annotations
 
+import json
 import math
 import re
 import threading
@@ -79,7 +80,7 @@ class _Series:
         self, name: str, attributes: Mapping[str, AttributeValue], bounds: tuple[float, ...]
     ) -> None:
         self.name = name
-        self.attributes = dict(attributes)
+        self.attributes = _hashable(attributes)  # a list value would change under us
         self.bounds = bounds
         self.counts = [0] * (len(bounds) + 1)
         self.count = 0
@@ -286,7 +287,10 @@ class Histograms:
         *inner* (an SDK ``MetricExporter``, such as OTLP's) sending these histograms
         along with whatever its reader collected from the SDK.
 
-        Cumulative or delta, as *inner* prefers for histograms.
+        Cumulative or delta, as *inner* prefers for histograms (a delta point's min
+        and max are the series' since it began: the only ones kept). The SDK's reader
+        exports only when the SDK has collected something itself:
+        :func:`~perfkit.observability.instrument` on its meter provider makes sure.
         """
         return _make_exporter(self, inner)
 
@@ -342,11 +346,10 @@ def _go_float(value: float) -> str:
 
 
 def _label_value(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, tuple):
-        return "[" + ",".join(_label_value(item) for item in value) + "]"
-    return str(value)
+    """A label value as the SDK's Prometheus exporter writes it: JSON for what is not text."""
+    if isinstance(value, str):
+        return value
+    return json.dumps(list(value) if isinstance(value, tuple) else value, default=str)
 
 
 def _cumulative(les: list[str], counts: tuple[int, ...]) -> list[tuple[str, float]]:
@@ -450,17 +453,22 @@ def _merged(
             )
     if not metrics:
         return metrics_data
-    scope_metrics = ScopeMetrics(
-        scope=InstrumentationScope(histograms.scope, histograms.version), metrics=metrics,
-        schema_url="",
-    )  # fmt: skip
+    scope = InstrumentationScope(histograms.scope, histograms.version)
     resources = list(metrics_data.resource_metrics) if metrics_data else []
     if not resources:
-        return MetricsData([ResourceMetrics(Resource.create(), [scope_metrics], "")])
+        return MetricsData(
+            [ResourceMetrics(Resource.create(), [ScopeMetrics(scope, metrics, "")], "")]
+        )
     first = resources[0]
-    resources[0] = ResourceMetrics(
-        first.resource, [*first.scope_metrics, scope_metrics], first.schema_url
-    )
+    scopes = list(first.scope_metrics)
+    # The same scope twice would be one too many: OTLP's encoder keeps the last of equal scopes.
+    for n, given in enumerate(scopes):
+        if (given.scope.name, given.scope.version) == (scope.name, scope.version):
+            scopes[n] = ScopeMetrics(given.scope, [*given.metrics, *metrics], given.schema_url)
+            break
+    else:
+        scopes.append(ScopeMetrics(scope, metrics, ""))
+    resources[0] = ResourceMetrics(first.resource, scopes, first.schema_url)
     return MetricsData(resources)
 
 
