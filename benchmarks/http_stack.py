@@ -67,6 +67,12 @@ def configs() -> list[Config]:
         Config("example, cached", EXAMPLE, BILL, env=ENV),
         Config("example, every cache off", EXAMPLE, BILL, env={**ENV, "PERFKIT_CACHE": "off"}),
         # Where the cached request's time goes: without the log line, without the timing.
+        Config(
+            "example, cached, SDK histograms",
+            EXAMPLE,
+            BILL,
+            env={**ENV, "PERFKIT_HISTOGRAMS": "sdk"},
+        ),
         Config("example, cached, no request log", EXAMPLE, BILL, env={**ENV, **NO_LOG}),
         Config("example, cached, timing off", EXAMPLE, BILL, env={**ENV, **NO_TIMING}),
         Config(

@@ -87,6 +87,10 @@ def main() -> None:
         child(options.child[0], int(options.child[1]))
         return
     DATABASE.parent.mkdir(exist_ok=True)
+    sys.path.insert(0, str(callgrind.ROOT / "examples"))
+    import http_stack_app  # noqa: PLC0415
+
+    http_stack_app.seeded(f"sqlite:///{DATABASE}")  # before the children: they would race
     counts = callgrind.per_iteration(__file__, VARIANTS, options.requests)
     print("| variant | instructions per cached request |")
     print("|---|--:|")

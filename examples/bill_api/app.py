@@ -16,6 +16,10 @@ Configuration comes from the environment:
 ``PERFKIT_TIMING``
     ``off`` leaves out the timing middleware, query timing and ``/metrics``
     (for before/after benchmarks).
+``PERFKIT_HISTOGRAMS``
+    ``sdk`` records the request and statement durations through the OpenTelemetry
+    SDK's histograms (the default only where traces are configured: exemplars need
+    them) instead of :class:`perfkit.observability.Histograms` (for benchmarks).
 ``PERFKIT_BUDGETS``
     The budgets file whose latency thresholds the request histogram gets bucket
     boundaries at (default: the repository's ``budgets.json``).

@@ -88,7 +88,7 @@ def histograms() -> Histograms | None:
     third of a cached hit (docs/benchmarks.md). None where exemplars are wanted: only the
     SDK's histograms carry them.
     """
-    if _exemplar_filter() is None:
+    if _exemplar_filter() is None or os.environ.get("PERFKIT_HISTOGRAMS") == "sdk":
         return None
     made = Histograms()
     made.register()  # prometheus_client's default registry, beside the SDK's reader
