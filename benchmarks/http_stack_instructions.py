@@ -15,7 +15,13 @@ so startup cancels out. Variants take one part out at a time:
 * ``no_log``: without the request log line;
 * ``timing_off``: without the timing middleware.
 
-Usage: ``python benchmarks/http_stack_instructions.py [--requests N]`` (about 4 minutes).
+``--server`` counts whole requests instead: each config of ``benchmarks/http_stack.py`` that
+the HTTP-layer targets compare, served by uvicorn (httptools + uvloop) under callgrind and
+wrk (``servers.count_instructions``), with the ratios of the targets in instructions (user
+space only: stricter than the wall-clock ratios, whose kernel share is the same for all).
+
+Usage: ``python benchmarks/http_stack_instructions.py [--requests N] [--server [--seconds N]]``
+(about 4 minutes; ``--server`` about 15 more).
 """
 
 from __future__ import annotations
@@ -82,6 +88,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--requests", type=int, default=500)
     parser.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
+    parser.add_argument("--server", action="store_true", help="count through uvicorn + wrk")
+    parser.add_argument("--seconds", type=int, default=10, help="wrk seconds with --server")
     options = parser.parse_args()
     if options.child:
         child(options.child[0], int(options.child[1]))
@@ -91,11 +99,44 @@ def main() -> None:
     import http_stack_app  # noqa: PLC0415
 
     http_stack_app.seeded(f"sqlite:///{DATABASE}")  # before the children: they would race
+    if options.server:
+        server(options.seconds)
+        return
     counts = callgrind.per_iteration(__file__, VARIANTS, options.requests)
     print("| variant | instructions per cached request |")
     print("|---|--:|")
     for variant in VARIANTS:
         print(f"| {variant} | {counts[variant]:,.0f} |")
+
+
+SERVER_CONFIGS = [
+    "raw ASGI, same bytes", "example, cached", "example, cached, SDK histograms",
+    "example, cached, no request log", "example, cached, timing off", "example, cached, 304",
+    "page, cached, identity", "page, cached, gzip", "page, cached, br",
+]  # fmt: skip
+
+
+def server(seconds: int) -> None:
+    """Instructions per request of each config in a uvicorn server, and the targets' ratios."""
+    import http_stack  # noqa: PLC0415 - this script's directory
+    from servers import count_instructions  # noqa: PLC0415
+
+    configs = {config.label: config for config in http_stack.configs()}
+    counts = {}
+    for label in SERVER_CONFIGS:
+        counts[label] = count_instructions(configs[label], seconds)
+        print(f"  {label}: {counts[label]:,.0f}", file=sys.stderr, flush=True)
+    raw, cached = counts["raw ASGI, same bytes"], counts["example, cached"]
+    identity = counts["page, cached, identity"]
+    print("| config (uvicorn, httptools + uvloop) | instructions per request | raw / config |")
+    print("|---|--:|--:|")
+    for label in SERVER_CONFIGS:
+        print(f"| {label} | {counts[label]:,.0f} | {raw / counts[label]:.2f}x |")
+    print()
+    print(f"- cached GET /bills/42 vs raw ASGI: {raw / cached:.2f}x (target >= 0.5)")
+    print(f"- 304 vs cached 200: {cached / counts['example, cached, 304']:.2f}x (target >= 1.0)")
+    gzip, brotli = counts["page, cached, gzip"] / identity, counts["page, cached, br"] / identity
+    print(f"- compressed hit cost vs uncompressed, gzip: {gzip:.2f}x, br: {brotli:.2f}x (<= 1.2)")
 
 
 if __name__ == "__main__":

@@ -29,16 +29,11 @@ import argparse
 import asyncio
 import logging
 import os
-import re
 import shutil
-import subprocess
 import sys
-import tempfile
-import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from importlib.metadata import version
-from pathlib import Path
 from typing import Any
 
 import callgrind
@@ -216,59 +211,14 @@ def count_all(variants: list[str], requests: int) -> dict[str, float]:
         return {v: (long[v].result() - short[v].result()) / (2 * requests) for v in variants}
 
 
-def httpx_get_fails(url: str) -> bool:
-    import httpx  # noqa: PLC0415
-
-    try:
-        return httpx.get(url, timeout=5).status_code != 200
-    except httpx.TransportError:
-        return True
-
-
 def count_server(variant: str, seconds: int) -> float:
-    """Instructions per request of uvicorn serving middleware_app.py's *variant* under wrk."""
-    # The script's own directory is on sys.path: share middleware.py's pinning and wrk run.
-    from middleware import PIN_SERVER, free_port, wrk  # noqa: PLC0415
+    """Instructions per request of uvicorn (h11) serving middleware_app.py's *variant* under wrk."""
+    from servers import Config, count_instructions  # noqa: PLC0415 - this script's directory
 
-    port = free_port()
-    with tempfile.TemporaryDirectory() as tmp:
-        dump = Path(tmp) / "callgrind.out"
-        env = {
-            **_FIXED_HASHES,
-            "PYTHONPATH": str(Path(__file__).parent),
-            "BENCH_VARIANT": variant,
-        }
-        process = subprocess.Popen(
-            [*PIN_SERVER, "valgrind", "--tool=callgrind", f"--callgrind-out-file={dump}",
-             sys.executable, "-m", "uvicorn", "middleware_app:app", "--host", "127.0.0.1",
-             "--port", str(port), "--log-level", "warning", "--no-access-log"],
-            env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )  # fmt: skip
-        url = f"http://127.0.0.1:{port}/hello"
-        try:
-            deadline = time.monotonic() + 300
-            while httpx_get_fails(url):
-                if process.poll() is not None or time.monotonic() > deadline:
-                    raise SystemExit(f"uvicorn under valgrind did not start for {variant}")
-                time.sleep(1)
-
-            wrk(url, 5)  # warm-up: imports, caches, the first collections
-            pid = str(process.pid)
-            subprocess.run(["callgrind_control", "--zero", pid], check=True, capture_output=True)
-            _, requests = wrk(url, seconds)
-            subprocess.run(["callgrind_control", "--dump", pid], check=True, capture_output=True)
-            # callgrind_control -d writes "<dump>.1": the counts since the zeroing.
-            dumped = Path(f"{dump}.1")
-            deadline = time.monotonic() + 30
-            while not dumped.exists() and time.monotonic() < deadline:
-                time.sleep(0.5)
-            totals = re.search(r"^summary:\s+(\d+)", dumped.read_text(), re.MULTILINE)
-            if totals is None:
-                raise SystemExit("callgrind dump has no summary line")
-            return int(totals.group(1)) / requests
-        finally:
-            process.terminate()
-            process.wait(timeout=60)
+    argv = [sys.executable, "-m", "uvicorn", "middleware_app:app", "--host", "127.0.0.1",
+            "--port", "{port}", "--log-level", "warning", "--no-access-log"]  # fmt: skip
+    config = Config(variant, argv, "/hello", env={"BENCH_VARIANT": variant})
+    return count_instructions(config, seconds)
 
 
 def main() -> None:

@@ -221,6 +221,44 @@ def wrk(url: str, seconds: int, headers: Sequence[str] = (), connections: int = 
     )
 
 
+def count_instructions(config: Config, seconds: int = 10, *, warmup: int = 5) -> float:
+    """
+    Instructions per request of *config*'s server under valgrind's callgrind and wrk.
+
+    Wall-clock ratios on a shared two-core host move by a fifth from run to run; counts
+    repeat. The server starts under callgrind (fixed hash seed), takes a *warmup* of wrk,
+    has its counters zeroed, serves *seconds* of wrk, and dumps: the count divided by the
+    requests wrk made. Counts are of user space only (the kernel's share of each request,
+    the same for every config, is not in them), so a ratio of two counts is stricter than
+    the wall-clock ratio of the same configs.
+    """
+    with tempfile.TemporaryDirectory() as tmp:
+        dump = Path(tmp) / "callgrind.out"
+        counted = replace(
+            config,
+            argv=["valgrind", "--tool=callgrind", f"--callgrind-out-file={dump}", *config.argv],
+            env={**config.env, "PYTHONHASHSEED": "0"},
+        )
+        with serve(counted, timeout=600) as (port, pid):
+            url = f"http://127.0.0.1:{port}{config.path}"
+            wrk(url, warmup, config.headers)
+            subprocess.run(
+                ["callgrind_control", "--zero", str(pid)], check=True, capture_output=True
+            )
+            requests = wrk(url, seconds, config.headers).requests
+            subprocess.run(
+                ["callgrind_control", "--dump", str(pid)], check=True, capture_output=True
+            )
+            dumped = Path(f"{dump}.1")  # callgrind_control --dump writes "<dump>.1"
+            deadline = time.monotonic() + 60
+            while not dumped.exists() and time.monotonic() < deadline:
+                time.sleep(0.5)
+            totals = re.search(r"^summary:\s+(\d+)", dumped.read_text(), re.MULTILINE)
+            if totals is None:
+                raise SystemExit(f"{config.label}: callgrind's dump has no summary line")
+            return int(totals.group(1)) / requests
+
+
 def measure(
     configs: Sequence[Config], rounds: int = 3, seconds: int = 5, *, warmup: int = 1
 ) -> list[Result]:
