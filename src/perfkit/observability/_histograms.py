@@ -10,20 +10,23 @@ Prometheus scrape (:meth:`Histograms.register`) or an OTLP push
 made: same names, units, attributes, buckets and instrumentation scope.
 
 What they do not do: exemplars (they need the SDK's view of the current span),
-views, and sharing counts across processes (each worker exports its own, as
-with the SDK).
+views, the Prometheus reader's options (``prefix=`` and the like), and sharing
+counts across processes (each worker exports its own, as with the SDK).
 """
 
 from __future__ import annotations
 
 import json
 import math
+import os
 import re
 import threading
 import time
+import weakref
 from bisect import bisect_left
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Final
 
 if TYPE_CHECKING:
@@ -38,9 +41,15 @@ __all__ = ["Histogram", "HistogramPoint", "Histograms"]
 
 AttributeValue = str | bool | int | float
 _OVERFLOW: Final[Mapping[str, AttributeValue]] = {"otel.metric.overflow": True}
-_UNIT_SUFFIX: Final = {"s": "seconds", "ms": "milliseconds", "By": "bytes", "1": "ratio"}
-_NOT_IN_NAME: Final = re.compile(r"[^a-zA-Z0-9_:]+")
-_NOT_IN_LABEL: Final = re.compile(r"[^a-zA-Z0-9_]+")
+# The units a duration or size histogram has, and the Prometheus word for each (the names
+# the SDK's Prometheus exporter uses for them); other units are refused, not guessed.
+UNITS: Final = {"s": "seconds", "ms": "milliseconds", "us": "microseconds",
+                "ns": "nanoseconds", "By": "bytes"}  # fmt: skip
+# Prometheus's rules, as the SDK's exporter applies them: a run of anything else is one "_".
+_NOT_IN_NAME: Final = re.compile(r"[^a-zA-Z0-9:]+")
+_NOT_IN_LABEL: Final = re.compile(r"[^a-zA-Z0-9]+")
+# OpenTelemetry's instrument name syntax.
+_INSTRUMENT_NAME: Final = re.compile(r"[a-zA-Z][-_./a-zA-Z0-9]{0,254}")
 
 
 def _checked_bounds(given: Iterable[float]) -> tuple[float, ...]:
@@ -74,7 +83,7 @@ class _Series:
     """One attribute set's counts; ``record`` is the hot path."""
 
     __slots__ = ("attributes", "bounds", "count", "counts", "lock", "max", "min", "name",
-                 "start_ns", "sum")  # fmt: skip
+                 "start_ns", "sum", "window_max", "window_min")  # fmt: skip
 
     def __init__(
         self, name: str, attributes: Mapping[str, AttributeValue], bounds: tuple[float, ...]
@@ -87,8 +96,20 @@ class _Series:
         self.sum = 0.0
         self.min = math.inf
         self.max = -math.inf
+        self.window_min = math.inf  # since the last delta export
+        self.window_max = -math.inf
         self.start_ns = time.time_ns()
         self.lock = threading.Lock()
+
+    def reset(self) -> None:
+        """Start again from nothing (a forked child: the parent's counts are the parent's)."""
+        self.lock = threading.Lock()
+        self.counts = [0] * len(self.counts)
+        self.count = 0
+        self.sum = 0.0
+        self.min = self.window_min = math.inf
+        self.max = self.window_max = -math.inf
+        self.start_ns = time.time_ns()
 
     def record(self, value: float) -> None:
         if not 0.0 <= value < math.inf:
@@ -102,6 +123,10 @@ class _Series:
                 self.min = value
             if value > self.max:  # noqa: PLR1730
                 self.max = value
+            if value < self.window_min:  # noqa: PLR1730
+                self.window_min = value
+            if value > self.window_max:  # noqa: PLR1730
+                self.window_max = value
 
 
 class Histogram:
@@ -175,20 +200,34 @@ class Histogram:
             made = self._series[key] = _Series(self.name, attributes, self.bounds)
             return made
 
-    def collect(self) -> list[HistogramPoint]:
-        """Every series that has counted something, as it is now."""
+    def collect(self, *, window: bool = False) -> list[HistogramPoint]:
+        """
+        Every series that has counted something, as it is now.
+
+        With *window*, each point's min and max are those since the last such call
+        (which a delta exporter sends), and they start again.
+        """
         now = time.time_ns()
         points = []
         for series in list(self._series.values()):
             with series.lock:
                 if not series.count:
                     continue
+                low, high = series.min, series.max
+                if window:
+                    low, high = series.window_min, series.window_max
+                    series.window_min, series.window_max = math.inf, -math.inf
                 point = HistogramPoint(
-                    series.attributes, series.start_ns, now, series.count, series.sum,
-                    series.min, series.max, tuple(series.counts),
+                    MappingProxyType(series.attributes), series.start_ns, now, series.count,
+                    series.sum, low, high, tuple(series.counts),
                 )  # fmt: skip
             points.append(point)
         return points
+
+    def _reset(self) -> None:
+        self._lock = threading.Lock()
+        for series in self._series.values():
+            series.reset()
 
 
 def _hashable(attributes: Mapping[str, Any]) -> dict[str, Any]:
@@ -238,6 +277,7 @@ class Histograms:
         self.max_series = max_series
         self._histograms: dict[str, Histogram] = {}
         self._lock = threading.Lock()
+        _ALL.add(self)
 
     def histogram(
         self, name: str, *, buckets: Iterable[float], unit: str = "s", description: str = ""
@@ -249,10 +289,18 @@ class Histograms:
             ValueError: *name* exists with other buckets or another unit, or the
                 buckets are not finite and increasing.
         """
+        if not _INSTRUMENT_NAME.fullmatch(name):
+            raise ValueError(f"{name!r} is not an OpenTelemetry instrument name")
+        if unit not in UNITS:
+            raise ValueError(f"unit {unit!r}: one of {', '.join(UNITS)}")
         bounds = _checked_bounds(buckets)
         with self._lock:
             found = self._histograms.get(name)
             if found is None:
+                cleaned = _NOT_IN_NAME.sub("_", name)
+                clash = [o for o in self._histograms if _NOT_IN_NAME.sub("_", o) == cleaned]
+                if clash:
+                    raise ValueError(f"{name!r} and {clash[0]!r} are one name in Prometheus")
                 found = self._histograms[name] = Histogram(
                     name, unit=unit, description=description, bounds=bounds,
                     max_series=self.max_series, owner=self,
@@ -295,6 +343,22 @@ class Histograms:
         return _make_exporter(self, inner)
 
 
+_ALL: Final[weakref.WeakSet[Histograms]] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    # A lock held at the fork would never be released in the child, and the parent's counts
+    # are the parent's to export: a forked worker starts from nothing.
+    for histograms in list(_ALL):
+        histograms._lock = threading.Lock()
+        for histogram in histograms:
+            histogram._reset()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
 class _PrometheusCollector:
     """prometheus_client's collector protocol: ``collect()`` yields metric families."""
 
@@ -315,20 +379,19 @@ class _PrometheusCollector:
             if not points:
                 continue
             name = _NOT_IN_NAME.sub("_", histogram.name)
-            suffix = _UNIT_SUFFIX.get(histogram.unit, _NOT_IN_NAME.sub("_", histogram.unit))
-            if suffix and not name.endswith("_" + suffix):
-                name = f"{name}_{suffix}"
-            les = [_go_float(bound) for bound in histogram.bounds] + ["+Inf"]
+            les = [f"{bound}" for bound in histogram.bounds] + ["+Inf"]  # as the SDK writes them
             rows = []
             for point in points:
-                labels = {_NOT_IN_LABEL.sub("_", key): _label_value(value)
-                          for key, value in point.attributes.items()}  # fmt: skip
-                labels.update(scope)
+                labels = dict(scope)  # the point's own attributes win, as in the SDK's
+                labels.update((_label_key(key), _label_value(value))
+                              for key, value in point.attributes.items())  # fmt: skip
                 rows.append((labels, point))
             # One family per name (a second would repeat its TYPE line): the union of the
             # label names, "" where a series has none, which Prometheus reads as absent.
             names = sorted({label for labels, _point in rows for label in labels})
-            family = HistogramMetricFamily(name, histogram.description, labels=names)
+            family = HistogramMetricFamily(
+                name, histogram.description, labels=names, unit=UNITS[histogram.unit]
+            )
             for labels, point in rows:
                 family.add_metric(
                     [labels.get(label, "") for label in names],
@@ -338,11 +401,10 @@ class _PrometheusCollector:
             yield family
 
 
-def _go_float(value: float) -> str:
-    """A bucket bound as prometheus_client (and so the SDK's exporter) writes it."""
-    from prometheus_client.utils import floatToGoString  # noqa: PLC0415
-
-    return str(floatToGoString(value))  # type: ignore[no-untyped-call]
+def _label_key(key: str) -> str:
+    if key and key[0].isdigit():
+        key = "_" + key[1:]
+    return _NOT_IN_LABEL.sub("_", key)
 
 
 def _label_value(value: Any) -> str:
@@ -392,6 +454,10 @@ def _make_exporter(histograms: Histograms, inner: MetricExporter) -> MetricExpor
         def shutdown(self, timeout_millis: float = 30_000, **kwargs: Any) -> None:
             self.inner.shutdown(timeout_millis=timeout_millis, **kwargs)
 
+        def __getattr__(self, name: str) -> Any:
+            # Anything else the SDK asks of an exporter (its own metrics' provider, say).
+            return getattr(self.inner, name)
+
     return _Exporter()
 
 
@@ -417,7 +483,7 @@ def _merged(
     metrics = []
     for histogram in histograms:
         data_points = []
-        for point in histogram.collect():
+        for point in histogram.collect(window=delta):
             shown = point
             if delta:
                 key = (histogram.name, frozenset(point.attributes.items()))
@@ -473,8 +539,7 @@ def _merged(
 
 
 def _difference(now: HistogramPoint, before: HistogramPoint) -> HistogramPoint:
-    """What *now* counted since *before* (min and max are the whole series': the only
-    ones there are)."""
+    """What *now* counted since *before* (its min and max are already the interval's)."""
     return HistogramPoint(
         now.attributes, before.time_ns, now.time_ns, now.count - before.count,
         now.sum - before.sum, now.min, now.max,

@@ -64,6 +64,8 @@ def instrument_engine(
     .. versionadded:: 0.1.0
     .. versionchanged:: 0.2.0 *metrics* takes :class:`~perfkit.observability.Histograms`.
     """
+    if isinstance(metrics, Histograms) and meter_provider is not None:
+        raise ValueError("metrics: perfkit Histograms take no meter_provider; give one")
     sync_engine: Engine = engine if isinstance(engine, Engine) else engine.sync_engine
     if sync_engine in _INSTRUMENTED:
         return  # twice would count every statement twice
@@ -71,8 +73,6 @@ def instrument_engine(
     system = sync_engine.dialect.name
     bind: Binder | None = None
     if isinstance(metrics, Histograms):
-        if meter_provider is not None:
-            raise ValueError("metrics: perfkit Histograms take no meter_provider; give one")
         bind = metrics.histogram(
             DB_DURATION, buckets=DB_DURATION_BUCKETS, description="Duration of database statements"
         ).series
