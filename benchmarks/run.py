@@ -241,6 +241,18 @@ BENCHMARKS: Final[tuple[Benchmark, ...]] = (
         databases=False,
     ),
     Benchmark(
+        name="http_stack_instructions",
+        title="Where a cached request of the example goes, in instructions (callgrind)",
+        run=_script("http_stack_instructions.py"),
+        databases=False,
+    ),
+    Benchmark(
+        name="http_stack_server_instructions",
+        title="The HTTP stack's targets in a uvicorn server, in instructions (callgrind + wrk)",
+        run=_script("http_stack_instructions.py", "--server"),
+        databases=False,
+    ),
+    Benchmark(
         name="import_time",
         title="Import time against stamina",
         run=_script("import_time.py"),
