@@ -294,7 +294,7 @@ def test_histograms_and_a_meter_provider_are_one_choice_too_many() -> None:
     async def app(_scope: Any, _receive: Any, _send: Any) -> None:
         return None
 
-    with pytest.raises(ValueError, match="take no meter_provider"):
+    with pytest.raises(ValueError, match="takes no meter_provider"):
         TimingMiddleware(app, metrics=Histograms(), meter_provider=MeterProvider())
 
 
@@ -445,7 +445,7 @@ def test_a_forked_child_starts_from_nothing() -> None:
 
 def test_an_engine_refused_for_its_arguments_can_be_instrumented_after(engine: sa.Engine) -> None:
     histograms = Histograms()
-    with pytest.raises(ValueError, match="take no meter_provider"):
+    with pytest.raises(ValueError, match="takes no meter_provider"):
         instrument_engine(engine, metrics=histograms, meter_provider=MeterProvider())
     instrument_engine(engine, metrics=histograms)
     with engine.connect() as conn:

@@ -92,7 +92,8 @@ class _Timing:
         self.bind: Binder | None = None
         if isinstance(metrics, Histograms):
             if meter_provider is not None:
-                raise ValueError("metrics: perfkit Histograms take no meter_provider; give one")
+                msg = "metrics=Histograms takes no meter_provider: give one or the other"
+                raise ValueError(msg)
             self.bind = metrics.histogram(
                 HTTP_DURATION, buckets=buckets, description="Duration of HTTP server requests"
             ).series

@@ -65,7 +65,7 @@ def instrument_engine(
     .. versionchanged:: 0.2.0 *metrics* takes :class:`~perfkit.observability.Histograms`.
     """
     if isinstance(metrics, Histograms) and meter_provider is not None:
-        raise ValueError("metrics: perfkit Histograms take no meter_provider; give one")
+        raise ValueError("metrics=Histograms takes no meter_provider: give one or the other")
     sync_engine: Engine = engine if isinstance(engine, Engine) else engine.sync_engine
     if sync_engine in _INSTRUMENTED:
         return  # twice would count every statement twice
