@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import sys
+import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -39,6 +41,20 @@ def wait_until(condition: Callable[[], object], timeout: float = 30.0) -> None:
         if time.monotonic() > deadline:
             raise AssertionError(f"still false after {timeout} s")
         time.sleep(0.01)
+
+
+def run_switching_often(threads: Iterable[threading.Thread]) -> None:
+    """Start *threads* and join them, with the interpreter switching threads as often as it can."""
+    started = list(threads)
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    try:
+        for thread in started:
+            thread.start()
+        for thread in started:
+            thread.join()
+    finally:
+        sys.setswitchinterval(interval)
 
 
 def delete_keys(client: Any, prefix: str) -> None:

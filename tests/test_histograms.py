@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import math
 import multiprocessing
-import sys
 import threading
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -36,6 +35,7 @@ from prometheus_client.openmetrics.parser import (
 )
 from prometheus_client.parser import text_string_to_metric_families
 
+from helpers import run_switching_often
 from perfkit import db
 from perfkit.observability import (
     DB_DURATION,
@@ -221,15 +221,7 @@ def test_threads_recording_at_once_lose_nothing(round_: int) -> None:
             histogram.series({"thread": n})(0.1 if i % 2 else 0.9)
 
     threads = [threading.Thread(target=work, args=(n,)) for n in range(8)]
-    interval = sys.getswitchinterval()
-    sys.setswitchinterval(1e-6)
-    try:
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
-    finally:
-        sys.setswitchinterval(interval)
+    run_switching_often(threads)
     points = {tuple(p.attributes.items()): p for p in histogram.collect()}
     together = points[("shared", True),]
     assert (together.count, together.bucket_counts) == (8_000, (0, 8_000, 0))

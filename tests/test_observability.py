@@ -10,7 +10,6 @@ import logging
 import random
 import re
 import string
-import sys
 import threading
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -26,6 +25,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, StreamingResponse
 from starlette.routing import Route
 
+from helpers import run_switching_often
 from perfkit import (
     Cache,
     CircuitBreaker,
@@ -460,15 +460,7 @@ def test_measurements_from_many_threads_all_arrive(
             recorders[n](0.5)
 
     threads = [threading.Thread(target=work, args=(n,)) for n in range(8)]
-    interval = sys.getswitchinterval()
-    sys.setswitchinterval(1e-6)  # switch threads as often as possible
-    try:
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
-    finally:
-        sys.setswitchinterval(interval)
+    run_switching_often(threads)
 
     counts = {p.attributes["thread"]: p.count for p in _points(reader, "threads.duration")}
     assert counts == dict.fromkeys(range(8), 2_000)
