@@ -100,6 +100,36 @@ def _write(engine: Any, box: Any, events: int, committed: dict[int, float]) -> N
         time.sleep(0.01)
 
 
+def _fresh_outbox(url: str) -> tuple[Any, Any]:
+    """An engine on *url* and an outbox whose table starts empty."""
+    from perfkit import db  # noqa: PLC0415
+    from perfkit.outbox import Outbox  # noqa: PLC0415
+
+    engine = db.create_engine(url)
+    box = Outbox()
+    box.table.drop(engine, checkfirst=True)
+    box.create(engine)
+    return engine, box
+
+
+def _relay_while_writing(
+    engine: Any,
+    box: Any,
+    publisher: Any,
+    events: int,
+    committed: dict[int, float],
+    done: threading.Event,
+) -> None:
+    """A relay to *publisher* while *events* are written; stops once *done* (or after 60 s)."""
+    from perfkit.outbox import Relay  # noqa: PLC0415
+
+    relay = Relay(engine, box, publisher, poll_interval=0.01)
+    relay.start()
+    _write(engine, box, events, committed)
+    done.wait(60)
+    relay.stop()
+
+
 def _median_p99(latencies: list[float]) -> tuple[float, float]:
     """Median and p99 of *latencies* (seconds), in ms."""
     ordered = sorted(latencies)
@@ -108,13 +138,9 @@ def _median_p99(latencies: list[float]) -> tuple[float, float]:
 
 def delivery(url: str, amqp: str | None, events: int = 1_000) -> tuple[float, float]:
     """Median and p99 ms from commit to consumer, through RabbitMQ (or in process)."""
-    from perfkit import db  # noqa: PLC0415
-    from perfkit.outbox import Event, InProcessPublisher, Outbox, Relay  # noqa: PLC0415
+    from perfkit.outbox import Event, InProcessPublisher  # noqa: PLC0415
 
-    engine = db.create_engine(url)
-    box = Outbox()
-    box.table.drop(engine, checkfirst=True)
-    box.create(engine)
+    engine, box = _fresh_outbox(url)
     committed: dict[int, float] = {}
     latencies: list[float] = []
     done = threading.Event()
@@ -141,11 +167,7 @@ def delivery(url: str, amqp: str | None, events: int = 1_000) -> tuple[float, fl
         worker = dramatiq.Worker(broker, worker_threads=1, worker_timeout=10)
         worker.start()
         publisher = DramatiqPublisher(actor)
-    relay = Relay(engine, box, publisher, poll_interval=0.01)
-    relay.start()
-    _write(engine, box, events, committed)
-    done.wait(60)
-    relay.stop()
+    _relay_while_writing(engine, box, publisher, events, committed, done)
     if worker is not None and broker is not None:
         worker.stop()
         broker.channel.queue_delete(queue)
@@ -160,8 +182,7 @@ def webhook_delivery(url: str, amqp: str | None, events: int = 500) -> tuple[flo
     import json  # noqa: PLC0415
     from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer  # noqa: PLC0415
 
-    from perfkit import db  # noqa: PLC0415
-    from perfkit.outbox import Event, InProcessPublisher, Outbox, Relay  # noqa: PLC0415
+    from perfkit.outbox import Event, InProcessPublisher  # noqa: PLC0415
     from perfkit.webhooks import Webhooks, WebhookWorker, verify_webhook  # noqa: PLC0415
 
     secret = "whsec_" + base64.b64encode(b"benchmark-webhook-secret").decode()
@@ -185,10 +206,7 @@ def webhook_delivery(url: str, amqp: str | None, events: int = 500) -> tuple[flo
 
     server = ThreadingHTTPServer(("127.0.0.1", 0), Receiver)
     threading.Thread(target=server.serve_forever, daemon=True).start()
-    engine = db.create_engine(url)
-    box = Outbox()
-    box.table.drop(engine, checkfirst=True)
-    box.create(engine)
+    engine, box = _fresh_outbox(url)
     hooks = Webhooks(engine, prefix=f"bench_{uuid.uuid4().hex[:6]}", allow_private=True)
     hooks.create()
     hooks.subscribe(f"http://127.0.0.1:{server.server_address[1]}/hook", secret=secret)
@@ -218,11 +236,7 @@ def webhook_delivery(url: str, amqp: str | None, events: int = 500) -> tuple[flo
         worker = dramatiq.Worker(broker, worker_threads=4, worker_timeout=10)
         worker.start()
         publisher = DramatiqPublisher(actor)
-    relay = Relay(engine, box, publisher, poll_interval=0.01)
-    relay.start()
-    _write(engine, box, events, committed)
-    done.wait(60)
-    relay.stop()
+    _relay_while_writing(engine, box, publisher, events, committed, done)
     worker.stop()
     if broker is not None:
         for queue in queues:
