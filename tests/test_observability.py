@@ -258,6 +258,53 @@ async def test_one_json_log_line_per_request_without_secrets(
     assert "s3cret" not in caplog.text
 
 
+class _OddRoute:
+    path = '/odd/%s/100%/"quoted"/{id}'
+
+
+async def test_log_lines_of_odd_routes_methods_and_errors_stay_json(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """
+    A route with % and quotes, a method outside HTTP's, an error: each series' line
+    template is made once, and every line still parses to exactly what happened.
+    """
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        scope["route"] = _OddRoute()
+        if scope["method"] == "DELETE":
+            raise LookupError("gone")
+        await send({"type": "http.response.start", "status": 207, "headers": []})
+        await send({"type": "http.response.body", "body": b"%d %s"})
+
+    timed = TimingMiddleware(app, metrics=False)
+    with caplog.at_level(logging.INFO, logger="perfkit.request"):
+        async with _client(timed) as client:
+            for method in ("BREW", "BREW", "DELETE"):
+                await client.request(method, "/odd/1")
+
+    lines = _log_lines(caplog)
+    expected = [("_OTHER", 207, None), ("_OTHER", 207, None), ("DELETE", 500, "LookupError")]
+    assert [(line["method"], line["status"], line.get("error")) for line in lines] == expected
+    assert {line["route"] for line in lines} == {_OddRoute.path}
+    assert lines[0]["request_id"] != lines[1]["request_id"]
+
+
+def test_the_exchange_starts_as_a_request_timing_does() -> None:
+    """The ASGI middleware's exchange sets RequestTiming's fields itself: they must not drift."""
+    from perfkit._context import RequestTiming  # noqa: PLC0415
+    from perfkit.observability._middleware import _Exchange  # noqa: PLC0415
+
+    async def send(_message: Any) -> None:
+        return None
+
+    shared = TimingMiddleware(send, metrics=False)._timing  # type: ignore[arg-type]
+    exchange, fresh = _Exchange("an-id", send, shared), RequestTiming("an-id")
+    assert {name: getattr(exchange, name) for name in RequestTiming.__slots__} == {
+        name: getattr(fresh, name) for name in RequestTiming.__slots__
+    }
+
+
 async def test_request_ids_are_echoed_or_made_up(
     engine: sa.Engine, provider: MeterProvider
 ) -> None:

@@ -113,7 +113,8 @@ class BufferedStreamHandler(logging.Handler):
             and not self.filters
             and not logger.filters
             and not logger.propagate
-            and logger.handlers == [self]
+            and len(logger.handlers) == 1
+            and logger.handlers[0] is self
         )
 
     def handle(self, record: logging.LogRecord) -> bool:

@@ -30,6 +30,7 @@ Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+_SeriesKey = tuple[str, str | None, int, str | None, str]  # method, route, status, error, scheme
 
 _METHODS: Final = frozenset(
     {"GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH"}
@@ -42,11 +43,14 @@ _ID_COUNTER: Final = itertools.count(1)
 _SERVER_TIMING: Final = (
     b'app;dur=%.2f, db;dur=%.2f;desc="%d queries", cache;desc="%d hits/%d misses"'
 )
-# Every value is a number, a known method, a request id of safe characters, or JSON-escaped.
-_LOG_LINE: Final = (
-    '{"event":"request","method":"%s","route":%s,"status":%d,"duration_ms":%.3f,'
-    '"db_ms":%.3f,"db_queries":%d,"cache_hits":%d,"cache_misses":%d,"request_id":"%s"%s'
+# The per-request part of the log line; what a series fixes (method, route, status, error)
+# is written into its template once (_Timing._new_series). Every value is a number, a known
+# method, a request id of safe characters, or JSON-escaped.
+_LOG_VALUES: Final = (
+    '"duration_ms":%.3f,"db_ms":%.3f,"db_queries":%d,"cache_hits":%d,"cache_misses":%d,'
+    '"request_id":"%s"'
 )
+_INFO: Final = logging.INFO
 
 
 def _checked_buckets(given: Iterable[float]) -> tuple[float, ...]:
@@ -102,17 +106,32 @@ class _Timing:
                 meter(meter_provider), HTTP_DURATION, "Duration of HTTP server requests",
                 buckets,
             )  # fmt: skip
-        # One recorder per attribute set: (method, route, status, error type, scheme).
-        self._series: dict[tuple[str, str | None, int, str | None, str], Recorder] = {}
-        self._quoted: dict[str | None, str] = {}
+        # Per (method, route, status, error, scheme): the recorder of its attribute set and
+        # its log line's template, made once.
+        self._series: dict[_SeriesKey, tuple[Recorder | None, str]] = {}
 
-    def _json(self, text: str | None) -> str:
-        found = self._quoted.get(text)
-        if found is None:
-            found = json.dumps(text)
-            if len(self._quoted) < _MAX_ATTRIBUTE_SETS:
-                self._quoted[text] = found
-        return found
+    def _new_series(self, key: _SeriesKey) -> tuple[Recorder | None, str]:
+        method, route, status, error, scheme = key
+        record = None
+        if self.bind is not None:
+            attributes: dict[str, Any] = {
+                "http.request.method": method,
+                "http.response.status_code": status,
+                "url.scheme": scheme,
+            }
+            if route is not None:
+                attributes["http.route"] = route
+            error_type = error or (str(status) if status >= 500 else None)
+            if error_type is not None:
+                attributes["error.type"] = error_type
+            record = self.bind(attributes)
+        head = f'{{"event":"request","method":"{method}","route":{json.dumps(route)},'
+        tail = "}" if error is None else f',"error":{json.dumps(error)}}}'
+        fixed = head.replace("%", "%%") + f'"status":{status},'
+        series = (record, fixed + _LOG_VALUES + tail.replace("%", "%%"))
+        if len(self._series) < _MAX_ATTRIBUTE_SETS:
+            self._series[key] = series
+        return series
 
     def request_id(self, given: str | None) -> str:
         if given and _REQUEST_ID.fullmatch(given):
@@ -139,50 +158,34 @@ class _Timing:
         timing: RequestTiming,
         elapsed: float,
     ) -> None:
-        method = method if method in _METHODS else "_OTHER"
-        if self.bind is not None:
-            error_type = error or (str(status) if status >= 500 else None)
-            key = (method, route, status, error_type, scheme)
-            record = self._series.get(key)
-            if record is None:
-                attributes: dict[str, Any] = {
-                    "http.request.method": method,
-                    "http.response.status_code": status,
-                    "url.scheme": scheme,
-                }
-                if route is not None:
-                    attributes["http.route"] = route
-                if error_type is not None:
-                    attributes["error.type"] = error_type
-                record = self.bind(attributes)
-                if len(self._series) < _MAX_ATTRIBUTE_SETS:
-                    self._series[key] = record
+        if method not in _METHODS:
+            method = "_OTHER"
+        key = (method, route, status, error, scheme)
+        series = self._series.get(key)
+        if series is None:
+            series = self._new_series(key)
+        record, template = series
+        if record is not None:
             record(elapsed)
         logger = self.logger
-        if self.log and logger.isEnabledFor(logging.INFO):
-            handlers = logger.handlers
-            # Hand-built JSON (every value is a number or escaped once) and a record
-            # made directly: Logger.info's caller lookup walks the whole stack.
-            line = _LOG_LINE % (
-                method,
-                self._json(route),
-                status,
+        if self.log and logger.isEnabledFor(_INFO):
+            line = template % (
                 elapsed * 1000,
                 timing.db_seconds * 1000,
                 timing.db_queries,
                 timing.cache_hits,
                 timing.cache_misses,
                 timing.request_id,
-                "}" if error is None else f',"error":{json.dumps(error)}}}',
             )
+            handlers = logger.handlers
             if (
                 len(handlers) == 1
-                and type(handlers[0]) is BufferedStreamHandler
-                and handlers[0].takes_lines_from(logger)
+                and type(handler := handlers[0]) is BufferedStreamHandler
+                and handler.takes_lines_from(logger)
             ):
-                handlers[0].write_line(line)  # no LogRecord: most of a log line's cost
+                handler.write_line(line)  # no LogRecord: most of a log line's cost
             else:
-                logger.handle(logger.makeRecord(logger.name, logging.INFO, "", 0, line, (), None))
+                logger.handle(logger.makeRecord(logger.name, _INFO, "", 0, line, (), None))
         if self.query_warning is not None and timing.db_queries > self.query_warning:
             logger.warning(
                 json.dumps(
@@ -286,7 +289,11 @@ class TimingMiddleware:
             if name == header_name:
                 given = value.decode("latin-1")
                 break
-        exchange = _Exchange(shared.request_id(given), send, shared)
+        exchange = _Exchange(
+            given if given and _REQUEST_ID.fullmatch(given) else _ID_TEMPLATE % next(_ID_COUNTER),
+            send,
+            shared,
+        )
         token = CURRENT.set(exchange)
         error: str | None = None
         try:
@@ -330,7 +337,14 @@ class _Exchange(RequestTiming):
     __slots__ = ("send", "shared", "started", "status")
 
     def __init__(self, request_id: str, send: Send, shared: _Timing) -> None:
-        super().__init__(request_id)
+        # RequestTiming.__init__'s fields, set here: a super() call is a tenth of this
+        # middleware's own cost (tests/test_observability.py checks they stay the same).
+        self.request_id = request_id
+        self.db_seconds = 0.0
+        self.db_queries = 0
+        self.cache_hits = 0
+        self.cache_misses = 0
+        self.breaker_rejections = 0
         self.send = send
         self.shared = shared
         self.status = 500
