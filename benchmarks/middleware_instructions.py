@@ -218,7 +218,7 @@ def count_server(variant: str, seconds: int) -> float:
     argv = [sys.executable, "-m", "uvicorn", "middleware_app:app", "--host", "127.0.0.1",
             "--port", "{port}", "--log-level", "warning", "--no-access-log"]  # fmt: skip
     config = Config(variant, argv, "/hello", env={"BENCH_VARIANT": variant})
-    return count_instructions(config, seconds)
+    return count_instructions(config, seconds).per_request
 
 
 def main() -> None:
