@@ -153,6 +153,26 @@ async def test_server_timing_counts_queries_and_cache(
     assert float(timing["app"]) >= float(timing["db"]) > 0
 
 
+async def test_server_timing_without_database_time_reads_the_same() -> None:
+    """Requests with no database time (their counts' part is made once) read as any other."""
+    hits = iter(range(1, 4))
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        timing = current_timing()
+        assert timing is not None
+        timing.cache_hits = next(hits) % 2  # 1, 0, 1: the first part is made, then reused
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"{}"})
+
+    async with _client(TimingMiddleware(app, metrics=False, log=False)) as client:
+        values = [(await client.get("/")).headers["server-timing"] for _ in range(3)]
+
+    found = [SERVER_TIMING.fullmatch(value) for value in values]
+    assert all(found), values
+    counts = [(m["db"], m["queries"], m["hits"], m["misses"]) for m in found if m]
+    assert counts == [("0.00", "0", "1", "0"), ("0.00", "0", "0", "0"), ("0.00", "0", "1", "0")]
+
+
 async def test_duration_histogram_uses_route_templates_and_semconv_attributes(
     engine: sa.Engine, provider: MeterProvider, reader: InMemoryMetricReader
 ) -> None:
