@@ -271,20 +271,24 @@ def count_instructions(config: Config, seconds: int = 10, *, warmup: int = 5) ->
         with serve(counted, timeout=600) as (port, pid):
             url = f"http://127.0.0.1:{port}{config.path}"
             wrk(url, warmup, config.headers)
+            time.sleep(1)  # the warm-up's last requests and log lines out of the idle count
+            # Each window ends before its dump is asked for: writing a dump takes wall-clock
+            # time (longer for the loaded one) in which the server runs nothing.
             _callgrind_control("--zero", pid)
             started = time.monotonic()
             time.sleep(seconds)
-            _callgrind_control("--dump", pid)
             idle_seconds = time.monotonic() - started
+            _callgrind_control("--dump", pid)
             idle = _thread_counts(dump, 1, config.label)
             _callgrind_control("--zero", pid)
             started = time.monotonic()
             requests = wrk(url, seconds, config.headers).requests
-            _callgrind_control("--dump", pid)
             loaded_seconds = time.monotonic() - started
+            _callgrind_control("--dump", pid)
             loaded = _thread_counts(dump, 2, config.label)
     scale = loaded_seconds / idle_seconds
-    work = sum(max(0.0, count - idle.get(thread, 0) * scale) for thread, count in loaded.items())
+    # Not clamped at zero: a timer thread that ran less under load than idle shows as less.
+    work = sum(count - idle.get(thread, 0) * scale for thread, count in loaded.items())
     idle_rate = sum(idle.values()) / idle_seconds
     return Count(
         per_request=work / requests,

@@ -85,8 +85,9 @@ async def test_embedded_webhooks_deliver_the_apis_events(
                 wait_until(lambda: len(receiver.delivered) == 2)
                 # The worker attempts on a pool of threads, and the two events have different
                 # keys: they may arrive in either order (docs/webhooks.md, "Limits").
-                bodies = {b["type"]: b for b in (json.loads(r.body) for r in receiver.received)}
-                assert sorted(bodies) == ["bill.status_changed", "vote.cast"]
+                received = [json.loads(r.body) for r in receiver.received]
+                assert sorted(b["type"] for b in received) == ["bill.status_changed", "vote.cast"]
+                bodies = {b["type"]: b for b in received}
                 assert bodies["vote.cast"]["data"] == vote.json()
                 assert bodies["bill.status_changed"]["data"]["bill"]["status"] == "passed"
 

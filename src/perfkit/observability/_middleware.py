@@ -128,7 +128,7 @@ class _Timing:
             record = self.bind(attributes)
         head = f'{{"event":"request","method":"{method}","route":{json.dumps(route)},'
         tail = "}" if error is None else f',"error":{json.dumps(error)}}}'
-        fixed = head.replace("%", "%%") + f'"status":{status},'
+        fixed = head.replace("%", "%%") + f'"status":{int(status)},'  # as %d wrote it
         series = (record, fixed + _LOG_VALUES + tail.replace("%", "%%"))
         if len(self._series) < _MAX_ATTRIBUTE_SETS:
             self._series[key] = series
