@@ -1,55 +1,96 @@
-# perfkit developer entry points. Everything installs itself into .venv.
+# perfkit developer entry points. Everything installs itself: uv into .uv, the rest into .venv,
+# at exactly the versions uv.lock names (so a fresh clone tests what main was tested with).
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
-PIP    := $(BIN)/python -m pip install --quiet --disable-pip-version-check
+UV     := .uv/bin/uv
+
+# uv: the interpreter make was given (never one of its own), the project's venv, quiet logs.
+export UV_PYTHON := $(PYTHON)
+export UV_PYTHON_DOWNLOADS := never
+export UV_PROJECT_ENVIRONMENT := $(VENV)
+export UV_NO_PROGRESS := 1
 
 .DEFAULT_GOAL := help
-.PHONY: help demo test lint typecheck pytest bench loadtest monitoring clean
+.PHONY: help demo test lint typecheck pytest bench loadtest monitoring lock \
+	test-lowest test-newest check-newest clean dev-env
 
 help:  ## list the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
 
-$(BIN)/python:
-	$(PYTHON) -m venv $(VENV)
+# uv itself, hash-checked: the one install that cannot come from uv.lock.
+$(UV): requirements/uv.txt
+	rm -rf .uv
+	$(PYTHON) -m venv .uv
+	.uv/bin/python -m pip install --quiet --disable-pip-version-check --no-deps \
+		--require-hashes -r requirements/uv.txt
 
-$(VENV)/.demo-installed: pyproject.toml | $(BIN)/python
-	$(PIP) --editable ".[app]"
-	@touch $@
+# $(call sync,OPTIONS): make .venv what uv.lock says; a lock behind pyproject.toml is an error.
+define sync
+	@$(UV) lock --check --quiet || { \
+		echo "make: uv.lock does not match pyproject.toml: run 'make lock' and commit uv.lock" >&2; \
+		exit 1; }
+	$(UV) sync --locked --quiet $(1)
+endef
 
-$(VENV)/.dev-installed: pyproject.toml | $(BIN)/python
-	$(PIP) --editable ".[dev]"
-	@touch $@ $(VENV)/.demo-installed
+dev-env: | $(UV)
+	$(call sync,--all-extras)
 
-demo: $(VENV)/.demo-installed  ## seed the SQLite demo database if needed and serve the example API on :8000
+demo: | $(UV)  ## seed the SQLite demo database if needed and serve the example API on :8000
+	$(call sync,--extra app --no-dev --inexact)
 	PYTHONPATH=examples $(BIN)/python -m bill_api
 
-test: lint typecheck pytest  ## ruff, mypy (strict) and the whole pytest suite
+test: lint typecheck pytest  ## ruff, mypy (strict) and the whole pytest suite, on the locked versions
 
-lint: $(VENV)/.dev-installed  ## ruff lint and format check
+lint: dev-env  ## ruff lint and format check
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
-typecheck: $(VENV)/.dev-installed  ## mypy --strict on src/
+typecheck: dev-env  ## mypy --strict on src/
 	$(BIN)/mypy
 
-pytest: $(VENV)/.dev-installed  ## the test suite (PostgreSQL/Redis tests skip unless reachable or required)
+pytest: dev-env  ## the test suite (PostgreSQL/Redis tests skip unless reachable or required)
 	$(BIN)/python -m pytest
 
-$(VENV)/.bench-installed: pyproject.toml | $(BIN)/python
-	$(PIP) --editable ".[bench]"
-	@touch $@ $(VENV)/.dev-installed $(VENV)/.demo-installed
-
-bench: $(VENV)/.bench-installed  ## peer benchmarks; results go to docs/benchmarks.md by hand
+bench: | $(UV)  ## peer benchmarks; results go to docs/benchmarks.md by hand
+	$(call sync,--all-extras --group bench)
 	PYTHONPATH=examples $(BIN)/python benchmarks/run.py
 
-loadtest: $(VENV)/.dev-installed  ## the example API under open-model load, judged by budgets.json (reports in var/load)
+loadtest: dev-env  ## the example API under open-model load, judged by budgets.json (reports in var/load)
 	PYTHONPATH=examples $(BIN)/python -m bill_api.loadtest
 
-clean:  ## remove the virtualenv, caches and the demo database
-	rm -rf $(VENV) var .mypy_cache .ruff_cache .pytest_cache .hypothesis
-
-monitoring: $(VENV)/.dev-installed  ## Prometheus alerts and a Grafana dashboard for the example API, from budgets.json
+monitoring: dev-env  ## Prometheus alerts and a Grafana dashboard for the example API, from budgets.json
 	$(BIN)/perfkit-budgets rules budgets.json --selector 'job="bill-api"' -o examples/bill_api/monitoring/alerts.yml
 	$(BIN)/perfkit-budgets dashboard budgets.json --selector 'job="bill-api"' --title "perfkit bill/vote API" \
 		-o examples/bill_api/monitoring/dashboard.json
+
+lock: | $(UV)  ## move uv.lock to the newest releases pyproject.toml allows (then say so in CHANGELOG.md)
+	$(UV) lock --upgrade
+
+# $(call resolve,VENV,UV OPTIONS): a venv of its own holding pyproject.toml's ranges resolved
+# another way (not uv.lock); what it resolved is left in VENV/requirements.txt.
+define resolve
+	rm -rf $(1)
+	$(UV) venv --quiet $(1)
+	$(UV) pip compile --quiet --no-header pyproject.toml --all-extras --group dev $(2) \
+		-o $(1)/requirements.txt
+	$(UV) pip sync --quiet --python $(1) $(1)/requirements.txt
+	$(UV) pip install --quiet --python $(1) --no-deps --editable .
+endef
+
+test-lowest: | $(UV)  ## the pytest suite on the lowest versions the ranges allow (.venv-lowest)
+	$(call resolve,.venv-lowest,--resolution lowest-direct)
+	.venv-lowest/bin/python -m pytest
+
+test-newest: | $(UV)  ## mypy and the pytest suite on the newest releases (.venv-newest)
+	$(call resolve,.venv-newest,--upgrade --refresh)
+	.venv-newest/bin/mypy
+	.venv-newest/bin/python -m pytest
+
+check-newest: | $(UV)  ## mypy and an import of every module on the newest releases (CI's early warning)
+	$(call resolve,.venv-newest,--upgrade --refresh)
+	.venv-newest/bin/mypy
+	.venv-newest/bin/python -W error .ci/import_smoke.py
+
+clean:  ## remove the virtualenvs, caches and the demo database
+	rm -rf $(VENV) .venv-lowest .venv-newest .uv var .mypy_cache .ruff_cache .pytest_cache .hypothesis

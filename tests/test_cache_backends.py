@@ -4,11 +4,13 @@ The backend contract on the memory backend and on real Redis.
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from collections.abc import Iterator
 
 import pytest
 
-from perfkit.cache import MISSING, MemoryBackend, RedisBackend
+from perfkit.cache import MISSING, Cache, MemoryBackend, RedisBackend
 from perfkit.testing import BackendContract, FakeClock
 
 
@@ -57,3 +59,71 @@ def test_memory_backend_rejects_a_zero_size() -> None:
     """maxsize must be positive."""
     with pytest.raises(ValueError, match="maxsize"):
         MemoryBackend(maxsize=0)
+
+
+_ASYNC_HITS_SCRIPT = """
+import asyncio, sys
+from perfkit.cache import Cache, RedisBackend
+
+async def main() -> None:
+    backend = RedisBackend(sys.argv[1], prefix=sys.argv[2])
+    cache = Cache(backend, namespace="smoke", ttl=30)
+
+    @cache.cached
+    async def double(n: int) -> int:
+        return 2 * n
+
+    values = [await double(21), await double(21)]
+    await backend.aclose()
+    backend.close()
+    stats = cache.stats
+    print(values, stats.hits, stats.misses, stats.errors)
+
+asyncio.run(main())
+"""
+
+
+def test_the_async_redis_path_hits_under_warnings_as_errors(
+    redis_url: str, redis_prefix: str
+) -> None:
+    """A user's `python -W error` gets async hits, not a cache that fails open on a warning."""
+    result = subprocess.run(
+        [sys.executable, "-W", "error", "-c", _ASYNC_HITS_SCRIPT, redis_url, redis_prefix],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+    assert (result.returncode, result.stderr) == (0, "")
+    assert result.stdout.split() == ["[42,", "42]", "1", "1", "0"]  # hits, misses, errors
+
+
+@pytest.mark.anyio
+async def test_an_async_client_made_from_a_sync_one_keeps_its_retry_policy(
+    redis_url: str, redis_prefix: str
+) -> None:
+    """The asyncio twin of a user's client retries alike, with redis-py's asyncio Retry."""
+    import redis  # noqa: PLC0415
+    import redis.asyncio.retry  # noqa: PLC0415
+    from redis.backoff import ConstantBackoff  # noqa: PLC0415
+    from redis.retry import Retry  # noqa: PLC0415
+
+    client = redis.Redis.from_url(redis_url, retry=Retry(ConstantBackoff(0.01), 3))
+    backend = RedisBackend(client, prefix=redis_prefix)
+    cache = Cache(backend, namespace="twin", ttl=30)
+
+    @cache.cached
+    async def triple(n: int) -> int:
+        return 3 * n
+
+    try:
+        assert [await triple(2), await triple(2)] == [6, 6]
+        twin = backend.async_client.get_connection_kwargs()["retry"]
+        assert type(twin) is redis.asyncio.retry.Retry
+        assert (twin._retries, type(twin._backoff)) == (3, ConstantBackoff)
+        assert twin._backoff.compute(1) == 0.01
+        assert (cache.stats.hits, cache.stats.errors) == (1, 0)
+    finally:
+        await backend.aclose()
+        client.close()

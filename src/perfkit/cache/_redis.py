@@ -4,6 +4,7 @@ Redis cache backend on redis-py, sync and asyncio.
 
 from __future__ import annotations
 
+import inspect
 import json
 import secrets
 from collections.abc import Callable, Collection
@@ -179,10 +180,9 @@ class RedisBackend:
             import redis.asyncio as _aioredis  # noqa: PLC0415
 
             if self._url is not None:
-                self._async_client = _aioredis.Redis.from_url(self._url, **_fail_fast())
+                self._async_client = _aioredis.Redis.from_url(self._url, **_fail_fast(asyncio=True))
             else:
-                kwargs = dict(self.client.connection_pool.connection_kwargs)
-                self._async_client = _aioredis.Redis(**kwargs)
+                self._async_client = _aioredis.Redis(**_async_options(self.client))
         return self._async_client
 
     def close(self) -> None:
@@ -398,15 +398,46 @@ async def _adirect(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
     return await fn(*args, **kwargs)
 
 
-def _fail_fast() -> dict[str, Any]:
+def _fail_fast(*, asyncio: bool = False) -> dict[str, Any]:
+    """
+    Client options for a backend made from a URL: short timeouts, no retries (the breaker
+    and fail-open decide). An asyncio client gets redis-py's asyncio retry class: since
+    redis-py 8.2 a sync one is converted with a ``UserWarning``.
+    """
+    from redis.asyncio.retry import Retry as AsyncRetry  # noqa: PLC0415
     from redis.backoff import NoBackoff  # noqa: PLC0415
     from redis.retry import Retry  # noqa: PLC0415
 
     return {
         "socket_timeout": DEFAULT_TIMEOUT,
         "socket_connect_timeout": DEFAULT_TIMEOUT,
-        "retry": Retry(NoBackoff(), 0),
+        "retry": AsyncRetry(NoBackoff(), 0) if asyncio else Retry(NoBackoff(), 0),
     }
+
+
+def _async_options(client: redis.Redis) -> dict[str, Any]:
+    """
+    Options for an asyncio client that reaches what the sync *client* reaches, as it does.
+
+    The sync pool's connection options, less those only the sync client knows (redis-py 8.2
+    keeps ``himport_registry`` and ``orig_*`` bookkeeping there, which the asyncio client
+    refuses), a Unix socket's ``path`` under its asyncio name, and a sync retry policy as
+    its asyncio twin: the same backoff, count and errors (what redis-py 8.2's own
+    conversion copies, without its warning). A retry of another class is kept as given.
+    """
+    import redis.asyncio as _aioredis  # noqa: PLC0415
+    from redis.asyncio.retry import Retry as AsyncRetry  # noqa: PLC0415
+    from redis.retry import Retry  # noqa: PLC0415
+
+    given = dict(client.connection_pool.connection_kwargs)
+    if "path" in given:
+        given["unix_socket_path"] = given.pop("path")
+    accepted = inspect.signature(_aioredis.Redis.__init__).parameters
+    options = {name: value for name, value in given.items() if name in accepted}
+    retry = options.get("retry")
+    if type(retry) is Retry:
+        options["retry"] = AsyncRetry(retry._backoff, retry._retries, retry._supported_errors)
+    return options
 
 
 def _frame(tags: Collection[str], payload: bytes) -> bytes:

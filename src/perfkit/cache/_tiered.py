@@ -230,7 +230,7 @@ class TieredBackend:
         while not self._stop.is_set():
             pubsub = None
             try:
-                pubsub = self.l2.client.pubsub()  # type: ignore[no-untyped-call]
+                pubsub = self.l2.client.pubsub()
                 pubsub.subscribe(self.channel)
                 while not self._stop.is_set():
                     message = pubsub.get_message(timeout=0.2)
