@@ -12,7 +12,7 @@ export UV_PROJECT_ENVIRONMENT := $(VENV)
 export UV_NO_PROGRESS := 1
 
 .DEFAULT_GOAL := help
-.PHONY: help demo test lint typecheck pytest bench loadtest monitoring lock \
+.PHONY: help demo test lint typecheck pytest bench loadtest monitoring lock upgrade \
 	test-lowest test-newest check-newest clean dev-env
 
 help:  ## list the targets
@@ -64,7 +64,10 @@ monitoring: dev-env  ## Prometheus alerts and a Grafana dashboard for the exampl
 	$(BIN)/perfkit-budgets dashboard budgets.json --selector 'job="bill-api"' --title "perfkit bill/vote API" \
 		-o examples/bill_api/monitoring/dashboard.json
 
-lock: | $(UV)  ## move uv.lock to the newest releases pyproject.toml allows (then say so in CHANGELOG.md)
+lock: | $(UV)  ## bring uv.lock in line with pyproject.toml, moving no version it need not move
+	$(UV) lock
+
+upgrade: | $(UV)  ## move uv.lock to the newest releases pyproject.toml allows (say so in CHANGELOG.md)
 	$(UV) lock --upgrade
 
 # $(call resolve,VENV,UV OPTIONS): a venv of its own holding pyproject.toml's ranges resolved

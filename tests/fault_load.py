@@ -28,11 +28,17 @@ Pair = tuple[int, int]
 
 @contextmanager
 def serve(app: Any) -> Iterator[str]:
-    """Serve *app* with uvicorn (h11, asyncio) in a thread; yield its base URL."""
+    """Serve *app* with uvicorn (h11, asyncio, no websockets) in a thread; yield its base URL."""
     sock = socket.create_server(("127.0.0.1", 0))
     port = sock.getsockname()[1]
     config = uvicorn.Config(
-        app, log_level="warning", lifespan="on", http="h11", loop="asyncio", access_log=False
+        app,
+        log_level="warning",
+        lifespan="on",
+        http="h11",
+        loop="asyncio",
+        ws="none",
+        access_log=False,
     )
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)

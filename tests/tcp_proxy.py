@@ -20,7 +20,9 @@ __all__ = ["TcpProxy"]
 
 _CHUNK = 65536
 # A simple-protocol query message of exactly COMMIT: "Q", its int32 length, "COMMIT\0".
-_COMMIT = re.compile(rb"Q\x00\x00\x00\x0bCOMMIT\x00", re.IGNORECASE)
+# A COMMIT as a simple query (psycopg 3.2 on) or as an unnamed extended-protocol Parse
+# (psycopg 3.1).
+_COMMIT = re.compile(rb"(?:Q\x00\x00\x00\x0b|P.{4}\x00)COMMIT\x00", re.IGNORECASE | re.DOTALL)
 
 
 class TcpProxy:

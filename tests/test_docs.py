@@ -45,3 +45,20 @@ def test_doc_examples_run_and_print_what_they_say(
     if engine is not None:
         engine.dispose()  # type: ignore[attr-defined]
     assert expected == printed.getvalue().splitlines()
+
+
+def test_the_install_page_names_the_ranges_pyproject_declares() -> None:
+    """getting-started.md's extras table and base requirements are pyproject.toml's, exactly."""
+    import tomllib  # noqa: PLC0415
+
+    project = tomllib.loads((DOCS.parent / "pyproject.toml").read_text())["project"]
+    page = (DOCS / "getting-started.md").read_text()
+    table = page[page.index("| Extra | Installs |") :].split("\n\n")[0]
+    rows = re.findall(r"^\| `([a-z]+)` \| (.*?) \|", table, re.MULTILINE)
+    documented = {extra: re.findall(r"`([^`]+)`", cell) for extra, cell in rows}
+
+    assert project["optional-dependencies"] == documented
+    base = page[page.index("The base install brings") :].split("\n\n")[0]
+    assert sorted(project["dependencies"]) == sorted(
+        req for req in re.findall(r"`([^`]+)`", base) if ">=" in req
+    )

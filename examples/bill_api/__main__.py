@@ -60,9 +60,14 @@ def main() -> None:
     print(flush=True)
     telemetry.log_requests()
     # uvicorn picks httptools and uvloop (uvicorn[standard]) when installed:
-    # docs/benchmarks.md, "Server for make demo".
+    # docs/benchmarks.md, "Server for make demo". The API serves no websockets.
     uvicorn.run(
-        create_app(database_url=url), host=host, port=port, log_level="info", access_log=False
+        create_app(database_url=url),
+        host=host,
+        port=port,
+        ws="none",
+        log_level="info",
+        access_log=False,
     )
 
 
