@@ -12,25 +12,33 @@ export UV_PROJECT_ENVIRONMENT := $(VENV)
 export UV_NO_PROGRESS := 1
 
 .DEFAULT_GOAL := help
+# The targets share .venv (and .venv-newest): one at a time, even under make -j.
+.NOTPARALLEL:
 .PHONY: help demo test lint typecheck pytest bench loadtest monitoring lock upgrade \
 	test-lowest test-newest check-newest clean dev-env
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
 
-# uv itself, hash-checked: the one install that cannot come from uv.lock.
+# uv itself, hash-checked: the one install that cannot come from uv.lock. To move it, set the
+# version in pyproject.toml's [tool.uv] required-version and in requirements/uv.txt, made by
+# echo uv==VERSION | .uv/bin/uv pip compile --universal --generate-hashes - -o requirements/uv.txt
 $(UV): requirements/uv.txt
 	rm -rf .uv
 	$(PYTHON) -m venv .uv
 	.uv/bin/python -m pip install --quiet --disable-pip-version-check --no-deps \
 		--require-hashes -r requirements/uv.txt
 
-# $(call sync,OPTIONS): make .venv what uv.lock says; a lock behind pyproject.toml is an error.
+# $(call sync,OPTIONS): make .venv what uv.lock says; a lock behind pyproject.toml is an error
+# that names the make target which fixes it (uv's own message names a uv command).
 define sync
-	@$(UV) lock --check --quiet || { \
-		echo "make: uv.lock does not match pyproject.toml: run 'make lock' and commit uv.lock" >&2; \
+	@echo "$(UV) sync --locked $(1)"
+	@$(UV) sync --locked --quiet $(1) 2>.uv/sync.err || { \
+		cat .uv/sync.err >&2; \
+		if grep -q "needs to be updated" .uv/sync.err; then \
+			echo "make: uv.lock does not match pyproject.toml: run 'make lock' and commit uv.lock" >&2; \
+		fi; \
 		exit 1; }
-	$(UV) sync --locked --quiet $(1)
 endef
 
 dev-env: | $(UV)
@@ -86,12 +94,12 @@ test-lowest: | $(UV)  ## the pytest suite on the lowest versions the ranges allo
 	.venv-lowest/bin/python -m pytest
 
 test-newest: | $(UV)  ## mypy and the pytest suite on the newest releases (.venv-newest)
-	$(call resolve,.venv-newest,--upgrade --refresh)
+	$(call resolve,.venv-newest,--refresh)
 	.venv-newest/bin/mypy
 	.venv-newest/bin/python -m pytest
 
 check-newest: | $(UV)  ## mypy and an import of every module on the newest releases (CI's early warning)
-	$(call resolve,.venv-newest,--upgrade --refresh)
+	$(call resolve,.venv-newest,--refresh)
 	.venv-newest/bin/mypy
 	.venv-newest/bin/python -W error .ci/import_smoke.py
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import subprocess
 import sys
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -127,3 +128,39 @@ async def test_an_async_client_made_from_a_sync_one_keeps_its_retry_policy(
     finally:
         await backend.aclose()
         client.close()
+
+
+@pytest.mark.parametrize(
+    ("make", "expected"),
+    [
+        (
+            lambda redis: redis.Redis(ssl=True, host="h", port=6380, ssl_cert_reqs="none"),
+            ("SSLConnection", {"host": "h", "port": 6380, "ssl_cert_reqs": "none"}),
+        ),
+        (
+            lambda redis: redis.Redis.from_url("rediss://h:6381/2"),
+            ("SSLConnection", {"host": "h", "port": 6381, "db": 2}),
+        ),
+        (
+            lambda redis: redis.Redis(unix_socket_path="/run/r.sock", db=3),
+            ("UnixDomainSocketConnection", {"path": "/run/r.sock", "db": 3}),
+        ),
+    ],
+    ids=["ssl", "rediss-url", "unix-socket"],
+)
+def test_the_async_client_reaches_what_the_sync_client_reaches(
+    make: Any, expected: tuple[str, dict[str, object]]
+) -> None:
+    """TLS, a Unix socket, the database and the pool's size carry over (no server needed)."""
+    import redis  # noqa: PLC0415
+
+    client = make(redis)
+    client.connection_pool.max_connections = 7
+    backend = RedisBackend(client, prefix="unused")
+    pool = backend.async_client.connection_pool
+    kwargs = pool.connection_kwargs
+    connection, options = expected
+
+    assert (connection, 7) == (pool.connection_class.__name__, pool.max_connections)
+    assert options == {name: kwargs.get(name) for name in options}
+    assert pool.connection_class.__module__.startswith("redis.asyncio")

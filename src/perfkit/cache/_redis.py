@@ -404,14 +404,20 @@ def _fail_fast(*, asyncio: bool = False) -> dict[str, Any]:
     and fail-open decide). An asyncio client gets redis-py's asyncio retry class: since
     redis-py 8.2 a sync one is converted with a ``UserWarning``.
     """
-    from redis.asyncio.retry import Retry as AsyncRetry  # noqa: PLC0415
     from redis.backoff import NoBackoff  # noqa: PLC0415
-    from redis.retry import Retry  # noqa: PLC0415
 
+    if asyncio:
+        from redis.asyncio.retry import Retry as AsyncRetry  # noqa: PLC0415
+
+        retry: Any = AsyncRetry(NoBackoff(), 0)
+    else:
+        from redis.retry import Retry  # noqa: PLC0415
+
+        retry = Retry(NoBackoff(), 0)
     return {
         "socket_timeout": DEFAULT_TIMEOUT,
         "socket_connect_timeout": DEFAULT_TIMEOUT,
-        "retry": AsyncRetry(NoBackoff(), 0) if asyncio else Retry(NoBackoff(), 0),
+        "retry": retry,
     }
 
 
@@ -421,21 +427,28 @@ def _async_options(client: redis.Redis) -> dict[str, Any]:
 
     The sync pool's connection options, less those only the sync client knows (redis-py 8.2
     keeps ``himport_registry`` and ``orig_*`` bookkeeping there, which the asyncio client
-    refuses), a Unix socket's ``path`` under its asyncio name, and a sync retry policy as
-    its asyncio twin: the same backoff, count and errors (what redis-py 8.2's own
-    conversion copies, without its warning). A retry of another class is kept as given.
+    refuses); TLS when the pool's connections are TLS ones (the pool keeps that in its
+    connection class, not in its options); the pool's size; a Unix socket's ``path`` under
+    its asyncio name; and a sync retry policy as its asyncio twin: the same backoff, count
+    and errors (what redis-py 8.2's own conversion copies, without its warning). A blocking
+    pool's wait is not carried over: the asyncio client gets a plain pool.
     """
+    import redis as _redis  # noqa: PLC0415
     import redis.asyncio as _aioredis  # noqa: PLC0415
     from redis.asyncio.retry import Retry as AsyncRetry  # noqa: PLC0415
     from redis.retry import Retry  # noqa: PLC0415
 
-    given = dict(client.connection_pool.connection_kwargs)
+    pool = client.connection_pool
+    given = dict(pool.connection_kwargs)
     if "path" in given:
         given["unix_socket_path"] = given.pop("path")
+    if issubclass(pool.connection_class, _redis.SSLConnection):
+        given["ssl"] = True
+    given.setdefault("max_connections", getattr(pool, "max_connections", None))
     accepted = inspect.signature(_aioredis.Redis.__init__).parameters
     options = {name: value for name, value in given.items() if name in accepted}
     retry = options.get("retry")
-    if type(retry) is Retry:
+    if isinstance(retry, Retry) and not isinstance(retry, AsyncRetry):
         options["retry"] = AsyncRetry(retry._backoff, retry._retries, retry._supported_errors)
     return options
 
