@@ -448,7 +448,7 @@ def _async_options(client: redis.Redis) -> dict[str, Any]:
     accepted = inspect.signature(_aioredis.Redis.__init__).parameters
     options = {name: value for name, value in given.items() if name in accepted}
     retry = options.get("retry")
-    if isinstance(retry, Retry) and not isinstance(retry, AsyncRetry):
+    if isinstance(retry, Retry):  # redis-py's asyncio Retry is not one
         options["retry"] = AsyncRetry(retry._backoff, retry._retries, retry._supported_errors)
     return options
 
