@@ -14,15 +14,17 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 import redis
 
-from helpers import free_port
+from helpers import free_port, wait_until
 from perfkit import CircuitBreaker, db
 from perfkit.cache import MISSING, Cache, MemoryBackend, RedisBackend, TieredBackend
 from perfkit.reference import codec, open_stores
 from perfkit.testing import BackendContract, FakeClock
+from tcp_proxy import TcpProxy
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -223,6 +225,82 @@ def test_frozen_redis_fails_open_and_replays_the_lost_invalidation(
     assert after == ["New", "New", "New"]  # the old entry in Redis was never served
     assert cache.pending_invalidations == 0
     backend.close()
+    engine.dispose()
+
+
+_READER = textwrap.dedent(
+    """
+    import sys, time
+    from perfkit import db
+    from perfkit.cache import Cache, RedisBackend
+    from perfkit.reference import codec, open_stores
+
+    url, prefix, path, bill_id = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+    backend = RedisBackend(url, prefix=prefix, codec=codec())
+    stores = open_stores(db.create_engine(f"sqlite:///{path}"), cache=Cache(backend, namespace="i"))
+    assert stores.bills.get_by_id(bill_id).title == "Old"  # from Redis: the writer's fill
+    print("ready", flush=True)
+    back = float(sys.stdin.readline())  # when the writer could reach Redis again (monotonic)
+    while stores.bills.get_by_id(bill_id).title != "New":
+        if time.monotonic() - back > 30:  # the TTL is 600 s: nobody replayed
+            print("stale", flush=True)
+            sys.exit()
+        time.sleep(0.005)
+    print(time.monotonic() - back, flush=True)
+    """
+)
+
+
+def test_an_idle_writer_replays_its_invalidation_when_redis_returns(
+    redis_url: str, redis_prefix: str, tmp_path: Path
+) -> None:
+    """The writer is cut from Redis while a write invalidates, then makes no call through its
+    cache: once Redis is reachable again, another process (which kept reaching Redis and its
+    old entry) reads the new value within about a second, not after the entry's TTL."""
+    path = tmp_path / "idle.sqlite3"
+    engine = db.create_engine(f"sqlite:///{path}")
+    upstream = urlsplit(redis_url)
+    with TcpProxy(upstream.hostname or "127.0.0.1", upstream.port or 6379) as proxy:
+        backend = RedisBackend(
+            f"redis://127.0.0.1:{proxy.port}{upstream.path}",
+            prefix=redis_prefix,
+            codec=codec(),
+        )
+        cache = Cache(backend, namespace="i", ttl=600)
+        stores = open_stores(engine, cache=cache)
+        sponsor = stores.users.create(username="sponsor", email="s@example.org")
+        bill = stores.bills.create(title="Old", sponsor_id=sponsor.id)
+        assert stores.bills.get_by_id(bill.id).title == "Old"  # type: ignore[union-attr]
+        reader = subprocess.Popen(
+            [sys.executable, "-c", _READER, redis_url, redis_prefix, str(path), str(bill.id)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            cwd=ROOT,
+        )
+        try:
+            assert reader.stdout is not None
+            assert reader.stdin is not None
+            assert reader.stdout.readline().strip() == "ready"
+            proxy.pause()  # the writer loses Redis; the reader does not
+            stores.bills.update(bill.id, title="New")  # commits; the invalidation is kept
+            assert cache.pending_invalidations == 1
+            time.sleep(1.5)  # a replay or two fail meanwhile
+            assert cache.pending_invalidations == 1
+            back = time.monotonic()
+            proxy.resume()  # from here on, the writer makes no call through its cache
+            reader.stdin.write(f"{back}\n")
+            reader.stdin.flush()
+            answer = reader.stdout.readline().strip()  # seconds until it read "New"
+        finally:
+            reader.kill()
+            reader.communicate()  # reaps it and closes both pipes
+        assert answer != "stale", "the other process read the old value for 30 s"
+        print(
+            f"replay window: {float(answer) * 1000:.0f} ms from Redis' return to the other's read"
+        )
+        wait_until(lambda: cache.pending_invalidations == 0)
+        backend.close()
     engine.dispose()
 
 

@@ -255,6 +255,29 @@ def test_bad_cursors_are_invalid_cursor_errors(
     assert isinstance(info.value, ValueError)
 
 
+def test_a_refused_cursor_under_a_per_process_key_names_the_setting(
+    sqlite_items: Engine,
+    first_page: tuple[Any, Any],
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Another process's cursor (this one signs with a key of its own) is refused, the error
+    says "another key", and the server log names PERFKIT_CURSOR_SECRET, once."""
+    import perfkit.pagination._cursor as cursor_module  # noqa: PLC0415 - its once-flag
+
+    monkeypatch.delenv("PERFKIT_CURSOR_SECRET", raising=False)
+    monkeypatch.setattr(cursor_module, "_mismatch_warned", False)
+    stmt, page = first_page  # signed with SECRET: "another process's" key here
+    with sqlite_items.connect() as conn:
+        for _ in range(2):
+            with pytest.raises(InvalidCursor, match="signed with another key"):
+                paginate_keyset(conn, stmt, limit=3, cursor=page.next_cursor)
+
+    warnings = [r.getMessage() for r in caplog.records if "failed its signature" in r.getMessage()]
+    assert len(warnings) == 1
+    assert "PERFKIT_CURSOR_SECRET" in warnings[0]
+
+
 def test_cursor_from_another_sort_or_filter_is_refused(
     sqlite_items: Engine, first_page: tuple[Any, Any]
 ) -> None:

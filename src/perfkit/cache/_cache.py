@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import weakref
 from collections.abc import Callable, Collection, Coroutine, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final, ParamSpec, TypeVar, overload
@@ -77,7 +78,9 @@ class Runtime:
         "_last_snapshot_log",
         "_lock",
         "_next_replay",
+        "_replayer",
         "_replaying",
+        "__weakref__",
         "backend",
         "bypassed",
         "clock",
@@ -103,6 +106,7 @@ class Runtime:
         self._lock = threading.Lock()
         self._next_replay = 0.0
         self._replaying = threading.Lock()
+        self._replayer: threading.Thread | None = None
         self._last_log = float("-inf")
         self._last_snapshot_log = float("-inf")
 
@@ -149,13 +153,26 @@ class Runtime:
             )
 
     def defer(self, keys: tuple[str, ...], tags: tuple[str, ...]) -> None:
-        """Keep an invalidation the backend could not take, for replay."""
+        """
+        Keep an invalidation the backend could not take, for replay: by the next call
+        through the cache, or by a thread that tries every second until none is left, so
+        other processes stop reading the invalidated entry even if this one goes idle.
+        """
         with self._lock:
             if len(self.pending) >= _MAX_PENDING:
                 # Too much to replay one by one: clear everything instead.
                 self.pending[:] = [((), _fill.CLEAR)]
             else:
                 self.pending.append((keys, tags))
+            replayer = self._replayer
+            if replayer is None or not replayer.is_alive():  # a forked child has none
+                self._replayer = threading.Thread(
+                    target=_replay_until_done,
+                    args=(weakref.ref(self),),
+                    name="perfkit-cache-replay",
+                    daemon=True,
+                )
+                self._replayer.start()
 
     def take_pending(self) -> Pending | None:
         """
@@ -182,6 +199,29 @@ class Runtime:
                 self.pending[:] = [item for item in self.pending if id(item) not in gone]
         finally:
             self._replaying.release()
+
+
+def _replay_until_done(ref: weakref.ReferenceType[Runtime]) -> None:
+    """
+    Replay a runtime's pending invalidations every :data:`_REPLAY_EVERY` seconds until none
+    is left (or the cache is gone), through the same steps and lock as the callers' replays.
+    """
+    pause = threading.Event()
+    while True:
+        pause.wait(_REPLAY_EVERY)  # the wall clock: a test's fake clock may never move
+        runtime = ref()
+        if runtime is None:
+            return
+        with runtime._lock:
+            if not runtime.pending:
+                runtime._replayer = None
+                return
+        _fill.run(_fill.replay_steps(runtime), _no_load, runtime.clock)
+        del runtime  # hold no reference while waiting: the cache may be collected
+
+
+def _no_load() -> None:
+    raise AssertionError("a replay loads nothing")  # pragma: no cover
 
 
 class Cache:

@@ -37,6 +37,7 @@ MAX_CURSOR_LENGTH: Final = 4096
 _TAG_BYTES: Final = 16
 _PROCESS_SECRET: Final = secrets.token_bytes(32)
 _warned = False
+_mismatch_warned = False
 
 Direction = Literal["next", "prev"]
 
@@ -71,6 +72,19 @@ def resolve_secret(secret: str | bytes | None) -> bytes:
     return secret.encode() if isinstance(secret, str) else secret
 
 
+def _warn_process_key_mismatch() -> None:
+    """Say once, on the server, the likely cause of a refused cursor: a per-process key."""
+    global _mismatch_warned  # noqa: PLW0603 - warn once per process
+    if not _mismatch_warned:
+        _mismatch_warned = True
+        log.warning(
+            "a keyset cursor failed its signature check, and this process signs cursors "
+            "with a random key of its own (no cursor secret given, PERFKIT_CURSOR_SECRET "
+            "unset): with several workers or instances each refuses the others' cursors; "
+            "give every process the same PERFKIT_CURSOR_SECRET"
+        )
+
+
 def encode_cursor(cursor: Cursor, *, fingerprint: str, secret: bytes) -> str:
     """Sign and encode *cursor* for the query with *fingerprint*."""
     payload = json.dumps(
@@ -99,7 +113,12 @@ def decode_cursor(text: str, *, fingerprint: str, secret: bytes, width: int) -> 
         raise InvalidCursor("the cursor is malformed") from None
     expected = hmac.new(secret, payload, hashlib.sha256).digest()[:_TAG_BYTES]
     if not dot or not hmac.compare_digest(tag, expected):
-        raise InvalidCursor("the cursor's signature does not match: it was altered or is foreign")
+        if secret is _PROCESS_SECRET:
+            _warn_process_key_mismatch()
+        raise InvalidCursor(
+            "the cursor's signature does not match: it was altered, or signed with another "
+            "key (by another process of this service, or before its key changed)"
+        )
     try:
         data = json.loads(payload)
         version, direction, values, scope = data["v"], data["d"], data["k"], data["f"]
