@@ -74,13 +74,13 @@ class Runtime:
     """
 
     __slots__ = (
+        "__weakref__",
         "_last_log",
         "_last_snapshot_log",
         "_lock",
         "_next_replay",
         "_replayer",
         "_replaying",
-        "__weakref__",
         "backend",
         "bypassed",
         "clock",
