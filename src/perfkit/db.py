@@ -49,6 +49,7 @@ if TYPE_CHECKING:
 __all__ = [
     "create_async_engine",
     "create_engine",
+    "create_tables",
     "detect_stale_loads",
     "for_writes",
     "normalize_url",
@@ -78,6 +79,7 @@ _PG_POOL_DEFAULTS: Final[dict[str, Any]] = {
     "pool_recycle": 1800,
 }
 _PG_CONNECT_TIMEOUT: Final = 5
+_DDL_LOCK: Final = 0x7065_7266_6B69_7401  # "perfkit" + 1: the advisory lock of create_tables
 
 _E = TypeVar("_E", Engine, "AsyncEngine")
 
@@ -186,6 +188,37 @@ def for_writes(engine: _E, *, mode: BeginMode = "IMMEDIATE") -> _E:
         msg = f"mode must be one of {sorted(_BEGIN_SQL)}, not {mode!r}"
         raise ValueError(msg)
     return engine.execution_options(**{_BEGIN_OPTION: mode})
+
+
+def create_tables(engine: Engine, *schema: sa.MetaData | sa.Table) -> None:
+    """
+    Create the tables of *schema* that are missing, safely from processes that start together.
+
+    ``create_all(checkfirst=True)`` looks before it creates, so two processes starting at
+    the same moment on an empty PostgreSQL database can both decide to create a table, and
+    one dies (``UniqueViolation`` on ``pg_type``). Here the look and the creation run in one
+    transaction that first takes a transaction-scoped advisory lock on PostgreSQL (it ends
+    with the transaction, so it survives a transaction pooler), and on SQLite begins with
+    ``BEGIN IMMEDIATE``: concurrent callers create each table once, the others find it.
+
+    Args:
+        engine: The engine to create them with.
+        schema: ``MetaData`` objects (all their tables) and single tables.
+
+    Example::
+
+        create_tables(engine, Base.metadata, outbox.table)
+
+    .. versionadded:: 0.2.0
+    """
+    with for_writes(engine).begin() as conn:
+        if conn.dialect.name == "postgresql":
+            conn.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": _DDL_LOCK})
+        for item in schema:
+            if isinstance(item, sa.MetaData):
+                item.create_all(conn, checkfirst=True)
+            else:
+                item.create(conn, checkfirst=True)
 
 
 def detect_stale_loads(engine: Engine | AsyncEngine) -> None:

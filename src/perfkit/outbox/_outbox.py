@@ -138,8 +138,10 @@ class Outbox:
         )
 
     def create(self, engine: Engine) -> None:
-        """Create the table if it is missing."""
-        self.table.create(engine, checkfirst=True)
+        """Create the table if it is missing (:func:`perfkit.db.create_tables`)."""
+        from perfkit.db import create_tables  # noqa: PLC0415 - the outbox loads no engine code
+
+        create_tables(engine, self.table)
 
     def add(
         self,

@@ -91,7 +91,7 @@ def seed(
     rng = random.Random(random_seed)
     end = now or datetime.now(UTC)
     start = end - timedelta(days=730)
-    Base.metadata.create_all(engine)
+    _db.create_tables(engine, Base.metadata)
     with _db.for_writes(engine).begin() as conn:
         for model in (User, Bill, Vote):
             if conn.execute(sa.select(sa.func.count()).select_from(model)).scalar_one():

@@ -1042,9 +1042,8 @@ def open_stores(
     owns_engine = not isinstance(database, Engine)
     engine = _db.create_engine(database) if not isinstance(database, Engine) else database
     if create_schema:
-        Base.metadata.create_all(engine)
-        if outbox is not None:
-            outbox.create(engine)
+        extra = () if outbox is None else (outbox.table,)
+        _db.create_tables(engine, Base.metadata, *extra)
     return Stores(
         engine,
         owns_engine=owns_engine,

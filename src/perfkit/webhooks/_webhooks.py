@@ -190,9 +190,8 @@ class Webhooks:
     # -- setup -----------------------------------------------------------------------
 
     def create(self) -> None:
-        """Create the two tables if they are missing."""
-        self.tables.endpoints.create(self.engine, checkfirst=True)
-        self.tables.deliveries.create(self.engine, checkfirst=True)
+        """Create the two tables if they are missing (:func:`perfkit.db.create_tables`)."""
+        _db.create_tables(self.engine, self.tables.endpoints, self.tables.deliveries)
 
     def close(self) -> None:
         """Close the HTTP client and stop its thread (a later attempt starts them again)."""
