@@ -12,6 +12,7 @@ import asyncio
 import enum
 import gc
 import threading
+import time
 import weakref
 from dataclasses import dataclass
 from pathlib import Path
@@ -610,3 +611,45 @@ def test_a_read_the_backend_failed_counts_as_a_miss_of_the_request() -> None:
         CURRENT.reset(token)
 
     assert (loaded, timing.cache_misses, timing.cache_hits) == ((1, 2), 2, 0)
+
+
+class _DownThenBlocking(MemoryBackend):
+    """Refuses the first invalidation (Redis down), then blocks the replay until released."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.refused = False
+        self.replaying = threading.Event()
+        self.release = threading.Event()
+
+    def invalidate(self, *, keys: Any = (), tags: Any = ()) -> None:
+        if not self.refused:
+            self.refused = True
+            raise ConnectionError("down")
+        if not self.release.is_set():
+            self.replaying.set()
+            self.release.wait(10)
+        super().invalidate(keys=keys, tags=tags)
+
+
+@pytest.mark.filterwarnings("ignore:This process .* is multi-threaded:DeprecationWarning")
+def test_a_child_forked_during_a_replay_can_replay() -> None:
+    """A fork while the replay thread waits on the backend: the child (without that thread)
+    still replays its pending invalidation instead of bypassing its cache for good."""
+    import os  # noqa: PLC0415
+
+    backend = _DownThenBlocking()
+    cache = Cache(backend, namespace="fork")
+    cache.invalidate(keys=["k"])  # refused: pending, and the replay thread starts
+    assert backend.replaying.wait(10)  # the thread's replay now waits inside the backend
+    pid = os.fork()
+    if pid == 0:  # the child: its copy of the backend answers; its own thread replays both
+        backend.release.set()
+        cache.invalidate(keys=["other"])  # within a second of the last try: kept, thread started
+        deadline = time.monotonic() + 10
+        while cache.pending_invalidations and time.monotonic() < deadline:
+            time.sleep(0.05)
+        os._exit(0 if cache.pending_invalidations == 0 else 1)
+    backend.release.set()
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0

@@ -218,19 +218,22 @@ async def test_async_postgresql_round_trip(pg_schema_url: str) -> None:
         await engine.dispose()
 
 
-_START_AT = """
-import asyncio, sys, time
+_START_TOGETHER = """
+import asyncio, os, sys, time
+from pathlib import Path
 from bill_api import create_app
 
 app = create_app(database_url=sys.argv[1])
+barrier, workers = Path(sys.argv[2]), int(sys.argv[3])
 
-async def start_at(moment: float) -> None:
-    while time.time() < moment:  # every process runs its startup at the same moment
+async def start_together() -> None:
+    (barrier / str(os.getpid())).touch()  # imported: check in, then wait for the others
+    while len(list(barrier.iterdir())) < workers:
         await asyncio.sleep(0.0005)
     async with app.router.lifespan_context(app):  # the example API's startup and shutdown
         pass
 
-asyncio.run(start_at(float(sys.argv[2])))
+asyncio.run(start_together())
 """
 
 
@@ -245,7 +248,6 @@ def test_workers_started_together_on_an_empty_database_all_start(
     import os  # noqa: PLC0415
     import subprocess  # noqa: PLC0415
     import sys  # noqa: PLC0415
-    import time  # noqa: PLC0415
     import uuid  # noqa: PLC0415
 
     from sqlalchemy.engine import make_url  # noqa: PLC0415
@@ -265,10 +267,11 @@ def test_workers_started_together_on_an_empty_database_all_start(
             hide_password=False
         )
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "examples")}
-    moment = time.time() + 3  # each has imported everything by then (~1.5 s here)
+    barrier = tmp_path / "barrier"
+    barrier.mkdir()
     processes = [
         subprocess.Popen(
-            [sys.executable, "-c", _START_AT, url, str(moment)],
+            [sys.executable, "-c", _START_TOGETHER, url, str(barrier), str(workers)],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
@@ -277,8 +280,8 @@ def test_workers_started_together_on_an_empty_database_all_start(
         for _ in range(workers)
     ]
     try:
-        outcomes = [(p.wait(timeout=60), p.communicate()[1][-300:]) for p in processes]
-        assert [code for code, _ in outcomes] == [0] * workers, [err for _, err in outcomes]
+        errors = [p.communicate(timeout=60)[1][-300:] for p in processes]
+        assert [p.returncode for p in processes] == [0] * workers, errors
         engine = db.create_engine(url)
         tables = set(sa.inspect(engine).get_table_names())
         engine.dispose()
@@ -291,3 +294,67 @@ def test_workers_started_together_on_an_empty_database_all_start(
             with admin.begin() as conn:
                 conn.exec_driver_sql(f'DROP SCHEMA "{schema}" CASCADE')
             admin.dispose()
+
+
+def _fresh_schema(base_url: str) -> tuple[Engine, str, str]:
+    import uuid  # noqa: PLC0415
+
+    from sqlalchemy.engine import make_url  # noqa: PLC0415
+
+    base = make_url(base_url).difference_update_query(["options"])
+    admin = db.create_engine(base)
+    schema = f"perfkit_tables_{uuid.uuid4().hex[:8]}"
+    with admin.begin() as conn:
+        conn.exec_driver_sql(f'CREATE SCHEMA "{schema}"')
+    url = base.update_query_dict({"options": f"-csearch_path={schema}"})
+    return admin, schema, url.render_as_string(hide_password=False)
+
+
+@pytest.mark.parametrize("isolation", ["AUTOCOMMIT", "REPEATABLE READ", "SERIALIZABLE"])
+def test_create_tables_excludes_whatever_the_engines_isolation(
+    isolation: str, pg_schema_url: str
+) -> None:
+    """Four threads create the same tables at once on engines whose isolation would break the
+    lock (AUTOCOMMIT ends it with its statement; a snapshot taken before the wait misses the
+    tables the holder made): each table is made once, no caller fails."""
+    admin, schema, url = _fresh_schema(pg_schema_url)
+    engine = db.create_engine(url, isolation_level=isolation)
+    metadata = sa.MetaData()
+    for n in range(5):
+        sa.Table(f"t{n}", metadata, sa.Column("id", sa.Integer, primary_key=True))
+    start = threading.Barrier(4)
+    errors: list[BaseException] = []
+
+    def create() -> None:
+        start.wait()
+        try:
+            db.create_tables(engine, metadata)
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=create) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    try:
+        assert errors == []
+        assert {f"t{n}" for n in range(5)} == set(sa.inspect(engine).get_table_names())
+    finally:
+        engine.dispose()
+        with admin.begin() as conn:
+            conn.exec_driver_sql(f'DROP SCHEMA "{schema}" CASCADE')
+        admin.dispose()
+
+
+def test_create_tables_with_nothing_missing_needs_no_write_lock(tmp_path: Path) -> None:
+    """Every start but the first only looks: another connection holding SQLite's write lock
+    does not make it wait (create_all's transaction would time out on it)."""
+    engine = db.create_engine(f"sqlite:///{tmp_path / 'all-there.sqlite3'}", busy_timeout=0.2)
+    metadata = sa.MetaData()
+    sa.Table("items", metadata, sa.Column("id", sa.Integer, primary_key=True))
+    db.create_tables(engine, metadata)
+    with db.for_writes(engine).begin() as holder:
+        holder.exec_driver_sql("INSERT INTO items (id) VALUES (1)")  # holds the write lock
+        db.create_tables(engine, metadata)
+    engine.dispose()

@@ -199,7 +199,9 @@ def create_tables(engine: Engine, *schema: sa.MetaData | sa.Table) -> None:
     one dies (``UniqueViolation`` on ``pg_type``). Here the look and the creation run in one
     transaction that first takes a transaction-scoped advisory lock on PostgreSQL (it ends
     with the transaction, so it survives a transaction pooler), and on SQLite begins with
-    ``BEGIN IMMEDIATE``: concurrent callers create each table once, the others find it.
+    ``BEGIN IMMEDIATE``: concurrent callers create each table once, the others find it. When
+    nothing is missing (every start but the first) it only looks: no lock, no write. An SQLite
+    engine not made by :func:`create_engine` has no ``BEGIN IMMEDIATE`` and so no such guard.
 
     Args:
         engine: The engine to create them with.
@@ -211,14 +213,28 @@ def create_tables(engine: Engine, *schema: sa.MetaData | sa.Table) -> None:
 
     .. versionadded:: 0.2.0
     """
-    with for_writes(engine).begin() as conn:
+    tables = [
+        t
+        for item in schema
+        for t in (item.sorted_tables if isinstance(item, sa.MetaData) else [item])
+    ]
+    with engine.connect() as conn:  # all there (the usual start): no lock, no write
+        inspector = sa.inspect(conn)
+        missing = [t for t in tables if not inspector.has_table(t.name, schema=t.schema)]
+    if not missing:
+        return
+    if engine.dialect.name == "postgresql":
+        # Under READ COMMITTED whatever the engine's level: in AUTOCOMMIT the lock would end
+        # with its statement, and a REPEATABLE READ snapshot taken before the wait would
+        # not see the tables the holder made.
+        locked: Engine = engine.execution_options(isolation_level="READ COMMITTED")
+    else:
+        locked = for_writes(engine)
+    with locked.begin() as conn:
         if conn.dialect.name == "postgresql":
             conn.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": _DDL_LOCK})
-        for item in schema:
-            if isinstance(item, sa.MetaData):
-                item.create_all(conn, checkfirst=True)
-            else:
-                item.create(conn, checkfirst=True)
+        for table in missing:
+            table.create(conn, checkfirst=True)
 
 
 def detect_stale_loads(engine: Engine | AsyncEngine) -> None:

@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import weakref
 from collections.abc import Callable, Collection, Coroutine, Iterable
@@ -107,6 +108,7 @@ class Runtime:
         self._next_replay = 0.0
         self._replaying = threading.Lock()
         self._replayer: threading.Thread | None = None
+        _RUNTIMES.add(self)
         self._last_log = float("-inf")
         self._last_snapshot_log = float("-inf")
 
@@ -164,15 +166,19 @@ class Runtime:
                 self.pending[:] = [((), _fill.CLEAR)]
             else:
                 self.pending.append((keys, tags))
-            replayer = self._replayer
-            if replayer is None or not replayer.is_alive():  # a forked child has none
-                self._replayer = threading.Thread(
+            if self._replayer is None and self.clock is SYSTEM_CLOCK:
+                # A fake clock moves only when a test says so: so do its replays.
+                replayer = threading.Thread(
                     target=_replay_until_done,
                     args=(weakref.ref(self),),
                     name="perfkit-cache-replay",
                     daemon=True,
                 )
-                self._replayer.start()
+                try:
+                    replayer.start()
+                except RuntimeError:  # interpreter shutting down, no threads left: calls replay
+                    return
+                self._replayer = replayer
 
     def take_pending(self) -> Pending | None:
         """
@@ -199,6 +205,23 @@ class Runtime:
                 self.pending[:] = [item for item in self.pending if id(item) not in gone]
         finally:
             self._replaying.release()
+
+
+_RUNTIMES: Final[weakref.WeakSet[Runtime]] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    # A lock held by a parent's thread (a replay waiting on Redis) would stay held for good
+    # in the child, which has no such thread: every runtime starts with fresh locks and no
+    # replayer; its pending invalidations are replayed by its next call or invalidation.
+    for runtime in list(_RUNTIMES):
+        runtime._lock = threading.Lock()
+        runtime._replaying = threading.Lock()
+        runtime._replayer = None
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def _replay_until_done(ref: weakref.ReferenceType[Runtime]) -> None:
