@@ -218,6 +218,20 @@ async def test_async_postgresql_round_trip(pg_schema_url: str) -> None:
         await engine.dispose()
 
 
+def _fresh_schema(base_url: str) -> tuple[Engine, str, str]:
+    import uuid  # noqa: PLC0415
+
+    from sqlalchemy.engine import make_url  # noqa: PLC0415
+
+    base = make_url(base_url).difference_update_query(["options"])
+    admin = db.create_engine(base)
+    schema = f"perfkit_tables_{uuid.uuid4().hex[:8]}"
+    with admin.begin() as conn:
+        conn.exec_driver_sql(f'CREATE SCHEMA "{schema}"')
+    url = base.update_query_dict({"options": f"-csearch_path={schema}"})
+    return admin, schema, url.render_as_string(hide_password=False)
+
+
 _START_TOGETHER = """
 import asyncio, os, sys, time
 from pathlib import Path
@@ -248,24 +262,12 @@ def test_workers_started_together_on_an_empty_database_all_start(
     import os  # noqa: PLC0415
     import subprocess  # noqa: PLC0415
     import sys  # noqa: PLC0415
-    import uuid  # noqa: PLC0415
-
-    from sqlalchemy.engine import make_url  # noqa: PLC0415
 
     if backend == "sqlite":
         url = f"sqlite:///{tmp_path / 'together.sqlite3'}"
         admin = None
     else:
-        base = make_url(request.getfixturevalue("pg_schema_url")).difference_update_query(
-            ["options"]
-        )
-        admin = db.create_engine(base)
-        schema = f"perfkit_together_{uuid.uuid4().hex[:8]}"
-        with admin.begin() as conn:
-            conn.exec_driver_sql(f'CREATE SCHEMA "{schema}"')
-        url = base.update_query_dict({"options": f"-csearch_path={schema}"}).render_as_string(
-            hide_password=False
-        )
+        admin, schema, url = _fresh_schema(request.getfixturevalue("pg_schema_url"))
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "examples")}
     barrier = tmp_path / "barrier"
     barrier.mkdir()
@@ -294,20 +296,6 @@ def test_workers_started_together_on_an_empty_database_all_start(
             with admin.begin() as conn:
                 conn.exec_driver_sql(f'DROP SCHEMA "{schema}" CASCADE')
             admin.dispose()
-
-
-def _fresh_schema(base_url: str) -> tuple[Engine, str, str]:
-    import uuid  # noqa: PLC0415
-
-    from sqlalchemy.engine import make_url  # noqa: PLC0415
-
-    base = make_url(base_url).difference_update_query(["options"])
-    admin = db.create_engine(base)
-    schema = f"perfkit_tables_{uuid.uuid4().hex[:8]}"
-    with admin.begin() as conn:
-        conn.exec_driver_sql(f'CREATE SCHEMA "{schema}"')
-    url = base.update_query_dict({"options": f"-csearch_path={schema}"})
-    return admin, schema, url.render_as_string(hide_password=False)
 
 
 @pytest.mark.parametrize("isolation", ["AUTOCOMMIT", "REPEATABLE READ", "SERIALIZABLE"])
