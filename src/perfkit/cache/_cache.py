@@ -176,7 +176,7 @@ class Runtime:
                 )
                 try:
                     replayer.start()
-                except RuntimeError:  # interpreter shutting down, no threads left: calls replay
+                except RuntimeError:  # shutting down, or no threads left: the next calls replay
                     return
                 self._replayer = replayer
 
