@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any, Final
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
+from perfkit import db as _db
 from perfkit._sqltypes import UTCDateTime
 
 if TYPE_CHECKING:
@@ -139,9 +140,7 @@ class Outbox:
 
     def create(self, engine: Engine) -> None:
         """Create the table if it is missing (:func:`perfkit.db.create_tables`)."""
-        from perfkit.db import create_tables  # noqa: PLC0415 - the outbox loads no engine code
-
-        create_tables(engine, self.table)
+        _db.create_tables(engine, self.table)
 
     def add(
         self,
