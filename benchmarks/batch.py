@@ -73,7 +73,7 @@ def measure(engine: Engine, *, rounds: int, loop: int, bulk: int) -> tuple[float
     """Median votes/s of the loop and of cast_many."""
     seed(engine, users=USERS, bills=BILLS, votes=0)
     cache = Cache(MemoryBackend(maxsize=100_000), namespace="bench", ttl=300)
-    stores: Stores = open_stores(engine, cache=cache, create_schema=False)
+    stores: Stores = open_stores(engine, cache=cache, schema="none")
     per_bill = USERS
     next_bill = 1
     loop_rates, bulk_rates = [], []

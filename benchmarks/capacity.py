@@ -45,6 +45,7 @@ import httpx
 import sqlalchemy as sa
 
 from bill_api.loadtest import SEEDED_USERS, prime, scenario
+from perfkit import db, migrations
 from perfkit.load import HTTPClient, Request, load_budgets, report, run
 from perfkit.reference import open_stores, seed
 from servers import PIN_SERVER, Config, serve, uvicorn
@@ -102,6 +103,9 @@ def postgres_url() -> str:
         conn.execute(sa.text(f"CREATE DATABASE {PG_DATABASE}"))
     admin.dispose()
     url = f"postgresql+psycopg://postgres@127.0.0.1:5432/{PG_DATABASE}"
+    engine = db.create_engine(url)
+    migrations.upgrade(engine, "perfkit", "perfkit_reference")  # once, as a deploy would
+    engine.dispose()
     with open_stores(url) as stores:
         seed(stores.engine)
     return url

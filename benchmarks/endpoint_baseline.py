@@ -412,7 +412,7 @@ def prepare(database_url: str, *, voters: int, token: str, analyze: bool) -> lis
     Returns:
         The new users' ids.
     """
-    with open_stores(database_url, create_schema=False) as stores:
+    with open_stores(database_url, schema="none") as stores:
         with stores.engine.connect() as conn:
             counts = {
                 model.__tablename__: conn.execute(

@@ -58,7 +58,7 @@ def child(variant: str, url: str) -> None:
     from perfkit.http import csv_chunks, ndjson_chunks  # noqa: PLC0415
     from perfkit.reference import Vote, VoteRecord  # noqa: PLC0415
 
-    stores = open_stores(url, create_schema=False)
+    stores = open_stores(url, schema="none")
     stores.votes.counts(1)  # connect, warm the statement cache
     before = _status()["VmRSS"]
     started = time.perf_counter()

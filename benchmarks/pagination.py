@@ -138,7 +138,7 @@ def measure_queries(engine: sa.Engine, rows: int) -> list[tuple[str, float, str]
 def measure_endpoint(url: str, rows: int) -> tuple[float, float]:
     """Requests/s of GET /bills?limit=20 and of a naive GET of every bill."""
     # As the example app runs: reads cached in process, so page counts are cached too.
-    stores = open_stores(url, create_schema=False, cache=Cache(MemoryBackend(), namespace="b"))
+    stores = open_stores(url, schema="none", cache=Cache(MemoryBackend(), namespace="b"))
     app = create_app(stores=stores)
 
     @app.get("/naive/bills")

@@ -18,9 +18,9 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine, make_url
 
 from helpers import delete_keys
-from perfkit import db
+from perfkit import db, migrations
 from perfkit.cache import Cache, MemoryBackend
-from perfkit.reference import Base, Stores, open_stores
+from perfkit.reference import Stores, open_stores
 from perfkit.testing import FakeClock
 from pg_cluster import PostgresCluster
 from pg_cluster import available as pg_cluster_available
@@ -65,13 +65,32 @@ def pg_schema_url() -> Iterator[str]:
         probe.dispose()
 
 
+@pytest.fixture
+def fresh_pg_url(pg_schema_url: str) -> Iterator[str]:
+    """
+    A URL of an empty PostgreSQL schema of this test's own, dropped at the end.
+    """
+    base = make_url(pg_schema_url).difference_update_query(["options"])
+    admin = db.create_engine(base, pool_size=1)
+    schema = f"perfkit_fresh_{uuid.uuid4().hex[:8]}"
+    with admin.begin() as conn:
+        conn.exec_driver_sql(f'CREATE SCHEMA "{schema}"')
+    url = base.update_query_dict({"options": f"-csearch_path={schema}"})
+    try:
+        yield url.render_as_string(hide_password=False)
+    finally:
+        with admin.begin() as conn:
+            conn.exec_driver_sql(f'DROP SCHEMA "{schema}" CASCADE')
+        admin.dispose()
+
+
 @pytest.fixture(scope="session")
 def pg_engine(pg_schema_url: str) -> Iterator[Engine]:
     """
     An engine on this run's PostgreSQL schema with the reference tables.
     """
     engine = db.create_engine(pg_schema_url)
-    Base.metadata.create_all(engine)
+    migrations.upgrade(engine, "perfkit", "perfkit_reference")
     yield engine
     engine.dispose()
 
@@ -82,12 +101,11 @@ def truncate(engine: Engine) -> None:
     """
     with engine.begin() as conn:
         conn.exec_driver_sql("TRUNCATE votes, bills, users RESTART IDENTITY CASCADE")
-        # The example API's webhook tables, where a test made them.
-        if conn.exec_driver_sql("SELECT to_regclass('perfkit_webhook_endpoints')").scalar():
-            conn.exec_driver_sql(
-                "TRUNCATE perfkit_webhook_deliveries, perfkit_webhook_endpoints "
-                "RESTART IDENTITY CASCADE"
-            )
+        # perfkit's own tables (the outbox, the webhooks), made by the migrations.
+        conn.exec_driver_sql(
+            "TRUNCATE perfkit_outbox, perfkit_webhook_deliveries, perfkit_webhook_endpoints "
+            "RESTART IDENTITY CASCADE"
+        )
 
 
 @pytest.fixture
@@ -96,7 +114,7 @@ def sqlite_engine(tmp_path: Path) -> Iterator[Engine]:
     An engine on a fresh SQLite file (WAL, so it behaves like production).
     """
     engine = db.create_engine(f"sqlite:///{tmp_path / 'perfkit.sqlite3'}")
-    Base.metadata.create_all(engine)
+    migrations.upgrade(engine, "perfkit_reference")
     yield engine
     engine.dispose()
 

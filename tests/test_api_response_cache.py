@@ -69,8 +69,10 @@ class HTTPFreshness(RuleBasedStateMachine):
         self.directory = Path(tempfile.mkdtemp(prefix="perfkit-http-"))
         self.engine = db.create_engine(f"sqlite:///{self.directory / 'api.sqlite3'}")
         self.backend = self.make_backend()
-        cached = open_stores(self.engine, cache=Cache(self.backend, namespace="http"))
-        truth = open_stores(self.engine, create_schema=False)
+        cached = open_stores(
+            self.engine, cache=Cache(self.backend, namespace="http"), schema="create"
+        )
+        truth = open_stores(self.engine, schema="none")
         _seed(self.engine)
         self.loop = asyncio.new_event_loop()
         self.cached = _client(create_app(stores=cached))

@@ -94,8 +94,10 @@ class CachedStoreMachine(RuleBasedStateMachine):
         super().__init__()
         self.engine = db.create_engine("sqlite://")
         self.backend = self.make_backend()
-        self.cached: Stores = open_stores(self.engine, cache=self.make_cache(self.backend))
-        self.truth: Stores = open_stores(self.engine, create_schema=False)
+        self.cached: Stores = open_stores(
+            self.engine, cache=self.make_cache(self.backend), schema="create"
+        )
+        self.truth: Stores = open_stores(self.engine, schema="none")
         _seed(self.engine)
 
     def make_cache(self, backend: Backend) -> Cache:
@@ -512,7 +514,7 @@ def test_invalidation_runs_after_commit_and_never_on_failure(tmp_path: Any) -> N
     engine = db.create_engine(f"sqlite:///{tmp_path / 'order.sqlite3'}")
     cache = Cache(MemoryBackend(), namespace="order")
     stores = open_stores(engine, cache=cache)
-    observer = open_stores(engine, create_schema=False)  # another connection, no cache
+    observer = open_stores(engine, schema="none")  # another connection, no cache
     seen: list[tuple[tuple[str, ...], str | None]] = []
     original = cache.invalidate
 

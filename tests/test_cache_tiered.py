@@ -111,7 +111,7 @@ READER = textwrap.dedent(
     database, redis_url, prefix, bill_id = sys.argv[1:5]
     backend = TieredBackend(RedisBackend(redis_url, prefix=prefix, codec=codec()))
     backend.wait_subscribed(5)
-    stores = open_stores(database, cache=Cache(backend, namespace="two"), create_schema=False)
+    stores = open_stores(database, cache=Cache(backend, namespace="two"), schema="none")
     print(json.dumps({"ready": stores.bills.get_by_id(int(bill_id)).title}), flush=True)
     titles = []
     deadline = time.monotonic() + 10

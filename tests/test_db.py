@@ -218,95 +218,14 @@ async def test_async_postgresql_round_trip(pg_schema_url: str) -> None:
         await engine.dispose()
 
 
-def _fresh_schema(base_url: str) -> tuple[Engine, str, str]:
-    import uuid  # noqa: PLC0415
-
-    from sqlalchemy.engine import make_url  # noqa: PLC0415
-
-    base = make_url(base_url).difference_update_query(["options"])
-    admin = db.create_engine(base)
-    schema = f"perfkit_tables_{uuid.uuid4().hex[:8]}"
-    with admin.begin() as conn:
-        conn.exec_driver_sql(f'CREATE SCHEMA "{schema}"')
-    url = base.update_query_dict({"options": f"-csearch_path={schema}"})
-    return admin, schema, url.render_as_string(hide_password=False)
-
-
-_START_TOGETHER = """
-import asyncio, os, sys, time
-from pathlib import Path
-from bill_api import create_app
-
-app = create_app(database_url=sys.argv[1])
-barrier, workers = Path(sys.argv[2]), int(sys.argv[3])
-
-async def start_together() -> None:
-    (barrier / str(os.getpid())).touch()  # imported: check in, then wait for the others
-    while len(list(barrier.iterdir())) < workers:
-        await asyncio.sleep(0.0005)
-    async with app.router.lifespan_context(app):  # the example API's startup and shutdown
-        pass
-
-asyncio.run(start_together())
-"""
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize(("backend", "workers"), [("sqlite", 3), ("postgresql", 6)])
-def test_workers_started_together_on_an_empty_database_all_start(
-    backend: str, workers: int, tmp_path: Path, request: pytest.FixtureRequest
-) -> None:
-    """Example-API processes run their startup at the same moment on an empty database: each
-    creates what is missing or finds it, and all start (on PostgreSQL, one of six used to die
-    of a UniqueViolation on pg_type in 3 runs of 3; with four, in 2 of 3)."""
-    import os  # noqa: PLC0415
-    import subprocess  # noqa: PLC0415
-    import sys  # noqa: PLC0415
-
-    if backend == "sqlite":
-        url = f"sqlite:///{tmp_path / 'together.sqlite3'}"
-        admin = None
-    else:
-        admin, schema, url = _fresh_schema(request.getfixturevalue("pg_schema_url"))
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "examples")}
-    barrier = tmp_path / "barrier"
-    barrier.mkdir()
-    processes = [
-        subprocess.Popen(
-            [sys.executable, "-c", _START_TOGETHER, url, str(barrier), str(workers)],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            env=env,
-        )
-        for _ in range(workers)
-    ]
-    try:
-        errors = [p.communicate(timeout=60)[1][-300:] for p in processes]
-        assert [p.returncode for p in processes] == [0] * workers, errors
-        engine = db.create_engine(url)
-        tables = set(sa.inspect(engine).get_table_names())
-        engine.dispose()
-        assert {"users", "bills", "votes", "perfkit_outbox"} <= tables
-    finally:
-        for process in processes:
-            process.kill()
-            process.communicate()
-        if admin is not None:
-            with admin.begin() as conn:
-                conn.exec_driver_sql(f'DROP SCHEMA "{schema}" CASCADE')
-            admin.dispose()
-
-
 @pytest.mark.parametrize("isolation", ["AUTOCOMMIT", "REPEATABLE READ", "SERIALIZABLE"])
 def test_create_tables_excludes_whatever_the_engines_isolation(
-    isolation: str, pg_schema_url: str
+    isolation: str, fresh_pg_url: str
 ) -> None:
     """Four threads create the same tables at once on engines whose isolation would break the
     lock (AUTOCOMMIT ends it with its statement; a snapshot taken before the wait misses the
     tables the holder made): each table is made once, no caller fails."""
-    admin, schema, url = _fresh_schema(pg_schema_url)
-    engine = db.create_engine(url, isolation_level=isolation)
+    engine = db.create_engine(fresh_pg_url, isolation_level=isolation)
     metadata = sa.MetaData()
     for n in range(5):
         sa.Table(f"t{n}", metadata, sa.Column("id", sa.Integer, primary_key=True))
@@ -330,9 +249,6 @@ def test_create_tables_excludes_whatever_the_engines_isolation(
         assert {f"t{n}" for n in range(5)} == set(sa.inspect(engine).get_table_names())
     finally:
         engine.dispose()
-        with admin.begin() as conn:
-            conn.exec_driver_sql(f'DROP SCHEMA "{schema}" CASCADE')
-        admin.dispose()
 
 
 def test_create_tables_with_nothing_missing_needs_no_write_lock(tmp_path: Path) -> None:

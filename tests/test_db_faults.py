@@ -20,7 +20,7 @@ from sqlalchemy.engine import Engine, make_url
 
 from bill_api import create_app
 from fault_load import run_load, serve, stored_votes, summary
-from perfkit import db
+from perfkit import db, migrations
 from perfkit.reference import Stores, open_stores, seed
 from perfkit.resilience import retry_stats
 from pg_cluster import PostgresCluster
@@ -62,7 +62,7 @@ def killable(pg_clean_engine: Engine, pg_schema_url: str) -> Iterator[Stores]:
     """The reference stores on this run's schema, on connections the test can find and kill."""
     seed(pg_clean_engine, users=USERS, bills=BILLS, votes=0, random_seed=3)
     engine = db.create_engine(pg_schema_url, connect_args={"application_name": APP_NAME})
-    with open_stores(engine, create_schema=False) as stores:
+    with open_stores(engine, schema="none") as stores:
         yield stores
     engine.dispose()
 
@@ -115,9 +115,7 @@ def proxied_stores(
         engine = db.create_engine(
             url.set(host="127.0.0.1", port=proxy.port), connect_args={"connect_timeout": 1}
         )
-        with open_stores(
-            engine, create_schema=False, read_deadline=0.3, write_deadline=0.5
-        ) as stores:
+        with open_stores(engine, schema="none", read_deadline=0.3, write_deadline=0.5) as stores:
             yield stores, proxy
         engine.dispose()
 
@@ -169,11 +167,12 @@ def test_a_postgresql_restart_under_load_gives_no_500_and_lose_no_write(
     """The same load while a private PostgreSQL server is restarted twice ("fast":
     sessions ended with 57P01) and crashed once ("immediate")."""
     engine = db.create_engine(pg_cluster.url)
+    migrations.upgrade(engine, "perfkit_reference")
     seed(engine, users=USERS, bills=BILLS, votes=0, random_seed=3)
     recoveries: list[float] = []
     downtime: list[float] = []
 
-    with open_stores(engine, create_schema=False) as stores:
+    with open_stores(engine, schema="none") as stores:
         restarted: list[float] = []
 
         def restart_three_times() -> None:
@@ -216,7 +215,7 @@ async def test_sqlite_locked_past_its_busy_timeout_reads_serve_and_writes_are_50
     url = f"sqlite:///{tmp_path / 'locked.sqlite3'}"
     engine = db.create_engine(url, busy_timeout=0.05)
     seed(engine, users=10, bills=5, votes=0, random_seed=3)
-    stores = open_stores(engine, create_schema=False, write_deadline=0.5)
+    stores = open_stores(engine, schema="none", write_deadline=0.5)
     holder = db.for_writes(engine).connect()
     holder.begin()
     holder.exec_driver_sql("UPDATE bills SET title = title")  # holds the write lock

@@ -35,6 +35,7 @@ PUBLIC = [
     "RedisBackend",
     "RequestTiming",
     "RetryBudget",
+    "SchemaNotCurrent",
     "TieredBackend",
     "TimingMiddleware",
     "WSGITimingMiddleware",
@@ -230,6 +231,24 @@ TESTING = [
 ]
 
 
+MIGRATIONS = [
+    "BRANCHES",
+    "REFERENCE_VERSIONS",
+    "VERSIONS",
+    "VERSION_TABLE",
+    "Branch",
+    "CopyReport",
+    "SchemaState",
+    "TableCopy",
+    "check",
+    "copy_database",
+    "include_name",
+    "prepare",
+    "state",
+    "upgrade",
+]
+
+
 OBSERVABILITY = [
     "DB_DURATION",
     "HTTP_DURATION",
@@ -260,6 +279,7 @@ OBSERVABILITY = [
         ("perfkit.outbox", OUTBOX),
         ("perfkit.webhooks", WEBHOOKS),
         ("perfkit.testing", TESTING),
+        ("perfkit.migrations", MIGRATIONS),
     ],
 )
 def test_http_and_fastapi_all_are_pinned(module: str, names: list[str]) -> None:
@@ -318,7 +338,7 @@ def _modules_after(code: str) -> set[str]:
 # Optional integrations: never loaded by importing perfkit or perfkit.reference.
 OPTIONAL = {"redis", "fastapi", "starlette", "uvicorn", "opentelemetry.sdk", "greenlet",
             "aiosqlite", "psycopg", "sqlalchemy.ext.asyncio", "pydantic", "dramatiq",
-            "pika"}  # fmt: skip
+            "pika", "alembic"}  # fmt: skip
 # Loaded only by the parts that use them: not by `import perfkit` nor `import perfkit.cache`.
 HEAVY = OPTIONAL | {"sqlalchemy", "tenacity", "opentelemetry", "pybreaker"}
 
@@ -327,7 +347,8 @@ HOMES = {
     "perfkit.cache": ["Cache", "CacheStats", "JSONCodec", "MemoryBackend", "RedisBackend",
                       "TieredBackend"],
     "perfkit.errors": ["BodyTooLarge", "CircuitOpenError", "CommitOutcomeUnknown", "Conflict",
-                       "InvalidCursor", "InvalidInput", "InvalidPage", "NotFound", "PerfkitError"],
+                       "InvalidCursor", "InvalidInput", "InvalidPage", "NotFound", "PerfkitError",
+                       "SchemaNotCurrent"],
     "perfkit.observability": ["RequestTiming", "TimingMiddleware", "WSGITimingMiddleware",
                               "instrument_engine"],
     "perfkit.pagination": ["CursorPage", "Page", "apaginate", "apaginate_keyset", "paginate",
@@ -340,7 +361,7 @@ HOMES = {
 
 def test_import_stays_light() -> None:
     """import perfkit.reference (and perfkit.outbox) loads no optional integration."""
-    loaded = _modules_after("import perfkit, perfkit.reference, perfkit.outbox")
+    loaded = _modules_after("import perfkit, perfkit.reference, perfkit.outbox, perfkit.migrations")
 
     assert set() == OPTIONAL & loaded
 

@@ -350,7 +350,7 @@ def proxied_stores(
     with TcpProxy(url.host or "127.0.0.1", url.port or 5432) as proxy:
         engine = db.create_engine(url.set(host="127.0.0.1", port=proxy.port))
         cache = Cache(MemoryBackend(), namespace="lost-commit", ttl=60)
-        with open_stores(engine, cache=cache, create_schema=False) as stores:
+        with open_stores(engine, cache=cache, schema="none") as stores:
             yield stores, proxy, pg_clean_engine
         engine.dispose()
 

@@ -5,6 +5,7 @@ The reference store contract on SQLite and on PostgreSQL.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from sqlalchemy.engine import Engine
@@ -41,7 +42,7 @@ def test_open_stores_from_url_creates_schema_and_owns_engine(tmp_path) -> None:
         engine = stores.engine
     assert engine.pool.checkedout() == 0
 
-    with open_stores(url, create_schema=False) as again:
+    with open_stores(url, schema="none") as again:
         assert user == again.users.get_by_id(user.id)
 
 
@@ -75,3 +76,13 @@ class TestPostgreSQLStoresCachedInRedis(StoreContract):
         with open_stores(pg_clean_engine, cache=Cache(backend, namespace="contract")) as opened:
             yield opened
         backend.close()
+
+
+def test_create_schema_is_deprecated_for_schema(tmp_path: Path) -> None:
+    """create_schema= still works, with a DeprecationWarning that points at the caller and
+    names its replacement."""
+    url = f"sqlite:///{tmp_path / 'old.sqlite3'}"
+    with pytest.warns(DeprecationWarning, match='pass schema="create"') as caught:
+        stores = open_stores(url, create_schema=True)
+    stores.close()
+    assert caught[0].filename == __file__

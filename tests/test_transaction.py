@@ -206,7 +206,7 @@ VOTER = textwrap.dedent(
     url, worker, bills = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
     # A busy_timeout 250x below the default makes SQLITE_BUSY likely: retries absorb it.
     engine = db.create_engine(url, busy_timeout=0.02)
-    stores = open_stores(engine, create_schema=False)
+    stores = open_stores(engine, schema="none")
     ok = conflicts = errors = 0
     for i in range(300):
         bill = (i % bills) + 1
@@ -258,5 +258,5 @@ def test_four_processes_casting_votes_lose_and_duplicate_nothing(tmp_path: Path)
     assert [r["errors"] for r in reports] == [0, 0, 0, 0]
     assert [r["ok"] for r in reports] == [300, 300, 300, 300]
     assert total == distinct == 1_200
-    with open_stores(url, create_schema=False) as stores:
+    with open_stores(url, schema="none") as stores:
         assert stores.votes.counts(1).yes == 24  # 6 voters per worker on bill 1

@@ -293,7 +293,7 @@ def _consume_events(app: FastAPI, engine: sa.Engine, outbox: Outbox) -> Callable
     The webhooks, and (embedded) a relay thread and a webhook worker consuming the
     events in this process; returns what stops them.
     """
-    hooks = app.state.webhooks = events.webhooks(engine)
+    hooks = app.state.webhooks = events.webhooks(engine, create=False)  # migrated
     if events.amqp_url() is not None:  # the relay and the worker are processes of their own
         return hooks.close
     worker = app.state.webhook_worker = WebhookWorker(hooks)

@@ -16,7 +16,7 @@ import os
 
 from bill_api import events
 from bill_api.app import DEFAULT_DATABASE_URL
-from perfkit import db
+from perfkit import db, migrations
 from perfkit.outbox import DramatiqPublisher, Relay
 
 SWEEP_INTERVAL = 60.0
@@ -30,7 +30,7 @@ def main() -> None:
     url = os.environ.get("PERFKIT_DATABASE_URL") or DEFAULT_DATABASE_URL
     engine = db.create_engine(url)
     outbox = events.outbox()
-    outbox.create(engine)
+    migrations.prepare(engine, "perfkit")  # SQLite: migrated here; elsewhere: checked
     logging.getLogger("bill_api.relay").info("relaying %s to %s", url, events.QUEUE)
     webhook_queue.start_sweeping(SWEEP_INTERVAL)
     try:

@@ -29,6 +29,7 @@ if TYPE_CHECKING:
         InvalidPage,
         NotFound,
         PerfkitError,
+        SchemaNotCurrent,
     )
     from .observability import TimingMiddleware, WSGITimingMiddleware, instrument_engine
     from .pagination import (
@@ -72,6 +73,7 @@ __all__ = [
     "RedisBackend",
     "RequestTiming",
     "RetryBudget",
+    "SchemaNotCurrent",
     "TieredBackend",
     "TimingMiddleware",
     "WSGITimingMiddleware",
@@ -111,6 +113,7 @@ _LAZY: Final[dict[str, str]] = {
     "RedisBackend": ".cache",
     "RequestTiming": "._context",
     "RetryBudget": ".resilience",
+    "SchemaNotCurrent": ".errors",
     "TieredBackend": ".cache",
     "TimingMiddleware": ".observability",
     "WSGITimingMiddleware": ".observability",

@@ -34,6 +34,8 @@ SQLAlchemy unchanged; passing ``poolclass`` drops the pool sizing defaults.
 from __future__ import annotations
 
 import weakref
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, Final, Literal, TypeVar, overload
 
 import sqlalchemy as sa
@@ -53,6 +55,7 @@ __all__ = [
     "detect_stale_loads",
     "for_writes",
     "normalize_url",
+    "schema_transaction",
 ]
 
 BeginMode = Literal["DEFERRED", "IMMEDIATE", "EXCLUSIVE"]
@@ -79,7 +82,7 @@ _PG_POOL_DEFAULTS: Final[dict[str, Any]] = {
     "pool_recycle": 1800,
 }
 _PG_CONNECT_TIMEOUT: Final = 5
-_DDL_LOCK: Final = 0x7065_7266_6B69_7401  # "perfkit" + 1: the advisory lock of create_tables
+_DDL_LOCK: Final = 0x7065_7266_6B69_7401  # "perfkit" + 1: the advisory lock of schema changes
 
 _E = TypeVar("_E", Engine, "AsyncEngine")
 
@@ -223,6 +226,34 @@ def create_tables(engine: Engine, *schema: sa.MetaData | sa.Table) -> None:
         missing = [t for t in tables if not inspector.has_table(t.name, schema=t.schema)]
     if not missing:
         return
+    with schema_transaction(engine) as conn:
+        for table in missing:
+            table.create(conn, checkfirst=True)
+
+
+@contextmanager
+def schema_transaction(engine: Engine) -> Iterator[Connection]:
+    """
+    A transaction that changes the schema, one process at a time.
+
+    On PostgreSQL it runs under READ COMMITTED and first takes a transaction-scoped
+    advisory lock (it ends with the transaction, so it survives a transaction pooler such
+    as PgBouncer); on SQLite it begins with ``BEGIN IMMEDIATE``. A second process waits
+    for the first to commit, then sees what it made. :func:`create_tables` and
+    :func:`perfkit.migrations.upgrade` both run in one, so they never race each other.
+
+    In an Alembic ``env.py`` of your own, run the migrations in one so that deployments
+    that migrate from several places at once apply each revision once::
+
+        with schema_transaction(engine) as connection:
+            context.configure(connection=connection, target_metadata=metadata)
+            context.run_migrations()
+
+    Args:
+        engine: The engine of the database whose schema changes.
+
+    .. versionadded:: 0.2.0
+    """
     if engine.dialect.name == "postgresql":
         # Under READ COMMITTED whatever the engine's level: in AUTOCOMMIT the lock would end
         # with its statement, and a REPEATABLE READ snapshot taken before the wait would
@@ -233,8 +264,7 @@ def create_tables(engine: Engine, *schema: sa.MetaData | sa.Table) -> None:
     with locked.begin() as conn:
         if conn.dialect.name == "postgresql":
             conn.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": _DDL_LOCK})
-        for table in missing:
-            table.create(conn, checkfirst=True)
+        yield conn
 
 
 def detect_stale_loads(engine: Engine | AsyncEngine) -> None:

@@ -13,7 +13,8 @@ so callers can catch either::
     ├── BodyTooLarge(ValueError)     a request body went over the HTTP layer's limit
     ├── InvalidSignature(ValueError) a webhook's signature or timestamp does not verify
     ├── CircuitOpenError(RuntimeError)      a circuit breaker refused the call
-    └── CommitOutcomeUnknown(RuntimeError)  the connection died during COMMIT
+    ├── CommitOutcomeUnknown(RuntimeError)  the connection died during COMMIT
+    └── SchemaNotCurrent(RuntimeError)      the database's schema is behind this release
 
 Each error carries a stable machine-readable ``code`` (the ``code`` of the
 HTTP layer's JSON error envelope) next to its human-readable message.
@@ -32,6 +33,7 @@ __all__ = [
     "InvalidSignature",
     "NotFound",
     "PerfkitError",
+    "SchemaNotCurrent",
 ]
 
 
@@ -177,3 +179,25 @@ class CommitOutcomeUnknown(PerfkitError, RuntimeError):
     """
 
     code = "commit_outcome_unknown"
+
+
+class SchemaNotCurrent(PerfkitError, RuntimeError):
+    """
+    The database's schema is behind what this release needs: run the migrations first.
+
+    Args:
+        where: Which branches, and where each stands.
+        command: The command that brings the schema up to date.
+
+    .. versionadded:: 0.2.0
+    """
+
+    code = "schema_not_current"
+
+    def __init__(self, where: str, command: str) -> None:
+        super().__init__(
+            f"the database's schema is behind this release ({where}): run `{command}` "
+            "once (it is safe to run from several places at once), then start the workers"
+        )
+        self.where = where
+        self.command = command

@@ -67,7 +67,8 @@ def seed(
     user votes at most once per bill.
 
     Args:
-        engine: Engine of the target database (the schema is created if missing).
+        engine: Engine of the target database (an SQLite file is migrated if it
+            needs to be; any other database must be: :func:`perfkit.migrations.prepare`).
         users: How many users to create.
         bills: How many bills, each sponsored by a random user.
         votes: How many votes, spread over bills and users at random.
@@ -91,7 +92,9 @@ def seed(
     rng = random.Random(random_seed)
     end = now or datetime.now(UTC)
     start = end - timedelta(days=730)
-    _db.create_tables(engine, Base.metadata)
+    from perfkit import migrations  # noqa: PLC0415 - alembic, only where it runs
+
+    migrations.prepare(engine, "perfkit_reference")
     with _db.for_writes(engine).begin() as conn:
         for model in (User, Bill, Vote):
             if conn.execute(sa.select(sa.func.count()).select_from(model)).scalar_one():

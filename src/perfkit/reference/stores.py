@@ -11,9 +11,10 @@ declares how to tell, after a lost COMMIT, whether it was applied.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Final, ParamSpec, TypeAlias, TypeVar, cast
+from typing import TYPE_CHECKING, Any, Final, Literal, ParamSpec, TypeAlias, TypeVar, cast
 
 import sqlalchemy as sa
 from sqlalchemy.engine import URL, Connection, Engine, Row
@@ -994,7 +995,8 @@ def open_stores(
     database: str | URL | Engine,
     *,
     cache: Cache | None = None,
-    create_schema: bool = True,
+    schema: Literal["migrate", "create", "none"] = "migrate",
+    create_schema: bool | None = None,
     cursor_secret: str | bytes | None = None,
     read_deadline: float = READ_DEADLINE,
     write_deadline: float = WRITE_DEADLINE,
@@ -1013,8 +1015,19 @@ def open_stores(
             :mod:`perfkit.reference.cache_keys`). With a shared backend
             (Redis), give it :func:`perfkit.reference.codec` so records
             round-trip.
-        create_schema: Create the tables that are missing, with their
-            indexes (``create_all``: an existing table is not migrated).
+        schema: ``"migrate"`` (the default) applies the reference store's
+            migrations to an SQLite database (the embedded default needs no
+            command), and on any other database checks that they were
+            applied, raising :class:`~perfkit.errors.SchemaNotCurrent` with
+            the command to run (``perfkit db upgrade URL --branch
+            perfkit_reference``) when they were not: workers never change a
+            PostgreSQL schema as they start (:func:`perfkit.migrations.prepare`).
+            With the default *outbox*, its branch (``perfkit``) too.
+            ``"create"`` creates the missing tables with no migration record
+            (:func:`perfkit.db.create_tables`: throwaway databases);
+            ``"none"`` leaves the schema alone.
+        create_schema: Deprecated: ``False`` is ``schema="none"``, ``True``
+            is ``schema="create"``.
         cursor_secret: Key that signs keyset cursors (default: the
             ``PERFKIT_CURSOR_SECRET`` environment variable, else a key of
             this process only).
@@ -1027,7 +1040,7 @@ def open_stores(
         outbox: Write an event for every vote cast and every bill status
             change into this :class:`~perfkit.outbox.Outbox`, in the write's
             own transaction (:mod:`perfkit.reference.events`); its table is
-            created with the schema.
+            migrated (the default name) or created with the schema.
 
     Example::
 
@@ -1039,11 +1052,25 @@ def open_stores(
 
     .. versionadded:: 0.1.0
     """
+    if create_schema is not None:
+        warnings.warn(
+            f'create_schema= is deprecated: pass schema="{"create" if create_schema else "none"}"'
+            ' (or leave the default, "migrate")',
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        schema = "create" if create_schema else "none"
+    if schema not in ("migrate", "create", "none"):
+        msg = f'schema must be "migrate", "create" or "none", not {schema!r}'
+        raise ValueError(msg)
     owns_engine = not isinstance(database, Engine)
     engine = _db.create_engine(database) if not isinstance(database, Engine) else database
-    if create_schema:
-        extra = () if outbox is None else (outbox.table,)
-        _db.create_tables(engine, Base.metadata, *extra)
+    try:
+        _make_schema(engine, schema, outbox)
+    except BaseException:
+        if owns_engine:
+            engine.dispose()
+        raise
     return Stores(
         engine,
         owns_engine=owns_engine,
@@ -1053,3 +1080,17 @@ def open_stores(
         write_deadline=write_deadline,
         outbox=outbox,
     )
+
+
+def _make_schema(engine: Engine, schema: str, outbox: Outbox | None) -> None:
+    extra = () if outbox is None else (outbox.table,)
+    if schema == "create":
+        _db.create_tables(engine, Base.metadata, *extra)
+    elif schema == "migrate":
+        from perfkit import migrations  # noqa: PLC0415 - alembic, only where it runs
+        from perfkit.outbox import DEFAULT_TABLE  # noqa: PLC0415
+
+        migrated = outbox is not None and outbox.table.name == DEFAULT_TABLE
+        migrations.prepare(engine, "perfkit_reference", *(("perfkit",) if migrated else ()))
+        if outbox is not None and not migrated:
+            _db.create_tables(engine, outbox.table)  # a name of the caller's: not perfkit's
