@@ -29,7 +29,8 @@ import httpx
 import sqlalchemy as sa
 
 from perfkit import Cache, MemoryBackend, db, paginate, paginate_keyset
-from perfkit.pagination._cursor import Cursor, encode_cursor, resolve_secret
+from perfkit.pagination import CursorKeys
+from perfkit.pagination._cursor import Cursor, encode_cursor
 from perfkit.pagination._keyset import _plan
 from perfkit.reference import Base, Bill, open_stores
 
@@ -101,7 +102,7 @@ def deep_cursor(conn: sa.Connection, row: int) -> str:
     plan = _plan(LIST)
     sort = (values.created_at, values.id)
     return encode_cursor(
-        Cursor("next", sort), fingerprint=plan.fingerprint, secret=resolve_secret(SECRET)
+        Cursor("next", sort), fingerprint=plan.fingerprint, keys=CursorKeys(SECRET)
     )
 
 

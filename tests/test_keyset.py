@@ -209,28 +209,30 @@ def first_page(sqlite_items: Engine) -> tuple[Any, Any]:
 
 
 def _resign(cursor: str, edit: Any, secret: str = SECRET) -> str:
-    body = cursor.split(".", maxsplit=1)[0]
+    kid, body, _ = cursor.split(".")
     payload = json.loads(base64.urlsafe_b64decode(body + "=" * (-len(body) % 4)))
     edit(payload)
     raw = json.dumps(payload, separators=(",", ":")).encode()
-    tag = hmac.new(secret.encode(), raw, hashlib.sha256).digest()[:16]
 
     def b64(data: bytes) -> str:
         return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
 
-    return b64(raw) + "." + b64(tag)
+    signed = f"{kid}.{b64(raw)}"
+    tag = hmac.new(secret.encode(), signed.encode(), hashlib.sha256).digest()[:16]
+    return f"{signed}.{b64(tag)}"
 
 
 @pytest.mark.parametrize(
     ("make", "message"),
     [
         (lambda c: c[:-2] + ("AA" if not c.endswith("AA") else "BB"), "signature"),
-        (lambda c: "x" + c[1:], "signature|malformed"),
+        (lambda c: "x" + c[1:], "does not have"),  # another key id
+        (lambda c: c.split(".", 1)[1], "older version"),  # 0.1's form: no key id
         (lambda c: "not-a-cursor", "signature|malformed"),
         (lambda c: "", "malformed|signature"),
         (lambda c: "a" * 5000, "not a cursor"),
         (lambda c: _resign(c, lambda p: p.update(k=[999, 999])), None),
-        (lambda c: _resign(c, lambda p: p.update(v=2)), "version"),
+        (lambda c: _resign(c, lambda p: p.update(v=3)), "version"),
         (lambda c: _resign(c, lambda p: p.update(f="0" * 16)), "another query"),
         (lambda c: _resign(c, lambda p: p.update(k=[1, 2, 3])), "malformed"),
         (lambda c: _resign(c, lambda p: p.update(k=[{"dt": "yesterday"}, 1])), "malformed"),
@@ -261,21 +263,23 @@ def test_a_refused_cursor_under_a_per_process_key_names_the_setting(
     monkeypatch: pytest.MonkeyPatch,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    """Another process's cursor (this one signs with a key of its own) is refused, the error
-    says "another key", and the server log names PERFKIT_CURSOR_SECRET, once."""
-    import perfkit.pagination._cursor as cursor_module  # noqa: PLC0415 - its once-flag
+    """No secret, no PERFKIT_CURSOR_SECRET and no key table: this process signs with a key of
+    its own; another key's cursor is refused saying so, and the server log names both
+    remedies, once."""
+    import perfkit.pagination._keys as keys_module  # noqa: PLC0415 - its once-flag
 
     monkeypatch.delenv("PERFKIT_CURSOR_SECRET", raising=False)
-    monkeypatch.setattr(cursor_module, "_mismatch_warned", False)
+    monkeypatch.setattr(keys_module, "_fallback_logged", False)
     stmt, page = first_page  # signed with SECRET: "another process's" key here
     with sqlite_items.connect() as conn:
         for _ in range(2):
-            with pytest.raises(InvalidCursor, match="signed with another key"):
+            with pytest.raises(InvalidCursor, match="signed by another process"):
                 paginate_keyset(conn, stmt, limit=3, cursor=page.next_cursor)
 
-    warnings = [r.getMessage() for r in caplog.records if "failed its signature" in r.getMessage()]
+    warnings = [r.getMessage() for r in caplog.records if "key of this process" in r.getMessage()]
     assert len(warnings) == 1
     assert "PERFKIT_CURSOR_SECRET" in warnings[0]
+    assert "perfkit db upgrade" in warnings[0]
 
 
 def test_cursor_from_another_sort_or_filter_is_refused(

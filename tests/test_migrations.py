@@ -20,6 +20,7 @@ from sqlalchemy.engine import Engine
 from perfkit import db, migrations
 from perfkit.errors import SchemaNotCurrent
 from perfkit.outbox import Outbox
+from perfkit.pagination import cursor_keys_table
 from perfkit.reference import Base, open_stores, seed
 from perfkit.webhooks import Webhooks
 
@@ -50,6 +51,7 @@ def _model_metadata(engine: Engine) -> sa.MetaData:
     for table in Base.metadata.sorted_tables:
         table.to_metadata(metadata)
     Outbox(metadata=metadata)
+    cursor_keys_table(metadata)
     hooks = Webhooks(engine, metadata=metadata)
     hooks.close()
     return metadata
@@ -60,7 +62,11 @@ def test_the_revisions_make_exactly_what_the_models_declare(empty: Engine) -> No
     from alembic.autogenerate import compare_metadata  # noqa: PLC0415
     from alembic.runtime.migration import MigrationContext  # noqa: PLC0415
 
-    assert migrations.upgrade(empty, *BOTH) == ["perfkit_0001", "perfkit_reference_0001"]
+    assert migrations.upgrade(empty, *BOTH) == [
+        "perfkit_0001",
+        "perfkit_0002",
+        "perfkit_reference_0001",
+    ]
     with empty.connect() as conn:
         context = MigrationContext.configure(
             conn,
@@ -211,7 +217,7 @@ def test_postgresql_workers_refuse_then_one_migrator_applies_each_revision_then_
     migrated = _together(fresh_pg_url, "migrate", 6, tmp_path / "migrate")
     assert [code for code, _, _ in migrated] == [0] * 6, [e[-300:] for _, _, e in migrated]
     applied = sorted(out.strip() for _, out, _ in migrated)
-    assert applied == [""] * 5 + ["perfkit_0001,perfkit_reference_0001"]
+    assert applied == [""] * 5 + ["perfkit_0001,perfkit_0002,perfkit_reference_0001"]
 
     served = _together(fresh_pg_url, "serve", 4, tmp_path / "second")
     assert [code for code, _, _ in served] == [0] * 4, [e[-300:] for _, _, e in served]
@@ -255,7 +261,7 @@ def test_the_command_checks_upgrades_and_reports(tmp_path: Path) -> None:
     assert _perfkit("db", "check", empty_url, "--branch", "perfkit_reference").returncode == 0
     current = _perfkit("db", "current", empty_url, "--branch", "perfkit", "--branch",
                        "perfkit_reference").stdout  # fmt: skip
-    assert "perfkit: - (head perfkit_0001): missing" in current
+    assert "perfkit: - (head perfkit_0002): missing" in current
     assert "perfkit_reference: perfkit_reference_0001 (head perfkit_reference_0001): current" in (
         current
     )
@@ -358,7 +364,7 @@ def test_a_sqlite_database_is_copied_into_postgresql_verified(
     destination = db.create_engine(fresh_pg_url)
     try:
         summary = seed(source, users=40, bills=12, votes=200, random_seed=5)
-        migrations.upgrade(destination, "perfkit_reference")
+        migrations.upgrade(destination, *BOTH)
         report = migrations.copy_database(source, destination, Base.metadata, batch=17)
         assert [(t.name, t.rows) for t in report.tables] == [
             ("users", 40),

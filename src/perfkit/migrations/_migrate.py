@@ -54,6 +54,7 @@ _OWN_TABLES: Final = frozenset(
         "perfkit_outbox",
         "perfkit_webhook_endpoints",
         "perfkit_webhook_deliveries",
+        "perfkit_cursor_keys",
     }
 )
 

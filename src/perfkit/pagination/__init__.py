@@ -11,6 +11,7 @@ Pagination for SQLAlchemy 2 ``select()`` statements, sync and async.
 
 from __future__ import annotations
 
+from ._keys import KEYS_TABLE, CursorKeys, SharedCursorKeys, cursor_keys_table
 from ._keyset import CursorPage, apaginate_keyset, paginate_keyset
 from ._offset import (
     DEFAULT_MAX_LIMIT,
@@ -27,14 +28,18 @@ from ._stream import DEFAULT_BATCH_SIZE, akeyset_batches, keyset_batches
 __all__ = [
     "DEFAULT_BATCH_SIZE",
     "DEFAULT_MAX_LIMIT",
+    "KEYS_TABLE",
     "MAX_PAGE",
     "CountStrategy",
+    "CursorKeys",
     "CursorPage",
     "Page",
+    "SharedCursorKeys",
     "akeyset_batches",
     "apaginate",
     "apaginate_keyset",
     "count_tag",
+    "cursor_keys_table",
     "keyset_batches",
     "paginate",
     "paginate_keyset",

@@ -1,11 +1,12 @@
 """
 Opaque, versioned, HMAC-signed keyset cursors.
 
-A cursor is ``base64url(payload) "." base64url(tag)``: the payload is JSON
-(version, direction, the sort values of the row it points at, and a
-fingerprint of the query it belongs to); the tag is the first 16 bytes of
-HMAC-SHA256 over the payload. Editing any byte, or using a cursor with a
-different query or sort, raises :class:`~perfkit.errors.InvalidCursor`.
+A cursor is ``kid "." base64url(payload) "." base64url(tag)``: *kid* names the key
+that signed it (:mod:`._keys`); the payload is JSON (version, direction, the sort
+values of the row it points at, and a fingerprint of the query it belongs to); the tag
+is the first 16 bytes of HMAC-SHA256 over ``kid "." payload``. Editing any byte, or
+using a cursor with a different query or sort, raises
+:class:`~perfkit.errors.InvalidCursor`.
 """
 
 from __future__ import annotations
@@ -18,9 +19,6 @@ import enum
 import hashlib
 import hmac
 import json
-import logging
-import os
-import secrets
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -28,16 +26,14 @@ from typing import Any, Final, Literal
 
 from perfkit.errors import InvalidCursor
 
-__all__ = ["Cursor", "decode_cursor", "encode_cursor", "resolve_secret"]
+from ._keys import CursorKeys
 
-log = logging.getLogger("perfkit.pagination")
+__all__ = ["Cursor", "cursor_kid", "decode_cursor", "encode_cursor"]
 
-VERSION: Final = 1
+VERSION: Final = 2
 MAX_CURSOR_LENGTH: Final = 4096
 _TAG_BYTES: Final = 16
-_PROCESS_SECRET: Final = secrets.token_bytes(32)
-_warned = False
-_mismatch_warned = False
+_MAX_KID: Final = 16
 
 Direction = Literal["next", "prev"]
 
@@ -50,53 +46,29 @@ class Cursor:
     values: tuple[Any, ...]
 
 
-def resolve_secret(secret: str | bytes | None) -> bytes:
-    """
-    The signing key: *secret*, else ``PERFKIT_CURSOR_SECRET``, else a per-process key.
-
-    A per-process key makes cursors invalid in other processes and after a
-    restart; it is logged once. Set the variable (or pass *secret*) when more
-    than one process serves the same API.
-    """
-    global _warned  # noqa: PLW0603 - warn once per process
-    if secret is None:
-        secret = os.environ.get("PERFKIT_CURSOR_SECRET")
-    if secret is None or secret == "":
-        if not _warned:
-            _warned = True
-            log.warning(
-                "no cursor secret given and PERFKIT_CURSOR_SECRET is unset: cursors are "
-                "signed with a per-process key and fail in other processes"
-            )
-        return _PROCESS_SECRET
-    return secret.encode() if isinstance(secret, str) else secret
-
-
-def _warn_process_key_mismatch() -> None:
-    """Say once, on the server, the likely cause of a refused cursor: a per-process key."""
-    global _mismatch_warned  # noqa: PLW0603 - warn once per process
-    if not _mismatch_warned:
-        _mismatch_warned = True
-        log.warning(
-            "a keyset cursor failed its signature check, and this process signs cursors "
-            "with a random key of its own (no cursor secret given, PERFKIT_CURSOR_SECRET "
-            "unset): with several workers or instances each refuses the others' cursors; "
-            "give every process the same PERFKIT_CURSOR_SECRET"
-        )
-
-
-def encode_cursor(cursor: Cursor, *, fingerprint: str, secret: bytes) -> str:
+def encode_cursor(cursor: Cursor, *, fingerprint: str, keys: CursorKeys) -> str:
     """Sign and encode *cursor* for the query with *fingerprint*."""
+    kid, secret = keys.signing()
     payload = json.dumps(
         {"v": VERSION, "d": cursor.direction[0], "k": [_dump(v) for v in cursor.values],
          "f": fingerprint},
         separators=(",", ":"),
     ).encode()  # fmt: skip
-    tag = hmac.new(secret, payload, hashlib.sha256).digest()[:_TAG_BYTES]
-    return _b64(payload) + "." + _b64(tag)
+    body = _b64(payload)
+    signed = f"{kid}.{body}"
+    tag = hmac.new(secret, signed.encode(), hashlib.sha256).digest()[:_TAG_BYTES]
+    return f"{signed}.{_b64(tag)}"
 
 
-def decode_cursor(text: str, *, fingerprint: str, secret: bytes, width: int) -> Cursor:
+def cursor_kid(text: object) -> str | None:
+    """The key id a cursor names (unverified), or ``None`` if it names none."""
+    if not isinstance(text, str) or len(text) > MAX_CURSOR_LENGTH:
+        return None
+    kid, dot, _ = text.partition(".")
+    return kid if dot and 0 < len(kid) <= _MAX_KID and kid.isalnum() else None
+
+
+def decode_cursor(text: str, *, fingerprint: str, keys: CursorKeys, width: int) -> Cursor:
     """
     Verify and decode a cursor made by :func:`encode_cursor` for this query.
 
@@ -106,19 +78,31 @@ def decode_cursor(text: str, *, fingerprint: str, secret: bytes, width: int) -> 
     """
     if not isinstance(text, str) or len(text) > MAX_CURSOR_LENGTH:
         raise InvalidCursor("the cursor is not a cursor this API issued")
-    body, dot, signature = text.partition(".")
+    kid = cursor_kid(text)
+    parts = text.split(".")
+    if kid is None or len(parts) != 3:
+        if len(parts) == 2:
+            raise InvalidCursor("the cursor is from an older version of this API; start again")
+        raise InvalidCursor("the cursor is malformed")
     try:
-        payload, tag = _unb64(body), _unb64(signature)
+        payload, tag = _unb64(parts[1]), _unb64(parts[2])
     except (binascii.Error, ValueError):
         raise InvalidCursor("the cursor is malformed") from None
-    expected = hmac.new(secret, payload, hashlib.sha256).digest()[:_TAG_BYTES]
-    if not dot or not hmac.compare_digest(tag, expected):
-        if secret is _PROCESS_SECRET:
-            _warn_process_key_mismatch()
+    secret = keys.verifying(kid)
+    if secret is None:
+        if keys.per_process:
+            raise InvalidCursor(
+                "the cursor was signed by another process of this service, and each process "
+                "signs with a key of its own (the server's log says how to share one)"
+            )
         raise InvalidCursor(
-            "the cursor's signature does not match: it was altered, or signed with another "
-            "key (by another process of this service, or before its key changed)"
+            "the cursor was signed with a key this service does not have: another "
+            "service's, or one rotated out since (start again)"
         )
+    signed = f"{kid}.{parts[1]}".encode()
+    expected = hmac.new(secret, signed, hashlib.sha256).digest()[:_TAG_BYTES]
+    if not hmac.compare_digest(tag, expected):
+        raise InvalidCursor("the cursor's signature does not match: it was altered")
     try:
         data = json.loads(payload)
         version, direction, values, scope = data["v"], data["d"], data["k"], data["f"]

@@ -15,7 +15,8 @@ from sqlalchemy.sql.elements import UnaryExpression
 from perfkit.errors import InvalidPage
 
 from ._binds import AsyncBind, Bind, aread_from, read_from
-from ._cursor import Cursor, decode_cursor, encode_cursor, fingerprint_of, resolve_secret
+from ._cursor import Cursor, cursor_kid, decode_cursor, encode_cursor, fingerprint_of
+from ._keys import CursorKeys, aresolve_keys, resolve_keys
 from ._offset import DEFAULT_MAX_LIMIT, _is_int
 
 if TYPE_CHECKING:
@@ -149,7 +150,7 @@ def paginate_keyset(
     limit: int,
     cursor: str | None = None,
     max_limit: int = DEFAULT_MAX_LIMIT,
-    secret: str | bytes | None = None,
+    secret: str | bytes | CursorKeys | None = None,
 ) -> CursorPage[Any]:
     """
     Run one page of *stmt* after (or before) *cursor*, by keyset.
@@ -160,10 +161,14 @@ def paginate_keyset(
     as a tiebreaker. The ``WHERE`` that picks the page uses the sort columns,
     so with an index on them a page deep in the table costs what page 1 does.
 
-    Cursors are opaque, versioned and signed with *secret* (default: the
-    ``PERFKIT_CURSOR_SECRET`` environment variable); they are bound to the
-    query's filter and sort, so an altered cursor or one from another query
-    raises :class:`~perfkit.errors.InvalidCursor`.
+    Cursors are opaque, versioned and signed with *secret* (a string, or
+    :class:`CursorKeys` to rotate), else ``PERFKIT_CURSOR_SECRET``, else a key
+    shared through the database *bind* reads (the table
+    ``perfkit_cursor_keys``, made by ``perfkit db upgrade``:
+    :class:`SharedCursorKeys`), so every worker and instance accepts the
+    others' cursors with nothing configured. They are bound to the query's
+    filter and sort, so an altered cursor or one from another query raises
+    :class:`~perfkit.errors.InvalidCursor`.
 
     Rows come back as the select returns them. When the sort uses columns
     the select does not return, they are added: a single-entity select still
@@ -184,10 +189,12 @@ def paginate_keyset(
     .. versionchanged:: 0.2.0 *bind* may be an engine or a session factory, from which a
        fresh handle is taken per attempt, the page retried on transient failures.
     """
-    plan, decoded, key = _prepare(stmt, limit, cursor, max_limit, secret)
+    _check_limit(limit, max_limit)  # before any I/O
+    keys = resolve_keys(secret, bind)
+    plan, decoded = _prepare(stmt, limit, cursor, max_limit, keys)
     page_stmt, reverse = plan.page_stmt(decoded, limit)
     rows = read_from(bind, lambda handle: list(handle.execute(page_stmt).all()))
-    return _page(plan, rows, decoded, reverse, limit, key)
+    return _page(plan, rows, decoded, reverse, limit, keys)
 
 
 async def apaginate_keyset(
@@ -197,7 +204,7 @@ async def apaginate_keyset(
     limit: int,
     cursor: str | None = None,
     max_limit: int = DEFAULT_MAX_LIMIT,
-    secret: str | bytes | None = None,
+    secret: str | bytes | CursorKeys | None = None,
 ) -> CursorPage[Any]:
     """
     The asyncio twin of :func:`paginate_keyset`, for ``AsyncSession``/``AsyncConnection``
@@ -206,14 +213,16 @@ async def apaginate_keyset(
     .. versionadded:: 0.1.0
     .. versionchanged:: 0.2.0 *bind* may be an engine or a session factory.
     """
-    plan, decoded, key = _prepare(stmt, limit, cursor, max_limit, secret)
+    _check_limit(limit, max_limit)  # before any I/O, as the sync twin
+    keys = await aresolve_keys(secret, bind, cursor_kid(cursor))
+    plan, decoded = _prepare(stmt, limit, cursor, max_limit, keys)
     page_stmt, reverse = plan.page_stmt(decoded, limit)
 
     async def fetch(handle: AsyncSession | AsyncConnection) -> list[Any]:
         return list((await handle.execute(page_stmt)).all())
 
     rows = await aread_from(bind, fetch)
-    return _page(plan, rows, decoded, reverse, limit, key)
+    return _page(plan, rows, decoded, reverse, limit, keys)
 
 
 def _prepare(
@@ -221,18 +230,21 @@ def _prepare(
     limit: int,
     cursor: str | None,
     max_limit: int,
-    secret: str | bytes | None,
-) -> tuple[_Plan, Cursor | None, bytes]:
-    if not _is_int(limit) or not 1 <= limit <= max_limit:
-        raise InvalidPage("limit", f"must be an integer from 1 to {max_limit}, got {limit!r}")
+    keys: CursorKeys,
+) -> tuple[_Plan, Cursor | None]:
+    _check_limit(limit, max_limit)
     plan = _plan(stmt)
-    key = resolve_secret(secret)
     decoded = (
         None
         if cursor is None
-        else decode_cursor(cursor, fingerprint=plan.fingerprint, secret=key, width=len(plan.keys))
+        else decode_cursor(cursor, fingerprint=plan.fingerprint, keys=keys, width=len(plan.keys))
     )
-    return plan, decoded, key
+    return plan, decoded
+
+
+def _check_limit(limit: int, max_limit: int) -> None:
+    if not _is_int(limit) or not 1 <= limit <= max_limit:
+        raise InvalidPage("limit", f"must be an integer from 1 to {max_limit}, got {limit!r}")
 
 
 def _page(  # noqa: PLR0917 - private, called from two places
@@ -241,7 +253,7 @@ def _page(  # noqa: PLR0917 - private, called from two places
     cursor: Cursor | None,
     reverse: bool,
     limit: int,
-    key: bytes,
+    keys: CursorKeys,
 ) -> CursorPage[Any]:
     more = len(rows) > limit
     rows = rows[:limit]
@@ -253,7 +265,7 @@ def _page(  # noqa: PLR0917 - private, called from two places
 
     def make(row: Any, direction: Any) -> str:
         return encode_cursor(
-            Cursor(direction, plan.values(row)), fingerprint=plan.fingerprint, secret=key
+            Cursor(direction, plan.values(row)), fingerprint=plan.fingerprint, keys=keys
         )
 
     return CursorPage(

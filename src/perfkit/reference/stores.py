@@ -27,9 +27,11 @@ from perfkit.errors import CommitOutcomeUnknown, Conflict, NotFound
 from perfkit.pagination import DEFAULT_BATCH_SIZE as DEFAULT_EXPORT_BATCH
 from perfkit.pagination import (
     CountStrategy,
+    CursorKeys,
     CursorPage,
     Page,
     count_tag,
+    cursor_keys_table,
     keyset_batches,
     paginate,
     paginate_keyset,
@@ -124,7 +126,7 @@ class _Database:
         self,
         engine: Engine,
         cache: Cache | None,
-        cursor_secret: str | bytes | None,
+        cursor_secret: str | bytes | CursorKeys | None,
         deadlines: tuple[float, float] = (READ_DEADLINE, WRITE_DEADLINE),
         outbox: Outbox | None = None,
     ) -> None:
@@ -957,7 +959,7 @@ class Stores:
         *,
         owns_engine: bool,
         cache: Cache | None = None,
-        cursor_secret: str | bytes | None = None,
+        cursor_secret: str | bytes | CursorKeys | None = None,
         read_deadline: float = READ_DEADLINE,
         write_deadline: float = WRITE_DEADLINE,
         outbox: Outbox | None = None,
@@ -997,7 +999,7 @@ def open_stores(
     cache: Cache | None = None,
     schema: Literal["migrate", "create", "none"] = "migrate",
     create_schema: bool | None = None,
-    cursor_secret: str | bytes | None = None,
+    cursor_secret: str | bytes | CursorKeys | None = None,
     read_deadline: float = READ_DEADLINE,
     write_deadline: float = WRITE_DEADLINE,
     outbox: Outbox | None = None,
@@ -1022,15 +1024,18 @@ def open_stores(
             the command to run (``perfkit db upgrade URL --branch
             perfkit_reference``) when they were not: workers never change a
             PostgreSQL schema as they start (:func:`perfkit.migrations.prepare`).
-            With the default *outbox*, its branch (``perfkit``) too.
+            And perfkit's branch (``perfkit``: the shared cursor keys, the
+            outbox and webhook tables).
             ``"create"`` creates the missing tables with no migration record
             (:func:`perfkit.db.create_tables`: throwaway databases);
             ``"none"`` leaves the schema alone.
         create_schema: Deprecated: ``False`` is ``schema="none"``, ``True``
             is ``schema="create"``.
-        cursor_secret: Key that signs keyset cursors (default: the
-            ``PERFKIT_CURSOR_SECRET`` environment variable, else a key of
-            this process only).
+        cursor_secret: What signs keyset cursors: a secret, or
+            :class:`~perfkit.pagination.CursorKeys` to rotate (default:
+            ``PERFKIT_CURSOR_SECRET``, else a key shared through the
+            database, the same in every worker and instance:
+            :class:`~perfkit.pagination.SharedCursorKeys`).
         read_deadline: Seconds a read keeps retrying transient failures (a
             dropped connection, a database restart) on fresh connections.
         write_deadline: Seconds a write keeps retrying its whole transaction
@@ -1085,12 +1090,13 @@ def open_stores(
 def _make_schema(engine: Engine, schema: str, outbox: Outbox | None) -> None:
     extra = () if outbox is None else (outbox.table,)
     if schema == "create":
-        _db.create_tables(engine, Base.metadata, *extra)
+        keys = cursor_keys_table(sa.MetaData())  # the shared cursor keys
+        _db.create_tables(engine, Base.metadata, keys, *extra)
     elif schema == "migrate":
         from perfkit import migrations  # noqa: PLC0415 - alembic, only where it runs
         from perfkit.outbox import DEFAULT_TABLE  # noqa: PLC0415
 
-        migrated = outbox is not None and outbox.table.name == DEFAULT_TABLE
-        migrations.prepare(engine, "perfkit_reference", *(("perfkit",) if migrated else ()))
-        if outbox is not None and not migrated:
+        # perfkit's branch too: the shared cursor keys (and the outbox, by default).
+        migrations.prepare(engine, "perfkit_reference", "perfkit")
+        if outbox is not None and outbox.table.name != DEFAULT_TABLE:
             _db.create_tables(engine, outbox.table)  # a name of the caller's: not perfkit's
