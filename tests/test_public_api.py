@@ -261,12 +261,14 @@ OBSERVABILITY = [
     "Histogram",
     "HistogramPoint",
     "Histograms",
+    "InstanceMetrics",
     "RequestTiming",
     "TimingMiddleware",
     "WSGITimingMiddleware",
     "current_timing",
     "instrument",
     "instrument_engine",
+    "worker_resource",
 ]
 
 

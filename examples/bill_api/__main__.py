@@ -29,12 +29,8 @@ EXAMPLES = (
 )
 
 
-def main() -> None:
-    url = os.environ.get("PERFKIT_DATABASE_URL") or DEFAULT_DATABASE_URL
-    host = os.environ.get("PERFKIT_HOST", "127.0.0.1")
-    port = int(os.environ.get("PERFKIT_PORT", "8000"))
-    if url == DEFAULT_DATABASE_URL:
-        DEMO_DATABASE.parent.mkdir(parents=True, exist_ok=True)
+def seed_if_empty(url: str) -> None:
+    """Seed the demo volumes into *url* if its ``users`` table is empty (SQLite: migrated)."""
     with open_stores(url) as stores, stores.engine.connect() as conn:
         empty = conn.execute(sa.select(sa.func.count()).select_from(User)).scalar_one() == 0
     if empty:
@@ -46,6 +42,15 @@ def main() -> None:
             f"{summary.votes:,} votes in {summary.seconds:.1f} s",
             flush=True,
         )
+
+
+def main() -> None:
+    url = os.environ.get("PERFKIT_DATABASE_URL") or DEFAULT_DATABASE_URL
+    host = os.environ.get("PERFKIT_HOST", "127.0.0.1")
+    port = int(os.environ.get("PERFKIT_PORT", "8000"))
+    if url == DEFAULT_DATABASE_URL:
+        DEMO_DATABASE.parent.mkdir(parents=True, exist_ok=True)
+    seed_if_empty(url)
     base = f"http://{host}:{port}"
     cache = "L1 + Redis" if os.environ.get("PERFKIT_REDIS_URL") else "in-process"
     if os.environ.get("PERFKIT_CACHE") == "off":

@@ -104,6 +104,7 @@ from perfkit.http import (
     database_probe,
     tag_response,
 )
+from perfkit.observability import InstanceMetrics
 from perfkit.outbox import InProcessPublisher, Outbox, Relay
 from perfkit.reference import (
     BillRecord,
@@ -250,12 +251,17 @@ def create_app(
         opened = open_stores(url, cache=cache, outbox=outbox)
         if provider is not None:
             instrument_engine(opened.engine, **telemetry.metrics_options(provider))
+            # /metrics answers for every worker of this instance (docs/observability.md).
+            app.state.instance_metrics = InstanceMetrics("bill_api")
+            app.state.instance_metrics.start()
         app.state.stores = opened
         stop_consumers = _consume_events(app, opened.engine, outbox)
         restore = _tune_gc()
         try:
             yield
         finally:
+            if app.state.instance_metrics is not None:
+                app.state.instance_metrics.stop()
             restore()
             stop_consumers()
             opened.close()
@@ -274,6 +280,7 @@ def create_app(
         options["telemetry"] = {"metrics": False, "tracing": telemetry.tracing(), "logs": False}
     app = _API(title="perfkit bill/vote API", version="0.1.0", lifespan=lifespan, **options)
     app.state.meter_provider = provider
+    app.state.instance_metrics = None
     app.state.response_cache = cache if caching != "data" else None
     app.state.text = text or BillText(os.environ.get("PERFKIT_TEXT_URL") or None)
     app.state.webhook_worker = None
@@ -651,4 +658,6 @@ def _install_operations_routes(app: FastAPI) -> None:
     def prometheus_metrics() -> Response:
         if app.state.meter_provider is None:
             raise NotFound("route", "/metrics", field="path")
-        return Response(telemetry.prometheus_text(), media_type=telemetry.CONTENT_TYPE_LATEST)
+        instance: InstanceMetrics | None = app.state.instance_metrics
+        text = telemetry.prometheus_text() if instance is None else instance.exposition()
+        return Response(text, media_type=telemetry.CONTENT_TYPE_LATEST)

@@ -25,6 +25,7 @@ from perfkit.observability import (
     BufferedStreamHandler,
     Histograms,
     instrument,
+    worker_resource,
 )
 
 __all__ = [
@@ -75,7 +76,11 @@ def meter_provider() -> MeterProvider:
     # through the global one (FastAPI, redis-py) would then record twice.
     # No exemplars: nothing here samples traces, so the default trace-based filter finds no
     # span on any request, and looking costs a quarter of a cached hit (docs/benchmarks.md).
-    provider = MeterProvider(metric_readers=readers, exemplar_filter=_exemplar_filter())
+    provider = MeterProvider(
+        metric_readers=readers,
+        exemplar_filter=_exemplar_filter(),
+        resource=worker_resource("bill_api"),
+    )
     instrument(provider)  # cache, breaker and retry counters
     return provider
 

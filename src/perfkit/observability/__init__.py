@@ -10,6 +10,7 @@ from __future__ import annotations
 from perfkit._context import RequestTiming, current_timing
 
 from ._histograms import Histogram, HistogramPoint, Histograms
+from ._instance import InstanceMetrics, worker_resource
 from ._log_buffer import BufferedStreamHandler
 from ._metrics import DB_DURATION, HTTP_DURATION, HTTP_DURATION_BUCKETS, instrument
 from ._middleware import TimingMiddleware, WSGITimingMiddleware
@@ -23,10 +24,12 @@ __all__ = [
     "Histogram",
     "HistogramPoint",
     "Histograms",
+    "InstanceMetrics",
     "RequestTiming",
     "TimingMiddleware",
     "WSGITimingMiddleware",
     "current_timing",
     "instrument",
     "instrument_engine",
+    "worker_resource",
 ]
