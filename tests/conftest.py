@@ -65,6 +65,18 @@ def pg_schema_url() -> Iterator[str]:
         probe.dispose()
 
 
+@pytest.fixture(scope="session", autouse=True)
+def metrics_directory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """The example API's instance metrics in this run's temporary directory, not in /tmp."""
+    before = os.environ.get("PERFKIT_METRICS_DIR")
+    os.environ["PERFKIT_METRICS_DIR"] = str(tmp_path_factory.mktemp("instance-metrics"))
+    yield
+    if before is None:
+        os.environ.pop("PERFKIT_METRICS_DIR", None)
+    else:
+        os.environ["PERFKIT_METRICS_DIR"] = before
+
+
 @pytest.fixture
 def fresh_pg_url(pg_schema_url: str) -> Iterator[str]:
     """

@@ -99,6 +99,7 @@ from perfkit.http import (
     CachedRoute,
     Compression,
     ResponseCache,
+    StreamLimit,
     batch_body,
     cache_probe,
     database_probe,
@@ -207,6 +208,15 @@ CACHED_ROUTES: Final = (
     ),
     CachedRoute("/users/{user_id}/votes", params={"user_id": int}, tags=["votes:user:{user_id}"]),
 )
+
+
+def _export_limit() -> StreamLimit | None:
+    """Exports at once per worker: ``PERFKIT_EXPORTS`` (default 4; 0: unbounded)."""
+    concurrent = int(os.environ.get("PERFKIT_EXPORTS", "4"))
+    return StreamLimit(concurrent, send_timeout=30) if concurrent > 0 else None
+
+
+EXPORTS: Final = _export_limit()
 
 
 def make_cache(redis_url: str | None) -> Cache:
@@ -543,7 +553,9 @@ def _install_export_routes(app: FastAPI) -> None:
         status: Annotated[str | None, Query(max_length=32)] = None,
     ) -> ExportResponse:
         batches = _stores(request).bills.export(status=status)
-        return ExportResponse(batches, format=format, fields=BillRecord, filename="bills")
+        return ExportResponse(
+            batches, format=format, fields=BillRecord, filename="bills", limit=EXPORTS
+        )
 
     @app.get("/bills/{bill_id}/votes/export", response_class=ExportResponse)
     def export_bill_votes(
@@ -553,7 +565,9 @@ def _install_export_routes(app: FastAPI) -> None:
     ) -> ExportResponse:
         batches = _stores(request).votes.export_by_bill(bill_id)
         name = f"bill-{bill_id}-votes"
-        return ExportResponse(batches, format=format, fields=VoteRecord, filename=name)
+        return ExportResponse(
+            batches, format=format, fields=VoteRecord, filename=name, limit=EXPORTS
+        )
 
 
 class NewWebhook(_Body):

@@ -28,6 +28,7 @@ if TYPE_CHECKING:
         InvalidInput,
         InvalidPage,
         NotFound,
+        Overloaded,
         PerfkitError,
         SchemaNotCurrent,
     )
@@ -68,6 +69,7 @@ __all__ = [
     "JSONCodec",
     "MemoryBackend",
     "NotFound",
+    "Overloaded",
     "Page",
     "PerfkitError",
     "RedisBackend",
@@ -108,6 +110,7 @@ _LAZY: Final[dict[str, str]] = {
     "JSONCodec": ".cache",
     "MemoryBackend": ".cache",
     "NotFound": ".errors",
+    "Overloaded": ".errors",
     "Page": ".pagination",
     "PerfkitError": ".errors",
     "RedisBackend": ".cache",

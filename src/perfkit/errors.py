@@ -14,6 +14,7 @@ so callers can catch either::
     ├── InvalidSignature(ValueError) a webhook's signature or timestamp does not verify
     ├── CircuitOpenError(RuntimeError)      a circuit breaker refused the call
     ├── CommitOutcomeUnknown(RuntimeError)  the connection died during COMMIT
+    ├── Overloaded(RuntimeError)            a bounded resource is full: retry after a while
     └── SchemaNotCurrent(RuntimeError)      the database's schema is behind this release
 
 Each error carries a stable machine-readable ``code`` (the ``code`` of the
@@ -32,6 +33,7 @@ __all__ = [
     "InvalidPage",
     "InvalidSignature",
     "NotFound",
+    "Overloaded",
     "PerfkitError",
     "SchemaNotCurrent",
 ]
@@ -201,3 +203,25 @@ class SchemaNotCurrent(PerfkitError, RuntimeError):
         )
         self.where = where
         self.command = command
+
+
+class Overloaded(PerfkitError, RuntimeError):
+    """
+    A bounded resource of this process is full (say, every streamed-export slot): the request
+    was refused at once instead of queueing; retry after ``retry_after`` seconds.
+
+    Args:
+        what: What is full, for people (``"exports"``).
+        retry_after: Seconds the client should wait.
+
+    .. versionadded:: 0.2.0
+    """
+
+    code = "overloaded"
+
+    def __init__(self, what: str, retry_after: float) -> None:
+        super().__init__(
+            f"too many {what} in progress on this server; retry after {retry_after:g} s"
+        )
+        self.what = what
+        self.retry_after = retry_after

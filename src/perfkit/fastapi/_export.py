@@ -4,22 +4,29 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterable, Iterable, Sequence
 from typing import Any, Final, Literal, TypeAlias
 from urllib.parse import quote
 
 from starlette.background import BackgroundTask
 from starlette.responses import StreamingResponse
+from starlette.types import Receive, Scope, Send
 
 from perfkit.http import (
     CSV_MEDIA_TYPE,
+    DEFAULT_STREAM_LIMIT,
     NDJSON_MEDIA_TYPE,
     CSVEncoder,
+    SendTimeout,
+    StreamLimit,
     acsv_chunks,
     andjson_chunks,
     csv_chunks,
     ndjson_chunks,
 )
+
+log = logging.getLogger("perfkit.http")
 
 __all__ = ["EXPORT_FORMATS", "ExportFormat", "ExportResponse"]
 
@@ -42,6 +49,12 @@ class ExportResponse(StreamingResponse):
     ``Content-Disposition: attachment``. Compression
     (:class:`perfkit.http.Compression`) compresses it as it streams.
 
+    Each worker sends at most ``limit.concurrent`` exports at once (4 by default): one
+    more is refused before it starts, 503 ``overloaded`` with ``Retry-After``; and a
+    client that leaves a chunk unread for ``limit.send_timeout`` (30 s) has its
+    connection closed, which frees the slot. So clients that open exports and never
+    read cost the other requests little (:class:`perfkit.http.StreamLimit`).
+
     Args:
         batches: Lists of records (dataclasses or dicts), sync or async.
         format: ``"ndjson"`` (one JSON object per line) or ``"csv"``.
@@ -49,6 +62,9 @@ class ExportResponse(StreamingResponse):
             :class:`~perfkit.http.CSVEncoder`); required for CSV.
         filename: Offer the body as a download of this name (its extension
             is added if missing).
+        limit: The per-worker bound it counts against
+            (:data:`perfkit.http.DEFAULT_STREAM_LIMIT` unless given; ``None``:
+            unbounded).
 
     Example::
 
@@ -70,7 +86,9 @@ class ExportResponse(StreamingResponse):
         status_code: int = 200,
         headers: dict[str, str] | None = None,
         background: BackgroundTask | None = None,
+        limit: StreamLimit | None = DEFAULT_STREAM_LIMIT,
     ) -> None:
+        self.limit = limit
         body: Any
         if format == "ndjson":
             media_type = NDJSON_MEDIA_TYPE
@@ -104,6 +122,21 @@ class ExportResponse(StreamingResponse):
             media_type=media_type,
             background=background,
         )
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        limit = self.limit
+        if limit is None:
+            await super().__call__(scope, receive, send)
+            return
+        limit.acquire()  # Overloaded, before anything is sent: the handlers answer 503
+        try:
+            await super().__call__(scope, receive, limit.bounded(send))
+        except SendTimeout as exc:
+            # The response cannot be finished (its last chunk waits in the buffers): end it
+            # here, and the server closes the connection.
+            log.warning("an export was cut off: %s", exc)
+        finally:
+            limit.release()
 
 
 def _attachment(filename: str) -> str:

@@ -18,8 +18,7 @@ from sqlalchemy import exc as sa_exc
 from starlette.exceptions import HTTPException
 
 from perfkit.errors import BodyTooLarge, PerfkitError
-from perfkit.http._body_limit import BodyLimit
-from perfkit.http._envelope import error_body, error_headers, error_status
+from perfkit.http import BodyLimit, error_body, error_headers, error_status
 from perfkit.resilience import is_transient
 
 from ._allow import allowed_methods
@@ -86,6 +85,8 @@ def install(
     503   ``commit_outcome_unknown`` :class:`~perfkit.errors.CommitOutcomeUnknown`: a write
                                      may or may not have been applied
     503   ``circuit_open``           :class:`~perfkit.errors.CircuitOpenError`, with ``Retry-After``
+    503   ``overloaded``             :class:`~perfkit.errors.Overloaded` (every export slot of
+                                     this worker taken), with ``Retry-After``
     ====  =========================  ==============================================
 
     Call it once, before the app starts; exception handlers registered after

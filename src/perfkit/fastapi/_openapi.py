@@ -44,6 +44,7 @@ _DESCRIPTIONS: Final = {
     "a field or parameter is invalid",
     500: "`internal_error`: the server failed; no details are sent",
     503: "`unavailable`: the database (or another dependency) cannot be reached right now; "
+    "or `overloaded`: this server is sending as many exports as it may; "
     "come back after `Retry-After`",
 }
 

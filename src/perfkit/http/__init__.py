@@ -35,11 +35,13 @@ from ._export import (
 from ._health import DEFAULT_PROBE_TIMEOUT, Probe, Readiness, cache_probe, database_probe
 from ._response_cache import ResponseCache, tag_response
 from ._routes import CachedRoute, Principal
+from ._stream_limit import DEFAULT_STREAM_LIMIT, SendTimeout, StreamLimit
 
 __all__ = [
     "BATCH_SCHEMA",
     "CSV_MEDIA_TYPE",
     "DEFAULT_PROBE_TIMEOUT",
+    "DEFAULT_STREAM_LIMIT",
     "ERROR_SCHEMA",
     "ERROR_STATUS",
     "NDJSON_MEDIA_TYPE",
@@ -51,6 +53,8 @@ __all__ = [
     "Probe",
     "Readiness",
     "ResponseCache",
+    "SendTimeout",
+    "StreamLimit",
     "acsv_chunks",
     "andjson_chunks",
     "batch_body",

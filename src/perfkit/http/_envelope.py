@@ -28,6 +28,7 @@ from perfkit.errors import (
     InvalidInput,
     InvalidSignature,
     NotFound,
+    Overloaded,
     PerfkitError,
 )
 
@@ -53,6 +54,7 @@ ERROR_STATUS: Final[Mapping[type[PerfkitError], int]] = MappingProxyType(
         InvalidInput: 422,  # InvalidPage and InvalidCursor too
         CircuitOpenError: 503,  # a dependency is down: come back after Retry-After
         CommitOutcomeUnknown: 503,  # not a bug: the database went away mid-COMMIT
+        Overloaded: 503,  # a bounded resource is full: come back after Retry-After
         PerfkitError: 500,
     }
 )
@@ -142,14 +144,15 @@ def error_headers(exc: PerfkitError) -> dict[str, str]:
     """
     Return the headers an error response for *exc* carries.
 
-    A :class:`~perfkit.errors.CircuitOpenError` says when to come back:
+    A :class:`~perfkit.errors.CircuitOpenError` or :class:`~perfkit.errors.Overloaded` says
+    when to come back:
     ``Retry-After`` in whole seconds, rounded up. A
     :class:`~perfkit.errors.CommitOutcomeUnknown` does not: the client
     must first find out whether its write was applied.
 
     .. versionadded:: 0.2.0
     """
-    if isinstance(exc, CircuitOpenError):
+    if isinstance(exc, CircuitOpenError | Overloaded):
         return {"Retry-After": str(max(0, math.ceil(exc.retry_after)))}
     return {}
 

@@ -14,6 +14,7 @@ behind but their sums.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import fcntl
 import functools
@@ -92,6 +93,15 @@ class _Worker:
 
 _workers: dict[Path, _Worker] = {}
 _workers_lock = threading.Lock()
+
+
+@atexit.register
+def _close_at_exit() -> None:
+    """Let go of this process's sockets and locks (the process is dead to the others now)."""
+    for worker in list(_workers.values()):
+        if worker.pid == os.getpid():
+            worker.socket.close()
+            worker.lock_file.close()
 
 
 def _worker(directory: Path, interval: float) -> _Worker:
