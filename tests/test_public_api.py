@@ -104,6 +104,7 @@ HTTP = [
     "cache_probe",
     "csv_chunks",
     "database_probe",
+    "drain_on_sigterm",
     "encode_error",
     "error_body",
     "error_headers",

@@ -72,6 +72,7 @@ from typing import Annotated, Any, Final, Literal
 import sqlalchemy as sa
 from fastapi import Body, Depends, FastAPI, Path, Query, Request
 from fastapi.responses import Response
+from opentelemetry.sdk.metrics import MeterProvider
 from pydantic import BaseModel, ConfigDict, Field
 
 from bill_api import events, telemetry
@@ -103,6 +104,7 @@ from perfkit.http import (
     batch_body,
     cache_probe,
     database_probe,
+    drain_on_sigterm,
     tag_response,
 )
 from perfkit.observability import InstanceMetrics
@@ -259,19 +261,14 @@ def create_app(
         url = database_url or os.environ.get("PERFKIT_DATABASE_URL") or DEFAULT_DATABASE_URL
         outbox = events.outbox()
         opened = open_stores(url, cache=cache, outbox=outbox)
-        if provider is not None:
-            instrument_engine(opened.engine, **telemetry.metrics_options(provider))
-            # /metrics answers for every worker of this instance (docs/observability.md).
-            app.state.instance_metrics = InstanceMetrics("bill_api")
-            app.state.instance_metrics.start()
         app.state.stores = opened
+        stop_operations = _operations(app, opened.engine, provider)
         stop_consumers = _consume_events(app, opened.engine, outbox)
         restore = _tune_gc()
         try:
             yield
         finally:
-            if app.state.instance_metrics is not None:
-                app.state.instance_metrics.stop()
+            stop_operations()
             restore()
             stop_consumers()
             opened.close()
@@ -297,12 +294,38 @@ def create_app(
     if stores is not None:
         _serve(app, stores)
     install(app, max_body_bytes=MAX_BODY_BYTES)
-    health_routes(
+    app.state.readiness = health_routes(
         app, [database_probe(lambda: _engine(app)), cache_probe(lambda: app.state.stores.cache)]
     )
     app.add_middleware(Compression)  # what the response cache does not hold
     _install_routes(app)
     return app
+
+
+def _operations(
+    app: FastAPI, engine: sa.Engine, provider: MeterProvider | None
+) -> Callable[[], None]:
+    """
+    Timed queries and instance-wide ``/metrics`` (docs/observability.md); and on SIGTERM,
+    /readyz 503 at once, then the server's own shutdown ``PERFKIT_DRAIN_SECONDS`` later
+    (default 0; behind a balancer: its health checks' detection time). Returns the undo.
+    """
+    metrics = None
+    if provider is not None:
+        instrument_engine(engine, **telemetry.metrics_options(provider))
+        metrics = app.state.instance_metrics = InstanceMetrics("bill_api")
+        metrics.start()
+    undrain: Callable[[], None] = lambda: None  # noqa: E731
+    if threading.current_thread() is threading.main_thread():  # not when served from a thread
+        grace = float(os.environ.get("PERFKIT_DRAIN_SECONDS", "0"))
+        undrain = drain_on_sigterm(app.state.readiness, grace=grace)
+
+    def stop() -> None:
+        undrain()
+        if metrics is not None:
+            metrics.stop()
+
+    return stop
 
 
 def _consume_events(app: FastAPI, engine: sa.Engine, outbox: Outbox) -> Callable[[], None]:

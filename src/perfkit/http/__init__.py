@@ -32,7 +32,14 @@ from ._export import (
     ndjson_batch,
     ndjson_chunks,
 )
-from ._health import DEFAULT_PROBE_TIMEOUT, Probe, Readiness, cache_probe, database_probe
+from ._health import (
+    DEFAULT_PROBE_TIMEOUT,
+    Probe,
+    Readiness,
+    cache_probe,
+    database_probe,
+    drain_on_sigterm,
+)
 from ._response_cache import ResponseCache, tag_response
 from ._routes import CachedRoute, Principal
 from ._stream_limit import DEFAULT_STREAM_LIMIT, SendTimeout, StreamLimit
@@ -61,6 +68,7 @@ __all__ = [
     "cache_probe",
     "csv_chunks",
     "database_probe",
+    "drain_on_sigterm",
     "encode_error",
     "error_body",
     "error_headers",

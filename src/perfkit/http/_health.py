@@ -23,7 +23,14 @@ if TYPE_CHECKING:
 
     from perfkit.cache import Cache
 
-__all__ = ["DEFAULT_PROBE_TIMEOUT", "Probe", "Readiness", "cache_probe", "database_probe"]
+__all__ = [
+    "DEFAULT_PROBE_TIMEOUT",
+    "Probe",
+    "Readiness",
+    "cache_probe",
+    "database_probe",
+    "drain_on_sigterm",
+]
 
 DEFAULT_PROBE_TIMEOUT: Final = 2.0
 _PROBE_KEY: Final = "perfkit:readiness-probe"
@@ -108,7 +115,7 @@ class Readiness:
     .. versionadded:: 0.2.0
     """
 
-    __slots__ = ("_running", "probes", "timeout")
+    __slots__ = ("_running", "draining", "probes", "timeout")
 
     def __init__(self, probes: Sequence[Probe], *, timeout: float = DEFAULT_PROBE_TIMEOUT) -> None:
         names = [probe.name for probe in probes]
@@ -120,18 +127,30 @@ class Readiness:
             raise ValueError(msg)
         self.probes = tuple(probes)
         self.timeout = timeout
+        self.draining = False
         self._running: set[str] = set()
+
+    def drain(self) -> None:
+        """
+        Answer 503 ``draining`` from now on, whatever the probes say: the process is about to
+        stop, so the balancer should send its traffic elsewhere (:func:`drain_on_sigterm`).
+
+        .. versionadded:: 0.2.0
+        """
+        self.draining = True
 
     async def report(self) -> tuple[int, dict[str, Any]]:
         """
         Probe everything; return the HTTP status (200 or 503) and the JSON body.
 
-        The body is ``{"status": "ready" | "degraded" | "unavailable", "checks":
+        The body is ``{"status": "ready" | "degraded" | "unavailable" | "draining", "checks":
         {name: {"status": "ok" | "down", "ms": ..., "error": ...}}}``; ``error``
         names the exception's class only, never its message (or ``timeout``, or
         ``still running`` while the check of an earlier report has not returned:
         at most one thread per probe is ever busy).
         """
+        if self.draining:
+            return 503, {"status": "draining", "checks": {}}
         results = await asyncio.gather(*(self._run(probe) for probe in self.probes))
         checks = dict(zip((probe.name for probe in self.probes), results, strict=True))
         down = [probe for probe in self.probes if checks[probe.name]["status"] != "ok"]
@@ -165,3 +184,64 @@ class Readiness:
         if error is None:
             return {"status": "ok", "ms": ms}
         return {"status": "down", "ms": ms, "error": error}
+
+
+def drain_on_sigterm(readiness: Readiness, *, grace: float = 5.0) -> Callable[[], None]:
+    """
+    On SIGTERM, turn *readiness* to 503 at once, keep serving for *grace* seconds, then hand
+    the signal to the server (uvicorn, gunicorn's worker), which stops accepting, finishes
+    what is in flight and runs the shutdown.
+
+    A balancer that health-checks ``/readyz`` sees the worker go unready and stops sending it
+    requests while it still answers them, so a rolling restart loses none. Give *grace* the
+    balancer's detection time (haproxy: ``inter`` x ``fall``); under Kubernetes, whose
+    ``preStop`` hook does the waiting, 0 is enough. A second SIGTERM stops at once. Call it
+    from the main thread, after the server installed its own handlers (in the app's
+    lifespan); the returned function puts the previous handler back.
+
+    Args:
+        readiness: What ``/readyz`` answers from (:func:`perfkit.fastapi.health_routes`).
+        grace: Seconds between the SIGTERM and the server's shutdown.
+
+    .. versionadded:: 0.2.0
+    """
+    import logging  # noqa: PLC0415
+    import signal  # noqa: PLC0415
+    import threading  # noqa: PLC0415
+
+    if grace < 0:
+        msg = f"grace must not be negative, not {grace!r}"
+        raise ValueError(msg)
+    if threading.current_thread() is not threading.main_thread():
+        msg = "drain_on_sigterm() must be called from the main thread (where signals arrive)"
+        raise RuntimeError(msg)
+    log = logging.getLogger("perfkit.http")
+    previous = signal.getsignal(signal.SIGTERM)
+
+    def hand_over(signum: int, frame: Any) -> None:
+        if callable(previous):
+            previous(signum, frame)
+        else:  # SIG_DFL: what the signal would have done
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            signal.raise_signal(signal.SIGTERM)
+
+    def on_sigterm(signum: int, frame: Any) -> None:
+        if readiness.draining:  # the second one: now
+            hand_over(signum, frame)
+            return
+        readiness.drain()
+        log.warning("SIGTERM: /readyz answers 503; stopping in %g s", grace)
+        if grace == 0:
+            hand_over(signum, frame)
+            return
+        timer = threading.Timer(grace, hand_over, (signum, None))
+        timer.daemon = True
+        timer.start()
+
+    signal.signal(signal.SIGTERM, on_sigterm)
+
+    def restore() -> None:
+        if signal.getsignal(signal.SIGTERM) is on_sigterm:
+            signal.signal(signal.SIGTERM, previous)
+
+    return restore
