@@ -14,7 +14,7 @@ export UV_NO_PROGRESS := 1
 .DEFAULT_GOAL := help
 # The targets share .venv (and .venv-newest): one at a time, even under make -j.
 .NOTPARALLEL:
-.PHONY: help demo test lint typecheck pytest bench loadtest monitoring lock upgrade \
+.PHONY: help demo test lint typecheck pytest bench cluster loadtest monitoring lock upgrade \
 	test-lowest test-newest check-newest clean dev-env
 
 help:  ## list the targets
@@ -63,6 +63,10 @@ pytest: dev-env  ## the test suite (PostgreSQL/Redis tests skip unless reachable
 bench: | $(UV)  ## peer benchmarks; results go to docs/benchmarks.md by hand
 	$(call sync,--all-extras --group bench)
 	PYTHONPATH=examples $(BIN)/python benchmarks/run.py
+
+cluster: | $(UV)  ## 2 instances x 2 workers of the example API behind haproxy on :8080 (PostgreSQL, Redis, RabbitMQ)
+	$(call sync,--all-extras)
+	$(BIN)/python deploy/cluster.py $(CLUSTER_ARGS)
 
 loadtest: dev-env  ## the example API under open-model load, judged by budgets.json (reports in var/load)
 	PYTHONPATH=examples $(BIN)/python -m bill_api.loadtest

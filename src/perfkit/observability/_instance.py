@@ -345,7 +345,8 @@ def _dump(merged: _Families) -> dict[str, Any]:
 
 
 def _write(path: Path, families: dict[str, Any], **extra: Any) -> None:
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    # Unique per thread: the snapshot thread and a scrape may write the same file at once.
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
     temporary.write_text(json.dumps({"families": families, **extra}, separators=(",", ":")))
     os.replace(temporary, path)
 

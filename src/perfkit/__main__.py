@@ -1,0 +1,9 @@
+"""``python -m perfkit``: the same as the ``perfkit`` command."""
+
+from __future__ import annotations
+
+import sys
+
+from perfkit._cli import main
+
+sys.exit(main())
