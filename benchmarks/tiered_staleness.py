@@ -32,6 +32,7 @@ import multiprocessing
 import pickle
 import random
 import statistics
+import sys
 import tempfile
 import threading
 import time
@@ -65,6 +66,7 @@ class Config:
     l1_ttl: float
     lose_delivery: bool
     deadline: float  # seconds after the last write by which readers must have converged
+    switch_interval: float = 0.005  # sys.setswitchinterval in both processes (CPython's default)
 
 
 @dataclass(slots=True)
@@ -126,6 +128,7 @@ def _reader(
 
 def _process(role: str, config: Config, barrier: Any, done: Any, finals: Any, out: str) -> None:
     """One worker: the writer (and its own readers) or the other process's readers."""
+    sys.setswitchinterval(config.switch_interval)
     side = Side(role)
     try:
         _work(side, config, barrier, done, finals)
@@ -359,6 +362,7 @@ def run(
     l1_ttl: float = 30.0,
     lost_writes: int = 300,
     lost_l1_ttl: float = 1.0,
+    switch_interval: float = 0.005,
 ) -> str:
     """
     Run the delivered scenario (and the delivery-lost one unless *lost_writes* is 0).
@@ -382,6 +386,7 @@ def run(
                 l1_ttl=ttl,
                 lose_delivery=lose,
                 deadline=ttl + 10,
+                switch_interval=switch_interval,
             )
             other, own, spent = scenario(config)
             notes.append(
@@ -445,6 +450,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument(
         "--lost-writes", type=int, default=300, metavar="N", help="0: no delivery-lost run"
     )
+    parser.add_argument(
+        "--switch-interval", type=float, default=0.005, metavar="SECONDS",
+        help="sys.setswitchinterval in both processes (CPython's default: 0.005)",
+    )  # fmt: skip
     args = parser.parse_args(argv)
     print(
         run(
@@ -455,6 +464,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             items=args.items,
             l1_ttl=args.l1_ttl,
             lost_writes=args.lost_writes,
+            switch_interval=args.switch_interval,
         )
     )
 
