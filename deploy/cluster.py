@@ -98,12 +98,16 @@ class Cluster:
                         "seed_if_empty(sys.argv[1])", self.database_url],
                        check=True, env=self.environment(0))  # fmt: skip
 
-    def start_instance(self, instance: int) -> None:
+    def start_instance(self, instance: int, *, wait: bool = True) -> None:
         command = [sys.executable, "-m", "uvicorn", "bill_api.app:create_app", "--factory",
                    "--host", "127.0.0.1", "--port", str(self.ports[instance]),
                    "--workers", str(self.workers), "--ws", "none", "--log-level", "warning",
                    "--timeout-graceful-shutdown", "20"]  # fmt: skip
         self.servers[instance] = subprocess.Popen(command, env=self.environment(instance))
+        if wait:
+            self.wait_for(instance)
+
+    def wait_for(self, instance: int) -> None:
         _wait_for(lambda: _answers(self.ports[instance]), f"instance {instance}")
 
     def stop_instance(self, instance: int) -> None:
@@ -117,13 +121,17 @@ class Cluster:
         self.start_instance(instance)
         time.sleep(1.5)  # haproxy's rise 2 x inter 500ms: back in the rotation
 
-    def start(self) -> None:
-        self.prepare()
+    def start(self, *, prepare: bool = True) -> None:
+        """Start everything (*prepare*: migrate and seed first, as a deploy would)."""
+        if prepare:
+            self.prepare()
         self.port = self.port or free_port()
         self.ports = [free_port() for _ in range(self.instances)]
         self.servers = [None] * self.instances  # type: ignore[list-item]
+        for instance in range(self.instances):  # together, as a deploy starts them
+            self.start_instance(instance, wait=False)
         for instance in range(self.instances):
-            self.start_instance(instance)
+            self.wait_for(instance)
         if self.amqp_url:
             for module in (["-m", "bill_api.relay"], ["-m", "dramatiq", "bill_api.worker"]):
                 helper = subprocess.Popen([sys.executable, *module], env=self.environment(0))
@@ -154,9 +162,9 @@ class Cluster:
 
 
 @contextmanager
-def running(cluster: Cluster) -> Iterator[Cluster]:
+def running(cluster: Cluster, *, prepare: bool = True) -> Iterator[Cluster]:
     try:
-        cluster.start()
+        cluster.start(prepare=prepare)
         yield cluster
     finally:
         cluster.stop()
