@@ -89,3 +89,27 @@ def test_drain_on_sigterm_refuses_other_threads_and_bad_grace() -> None:
     assert signal.getsignal(signal.SIGTERM) is not before
     restore()
     assert signal.getsignal(signal.SIGTERM) is before
+
+
+_DEFAULT_HANDLER = """
+import signal, sys, time
+from perfkit.http import Readiness, drain_on_sigterm
+
+signal.signal(signal.SIGTERM, signal.SIG_DFL)  # no server handler: the default action
+readiness = Readiness([])
+drain_on_sigterm(readiness, grace=0.3)
+print("ready", flush=True)
+time.sleep(60)
+"""
+
+
+def test_with_the_default_action_the_process_ends_after_the_grace() -> None:
+    """No handler of a server's (SIG_DFL): after SIGTERM and the grace, the process ends by
+    SIGTERM, as it would have at once (the timer re-sends it to the main thread)."""
+    process = subprocess.Popen([sys.executable, "-c", _DEFAULT_HANDLER], stdout=subprocess.PIPE,
+                               text=True)  # fmt: skip
+    assert process.stdout is not None
+    assert process.stdout.readline() == "ready\n"
+    process.send_signal(signal.SIGTERM)
+    process.communicate(timeout=30)
+    assert process.returncode == -signal.SIGTERM

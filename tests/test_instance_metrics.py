@@ -217,3 +217,24 @@ def test_a_slow_worker_does_not_hold_the_scrape(tmp_path: Path) -> None:
         stuck.communicate()
     assert _value(text, 'jobs_total{kind="mail"}') == 10
     assert took < 30  # a hang guard, not a timing assertion
+
+
+def test_a_worker_that_stopped_reading_does_not_hold_scrapes(tmp_path: Path) -> None:
+    """A live worker whose socket queue is full (it stopped reading: SIGSTOP, 30 scrapes
+    asking it): every scrape still answers, with its last snapshot."""
+    stuck = _start(tmp_path, 9, "linger")
+    stuck.send_signal(signal.SIGSTOP)
+    try:
+        from prometheus_client import CollectorRegistry  # noqa: PLC0415
+
+        metrics = InstanceMetrics(directory=tmp_path, registry=CollectorRegistry())
+        metrics.start()
+        try:
+            texts = [metrics.exposition().decode() for _ in range(30)]
+        finally:
+            metrics.stop()
+    finally:
+        stuck.send_signal(signal.SIGCONT)
+        stuck.kill()
+        stuck.communicate()
+    assert [_value(text, 'jobs_total{kind="mail"}') for text in texts] == [9.0] * 30

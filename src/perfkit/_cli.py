@@ -66,11 +66,19 @@ def main(argv: list[str] | None = None) -> int:
             return _run(args.command, engine, branches)
         finally:
             engine.dispose()
-    except (ValueError, sa.exc.ArgumentError) as exc:
+    except sa.exc.ArgumentError as exc:  # a malformed URL
         print(f"perfkit: {exc}", file=sys.stderr)
         return 2
-    except sa.exc.OperationalError as exc:
-        print(f"perfkit: cannot reach the database: {exc.orig or exc}", file=sys.stderr)
+    except (ValueError, sa.exc.DBAPIError) as exc:
+        # A copy refused (tables missing or not empty, or not verified); a database that
+        # cannot be reached, or refuses (permission denied).
+        if isinstance(exc, sa.exc.OperationalError):
+            message = f"cannot reach the database: {exc.orig or exc}"
+        elif isinstance(exc, sa.exc.DBAPIError):
+            message = f"the database refused: {exc.orig or exc}"
+        else:
+            message = str(exc)
+        print(f"perfkit: {message}", file=sys.stderr)
         return 1
 
 

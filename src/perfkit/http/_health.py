@@ -206,6 +206,7 @@ def drain_on_sigterm(readiness: Readiness, *, grace: float = 5.0) -> Callable[[]
     .. versionadded:: 0.2.0
     """
     import logging  # noqa: PLC0415
+    import os  # noqa: PLC0415
     import signal  # noqa: PLC0415
     import threading  # noqa: PLC0415
 
@@ -218,15 +219,15 @@ def drain_on_sigterm(readiness: Readiness, *, grace: float = 5.0) -> Callable[[]
     log = logging.getLogger("perfkit.http")
     previous = signal.getsignal(signal.SIGTERM)
 
-    def hand_over(signum: int, frame: Any) -> None:
+    def hand_over(signum: int, frame: Any) -> None:  # in the main thread
         if callable(previous):
             previous(signum, frame)
-        else:  # SIG_DFL: what the signal would have done
+        elif previous != signal.SIG_IGN:  # SIG_DFL (or unknown): what the signal would do
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
             signal.raise_signal(signal.SIGTERM)
 
     def on_sigterm(signum: int, frame: Any) -> None:
-        if readiness.draining:  # the second one: now
+        if readiness.draining:  # the second one, or the timer's: now
             hand_over(signum, frame)
             return
         readiness.drain()
@@ -234,7 +235,8 @@ def drain_on_sigterm(readiness: Readiness, *, grace: float = 5.0) -> Callable[[]
         if grace == 0:
             hand_over(signum, frame)
             return
-        timer = threading.Timer(grace, hand_over, (signum, None))
+        # The handler must run in the main thread: the timer sends the signal again.
+        timer = threading.Timer(grace, os.kill, (os.getpid(), signal.SIGTERM))
         timer.daemon = True
         timer.start()
 

@@ -48,6 +48,7 @@ _LOCATIONS: Final = ("versions", "reference_versions")
 VERSION_TABLE: Final = "perfkit_version"
 _ALEMBIC_TABLE: Final = "alembic_version"
 _HERE: Final = Path(__file__).parent
+_OURS: Final = re.compile(r"perfkit(_reference)?_\d{4}")
 _OWN_TABLES: Final = frozenset(
     {
         VERSION_TABLE,
@@ -205,6 +206,15 @@ def upgrade(
     chosen = _branches(branches)
     applied: list[str] = []
     with _db.schema_transaction(engine) as conn:
+        newer = [v for v in _rows(conn, [version_table]) if _OURS.fullmatch(v) and not _known(v)]
+        if newer:
+            # A newer release migrated this database (a rollback, a rolling deploy): Alembic
+            # cannot place a revision it does not know, and revisions only add, so nothing to do.
+            log.warning(
+                "the database is at %s, newer than this release knows: nothing applied",
+                ", ".join(newer),
+            )
+            return []
         config = Config()
         config.set_main_option("script_location", str(_HERE / "environment"))
         config.set_main_option("path_separator", "newline")

@@ -69,6 +69,7 @@ class _Worker:
         self.socket.bind(str(directory / f"{self.id}.sock"))
         self.socket.settimeout(interval)
         self.users = 0
+        self.lock = threading.Lock()  # one snapshot at a time: never an older one last
         self.thread: threading.Thread | None = None
         self.write: Any = None  # the snapshot function of the first user
 
@@ -93,6 +94,18 @@ class _Worker:
 
 _workers: dict[Path, _Worker] = {}
 _workers_lock = threading.Lock()
+
+
+def _forget_after_fork() -> None:
+    """A forked child is not its parent's worker: close what it inherited (the parent keeps
+    its lock) and start afresh if it starts metrics of its own."""
+    for worker in list(_workers.values()):
+        worker.socket.close()
+        worker.lock_file.close()
+    _workers.clear()
+
+
+os.register_at_fork(after_in_child=_forget_after_fork)
 
 
 @atexit.register
@@ -160,15 +173,15 @@ class InstanceMetrics:
     @property
     def worker(self) -> str:
         """This process's id in the directory (after :meth:`start`)."""
-        if self._me is None:
-            msg = "start() it first"
+        if self._me is None or self._me.pid != os.getpid():
+            msg = "start() it first (in this process)"
             raise RuntimeError(msg)
         return self._me.id
 
     def start(self) -> None:
         """Join the directory (once per process) and keep this worker's snapshot fresh."""
-        if self._me is not None:
-            return
+        if self._me is not None and self._me.pid == os.getpid():
+            return  # started (a child of a fork starts again: the parent's is not its own)
         me = self._me = _worker(self.directory, self._interval)
         with _workers_lock:
             me.users += 1
@@ -205,7 +218,10 @@ class InstanceMetrics:
             self._write(self._me)
 
     def _write(self, me: _Worker) -> None:
-        _write(self.directory / f"{me.id}.json", _families(_collect(self._registry)))
+        # Collect and replace under one lock: two writers interleaved could leave the older
+        # collection in the file, and a counter would seem to go back.
+        with me.lock:
+            _write(self.directory / f"{me.id}.json", _families(_collect(self._registry)))
 
     # -- the scrape -------------------------------------------------------------------------
 
@@ -246,8 +262,12 @@ class InstanceMetrics:
             try:
                 waiting = 0
                 for worker in workers:
-                    with contextlib.suppress(OSError):  # it died since: its last file counts
-                        sock.sendto(b"snap", str(self.directory / f"{worker}.sock"))
+                    with contextlib.suppress(OSError):  # died, or not reading: its last file
+                        # counts. Never block: a worker that stopped reading (a full queue)
+                        # must not hold the scrape.
+                        sock.sendto(
+                            b"snap", socket.MSG_DONTWAIT, str(self.directory / f"{worker}.sock")
+                        )
                         waiting += 1
                 deadline = time.monotonic() + _ASK_TIMEOUT
                 while waiting and (left := deadline - time.monotonic()) > 0:

@@ -150,6 +150,13 @@ class SharedCursorKeys(CursorKeys):
 
     __slots__ = ("_clock", "_engine", "_lock", "_next_load", "_period", "_rotate", "_tried")
 
+    @classmethod
+    def _weakly(cls, engine: Any) -> SharedCursorKeys:
+        """Keys that do not keep *engine* alive (the per-engine cache's: its key is weak)."""
+        keys = cls(engine)
+        keys._engine = weakref.ref(engine)
+        return keys
+
     def __init__(
         self,
         engine: Any,
@@ -160,7 +167,7 @@ class SharedCursorKeys(CursorKeys):
         if rotate_every <= 0:
             msg = f"rotate_every must be more than 0 s, not {rotate_every!r}"
             raise ValueError(msg)
-        self._engine = engine
+        self._engine: Callable[[], Any] = lambda: engine
         self._rotate = rotate_every
         self._clock = clock
         self._lock = threading.Lock()
@@ -202,7 +209,7 @@ class SharedCursorKeys(CursorKeys):
     # The sync driver.
 
     def _prepare(self, kid: str | None) -> None:
-        engine = self._engine
+        engine = self._engine()
         if not isinstance(engine, Engine):
             return  # asyncio: aprepare() did it
         now = self._clock()
@@ -215,7 +222,12 @@ class SharedCursorKeys(CursorKeys):
             if not self._take(period, found):
                 with _db.for_writes(engine).begin() as conn:  # SQLite: BEGIN IMMEDIATE
                     _insert(conn, wanted[0], now, self._rotate)
-                    self._take(period, _read(conn, wanted))
+                    self._took(period, _read(conn, wanted))
+
+    def _took(self, period: int, found: dict[str, str]) -> None:
+        if not self._take(period, found):  # an isolation level that hides the winner's row
+            msg = f"the cursor key of period {period} is neither in {KEYS_TABLE} nor insertable"
+            raise RuntimeError(msg)
 
     def signing(self) -> tuple[str, bytes]:
         self._prepare(None)
@@ -233,12 +245,13 @@ class SharedCursorKeys(CursorKeys):
         if not self._due(now, kid):
             return
         period, wanted = self._wanted(now, kid)
-        async with self._engine.connect() as conn:
+        engine = self._engine()
+        async with engine.connect() as conn:
             found = await conn.run_sync(_read, wanted)
         if not self._take(period, found):
-            async with _db.for_writes(self._engine).begin() as conn:
+            async with _db.for_writes(engine).begin() as conn:
                 await conn.run_sync(_insert, wanted[0], now, self._rotate)
-                self._take(period, await conn.run_sync(_read, wanted))
+                self._took(period, await conn.run_sync(_read, wanted))
 
 
 def _read(conn: Connection, kids: list[str]) -> dict[str, str]:
@@ -318,7 +331,10 @@ def _remember(engine: Any, present: bool) -> SharedCursorKeys | None:
         if not present:
             _missing[engine] = time.monotonic() + _RECHECK
             return None
-        return _shared.setdefault(engine, SharedCursorKeys(engine))
+        found = _shared.get(engine)
+        if found is None:
+            found = _shared[engine] = SharedCursorKeys._weakly(engine)
+        return found
 
 
 def resolve_keys(secret: str | bytes | CursorKeys | None, bind: Any = None) -> CursorKeys:
