@@ -236,9 +236,13 @@ class InstanceMetrics:
         if dead:
             self._archive(dead)
         merged: _Families = {}
-        _add(merged, _read(self.directory / _ARCHIVE).get("families", {}), worker=None)
-        for worker in [*live, me]:
-            _add(merged, _read(self.directory / f"{worker}.json").get("families", {}), worker)
+        # Read the archive and the files under a shared lock: a worker folded into the archive
+        # by another scrape meanwhile would otherwise be counted twice, or not at all.
+        with (self.directory / "archive.lock").open("wb") as guard:
+            fcntl.flock(guard, fcntl.LOCK_SH)
+            _add(merged, _read(self.directory / _ARCHIVE).get("families", {}), worker=None)
+            for worker in [*live, me]:
+                _add(merged, _read(self.directory / f"{worker}.json").get("families", {}), worker)
         return generate_latest(_Merged(merged))
 
     def _workers(self) -> tuple[list[str], list[str]]:
