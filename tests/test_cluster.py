@@ -9,6 +9,8 @@ from __future__ import annotations
 import importlib.util
 import os
 import shutil
+import signal
+import subprocess
 import sys
 import threading
 import time
@@ -133,3 +135,59 @@ def test_a_rolling_restart_under_load_loses_no_request(cluster: object) -> None:
     assert sent > RATE * 6, load.outcomes  # the load ran through both restarts
     assert bad == {}, load.outcomes
     assert os.path.isdir(cluster.directory)  # type: ignore[attr-defined]
+
+
+@pytest.mark.slow
+def test_gunicorn_preload_workers_each_receive_invalidations(
+    tmp_path: Path, redis_url: str
+) -> None:
+    """`gunicorn --preload -w 2 -k uvicorn_worker.UvicornWorker`: the app (and its tiered
+    cache, with a listener thread) is made in the arbiter, then forked. Each worker must listen
+    for invalidations itself: after a write through any worker, every worker answers the new
+    title within a second (before the fork reset, the other worker served the old one from
+    its L1 for up to l1_ttl, 30 s)."""
+    import redis  # noqa: PLC0415
+
+    from helpers import free_port, wait_until  # noqa: PLC0415
+
+    cache_url = redis_url.rsplit("/", 1)[0] + "/7"
+    redis.Redis.from_url(cache_url).flushdb()
+    url = f"sqlite:///{tmp_path / 'api.sqlite3'}"
+    engine = db.create_engine(url)
+    migrations.upgrade(engine, "perfkit", "perfkit_reference")
+    seed(engine, users=20, bills=5, votes=0, random_seed=3)
+    engine.dispose()
+    port = free_port()
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "examples"), "PERFKIT_DATABASE_URL": url,
+           "PERFKIT_REDIS_URL": cache_url}  # fmt: skip
+    command = [str(Path(sys.executable).with_name("gunicorn")), "--preload", "-w", "2",
+               "-k", "uvicorn_worker.UvicornWorker", "-b", f"127.0.0.1:{port}",
+               "--log-level", "warning", "bill_api.app:create_app()"]  # fmt: skip
+    server = subprocess.Popen(command, env=env)
+    base = f"http://127.0.0.1:{port}"
+
+    def title() -> str:
+        with httpx.Client(base_url=base, timeout=10) as client:  # a new connection: any worker
+            return str(client.get("/bills/1").json()["title"])
+
+    try:
+        wait_until(lambda: _serves(base), timeout=60)
+        before = {title() for _ in range(20)}  # both workers' L1s now hold bill 1
+        with httpx.Client(base_url=base, timeout=10) as client:
+            changed = client.patch("/bills/1", json={"title": "Renamed after the fork"})
+        assert changed.status_code == 200, changed.text
+        time.sleep(1.0)  # delivery, measured in milliseconds
+        after = [title() for _ in range(20)]
+    finally:
+        server.send_signal(signal.SIGTERM)
+        server.wait(timeout=60)
+        redis.Redis.from_url(cache_url).flushdb()
+    assert len(before) == 1
+    assert after == ["Renamed after the fork"] * 20
+
+
+def _serves(base: str) -> bool:
+    try:
+        return httpx.get(f"{base}/readyz", timeout=2).status_code == 200
+    except httpx.TransportError:
+        return False

@@ -145,6 +145,11 @@ class MemoryBackend:
             # Any fill that began before now is fenced by the "*" fence.
             self._fences = {"*": (self._seq, self._clock.monotonic())}
 
+    def _after_fork_in_child(self) -> None:
+        """Start empty with a fresh lock (a parent's thread may have held it at the fork)."""
+        self._lock = threading.Lock()
+        self.clear()
+
     def close(self) -> None:
         """Nothing to release."""
 

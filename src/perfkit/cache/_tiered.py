@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import threading
+import weakref
 from collections.abc import Callable, Collection
 from typing import Any, Final
 
@@ -83,12 +85,29 @@ class TieredBackend:
         self._use_l1 = False  # mirrors _subscribed for the hit path (a plain attribute read)
         self._on_message = on_message
         self._reconnect_delay = reconnect_delay
+        self._start_listening()
+        _TIERED.add(self)
+
+    def _start_listening(self) -> None:
         self._subscribed = threading.Event()
         self._stop = threading.Event()
         self._listener = threading.Thread(
             target=self._listen, name=f"perfkit-tiered-{self.channel}", daemon=True
         )
         self._listener.start()
+
+    def _after_fork_in_child(self) -> None:
+        """
+        A forked worker (gunicorn ``--preload``) has no listener thread: its parent's did not
+        come along. Without one it would keep using an L1 that no invalidation reaches, stale
+        for up to ``l1_ttl``. So: L1 off and emptied (with a fresh lock: the parent's listener
+        may have held it at the fork), and a listener of its own, which turns L1 back on once
+        subscribed.
+        """
+        self._use_l1 = False
+        self.l1._after_fork_in_child()
+        if not self._stop.is_set():  # not closed before the fork
+            self._start_listening()
 
     def __repr__(self) -> str:
         state = "subscribed" if self._subscribed.is_set() else "L1 bypassed"
@@ -264,3 +283,15 @@ class TieredBackend:
                 self.l1.invalidate(keys=keys, tags=tags)
             if self._on_message is not None:
                 self._on_message(keys, tags)
+
+
+_TIERED: weakref.WeakSet[TieredBackend] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    for backend in list(_TIERED):
+        backend._after_fork_in_child()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
