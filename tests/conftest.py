@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -53,28 +54,33 @@ def pg_schema_url() -> Iterator[str]:
     except sa.exc.OperationalError as exc:
         probe.dispose()
         service_unavailable("PostgreSQL", PG_URL, exc.orig or exc)
-    schema = f"perfkit_test_{os.getpid()}_{uuid.uuid4().hex[:8]}"
-    with probe.begin() as conn:
+    try:
+        with _schema(probe, f"perfkit_test_{os.getpid()}") as url:
+            yield url
+    finally:
+        probe.dispose()
+
+
+@contextmanager
+def _schema(admin: Engine, prefix: str) -> Iterator[str]:
+    """A new schema on *admin*'s database: the URL that uses it; dropped afterwards."""
+    schema = f"{prefix}_{uuid.uuid4().hex[:8]}"
+    with admin.begin() as conn:
         conn.exec_driver_sql(f'CREATE SCHEMA "{schema}"')
-    url = make_url(PG_URL).update_query_dict({"options": f"-csearch_path={schema}"})
+    url = admin.url.update_query_dict({"options": f"-csearch_path={schema}"})
     try:
         yield url.render_as_string(hide_password=False)
     finally:
-        with probe.begin() as conn:
+        with admin.begin() as conn:
             conn.exec_driver_sql(f'DROP SCHEMA "{schema}" CASCADE')
-        probe.dispose()
 
 
 @pytest.fixture(scope="session", autouse=True)
 def metrics_directory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
     """The example API's instance metrics in this run's temporary directory, not in /tmp."""
-    before = os.environ.get("PERFKIT_METRICS_DIR")
-    os.environ["PERFKIT_METRICS_DIR"] = str(tmp_path_factory.mktemp("instance-metrics"))
-    yield
-    if before is None:
-        os.environ.pop("PERFKIT_METRICS_DIR", None)
-    else:
-        os.environ["PERFKIT_METRICS_DIR"] = before
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("PERFKIT_METRICS_DIR", str(tmp_path_factory.mktemp("instance-metrics")))
+        yield
 
 
 @pytest.fixture
@@ -84,15 +90,10 @@ def fresh_pg_url(pg_schema_url: str) -> Iterator[str]:
     """
     base = make_url(pg_schema_url).difference_update_query(["options"])
     admin = db.create_engine(base, pool_size=1)
-    schema = f"perfkit_fresh_{uuid.uuid4().hex[:8]}"
-    with admin.begin() as conn:
-        conn.exec_driver_sql(f'CREATE SCHEMA "{schema}"')
-    url = base.update_query_dict({"options": f"-csearch_path={schema}"})
     try:
-        yield url.render_as_string(hide_password=False)
+        with _schema(admin, "perfkit_fresh") as url:
+            yield url
     finally:
-        with admin.begin() as conn:
-            conn.exec_driver_sql(f'DROP SCHEMA "{schema}" CASCADE')
         admin.dispose()
 
 
