@@ -21,7 +21,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,9 +39,9 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def _wait_for(check: object, what: str, timeout: float = 90.0) -> None:
+def _wait_for(check: Callable[[], bool], what: str, timeout: float = 90.0) -> None:
     deadline = time.monotonic() + timeout
-    while not check():  # type: ignore[operator]
+    while not check():
         if time.monotonic() > deadline:
             msg = f"{what} did not come up within {timeout:g} s"
             raise RuntimeError(msg)
