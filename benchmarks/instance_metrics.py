@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -20,13 +19,9 @@ from pathlib import Path
 
 import httpx
 
+from servers import free_port
+
 ROUTES = ("/bills?limit=5", "/bills/1", "/users/1", "/bills/1/votes/counts", "/nowhere")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def serve(workers: int, database: str, directory: Path) -> tuple[subprocess.Popen[bytes], str]:

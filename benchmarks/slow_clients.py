@@ -20,11 +20,7 @@ from pathlib import Path
 
 import httpx
 
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+from servers import free_port
 
 
 def serve(database: str, exports: int) -> tuple[subprocess.Popen[bytes], int]:
